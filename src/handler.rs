@@ -1,0 +1,502 @@
+//! The decision for one datagram, sans-IO: given the receive buffer, the datagram's length, its
+//! source and the local address it arrived on, either write the response in place over the
+//! request and say how long it is, or name why the datagram is dropped. No sockets, no clocks,
+//! no allocation (proved by a counting-allocator test), no panics on any input.
+//!
+//! Policy (RFC 8489 §6.3, RFC 3489 §9.2):
+//! - Binding request → success with XOR-MAPPED-ADDRESS (classic: MAPPED-ADDRESS), plus
+//!   RESPONSE-ORIGIN (classic: SOURCE-ADDRESS) when configured, SOFTWARE when configured, and
+//!   FINGERPRINT when the request carried one.
+//! - Unknown comprehension-required attributes → 420 with UNKNOWN-ATTRIBUTES.
+//! - Broken attribute framing, other methods (TURN and the rest), or more than
+//!   [`MAX_UNKNOWN`] distinct unknown attributes → 400.
+//! - Anything else is dropped and counted under a [`DropReason`]: too short, not STUN, bad
+//!   length, classic when disabled, bad FINGERPRINT, indications, responses.
+
+use std::net::SocketAddr;
+
+use crate::metrics::{Counter, Stats};
+use crate::stun::attr::{
+    MAX_UNKNOWN, MappedAddress, ResponseOrigin, Software, SourceAddress, UnknownAttributes,
+    XorMappedAddress,
+};
+use crate::stun::integrity::{Check, check_fingerprint};
+use crate::stun::message::{COOKIE_OFFSET, ParseError, check_header};
+use crate::stun::registry::{
+    ATTR_FINGERPRINT, ERR_BAD_REQUEST, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING,
+    is_comprehension_required, is_known_attribute,
+};
+use crate::stun::{Class, Message, MessageType, MessageWriter, WriteError};
+
+/// The receive buffer size every backend uses: the largest datagram accepted (a larger one is
+/// dropped as [`DropReason::Truncated`]) with room to answer it in place.
+pub const BUFFER_SIZE: usize = 2048;
+
+/// The largest request answered; the rest of [`BUFFER_SIZE`] is headroom for the response,
+/// which can be longer than the request (a 20-byte request gets a 32-byte answer).
+pub const MAX_REQUEST: usize = 1500;
+
+macro_rules! drop_reasons {
+    ($( $(#[doc = $doc:literal])* $variant:ident => $name:literal, )*) => {
+        /// Why a datagram is not answered. Each has a counter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum DropReason {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$( DropReason::$variant, )*];
+
+            /// The reason's name, `snake_case` (a metric label value).
+            pub const fn name(self) -> &'static str {
+                match self { $( DropReason::$variant => $name, )* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Fewer than 20 bytes.
+    TooShort => "too_short",
+    /// The top two bits are not zero (RFC 8489 §5): not a STUN message.
+    NotStun => "not_stun",
+    /// The length field is not a multiple of 4 or disagrees with the datagram size.
+    BadLength => "bad_length",
+    /// Larger than the receive buffer (or than [`MAX_REQUEST`]).
+    Truncated => "truncated",
+    /// An RFC 3489 classic message while classic support is off.
+    ClassicDisabled => "classic_disabled",
+    /// FINGERPRINT present but wrong, malformed or not last (RFC 8489 §7.3: discard).
+    BadFingerprint => "bad_fingerprint",
+    /// A Binding indication: a keepalive, never answered (RFC 8489 §6.3.2).
+    BindingIndication => "binding_indication",
+    /// An indication of another method.
+    Indication => "indication",
+    /// A success or error response: a server never answers those.
+    Response => "response",
+    /// The response would not fit the buffer (cannot happen with [`BUFFER_SIZE`]; counted
+    /// rather than trusted).
+    ResponseTooLarge => "response_too_large",
+}
+
+/// What the server is configured to add to answers. Built once from the config; read-only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandlerConfig {
+    /// SOFTWARE value; empty means no SOFTWARE attribute.
+    pub software: String,
+    /// Add RESPONSE-ORIGIN (classic: SOURCE-ADDRESS) to Binding responses.
+    pub response_origin: bool,
+    /// Answer RFC 3489 classic requests (no magic cookie).
+    pub rfc3489_classic: bool,
+}
+
+/// Where a datagram came from and where it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// The sender: the reflexive address reported back.
+    pub src: SocketAddr,
+    /// The local address and port the datagram was sent to; the reply leaves from it.
+    pub local: SocketAddr,
+}
+
+/// The decision for one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send the first `len` bytes of the buffer back to the source, from the local address.
+    Reply {
+        /// Response length in bytes.
+        len: usize,
+    },
+    /// Send nothing.
+    Drop(DropReason),
+}
+
+/// Handles one datagram: `buf[..len]` is the datagram, all of `buf` may be overwritten with the
+/// response. Counts the outcome in `stats`.
+#[inline]
+pub fn handle(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats: &mut Stats) -> Action {
+    let action = decide(buf, len, meta, config, stats);
+    if let Action::Drop(reason) = action {
+        stats.dropped(reason);
+    }
+    action
+}
+
+/// What the request needs from the response, read before the response overwrites it.
+struct Request {
+    method: u16,
+    classic: bool,
+    fingerprint: bool,
+}
+
+fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats: &mut Stats) -> Action {
+    if len > MAX_REQUEST || len > buf.len() {
+        return Action::Drop(DropReason::Truncated);
+    }
+    let datagram = &buf[..len];
+    let message_type = match check_header(datagram) {
+        Ok(t) => t,
+        Err(ParseError::TooShort) => return Action::Drop(DropReason::TooShort),
+        Err(ParseError::NotStun) => return Action::Drop(DropReason::NotStun),
+        Err(_) => return Action::Drop(DropReason::BadLength),
+    };
+    let cookie = u32::from_be_bytes([
+        datagram[COOKIE_OFFSET],
+        datagram[COOKIE_OFFSET + 1],
+        datagram[COOKIE_OFFSET + 2],
+        datagram[COOKIE_OFFSET + 3],
+    ]);
+    let classic = cookie != MAGIC_COOKIE;
+    if classic && !config.rfc3489_classic {
+        return Action::Drop(DropReason::ClassicDisabled);
+    }
+    match (message_type.class, message_type.method) {
+        (Class::Request, _) => {}
+        (Class::Indication, METHOD_BINDING) => return Action::Drop(DropReason::BindingIndication),
+        (Class::Indication, _) => return Action::Drop(DropReason::Indication),
+        (Class::SuccessResponse | Class::ErrorResponse, _) => return Action::Drop(DropReason::Response),
+    }
+    stats.bump(if message_type.method == METHOD_BINDING { Counter::RequestsBinding } else { Counter::RequestsOther });
+    if classic {
+        stats.bump(Counter::RequestsClassic);
+    }
+
+    let mut request = Request { method: message_type.method, classic, fingerprint: false };
+    let Ok(message) = Message::parse(datagram) else {
+        // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.
+        return reply(buf, stats, Counter::Responses400, |b| error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config));
+    };
+    let mut unknown = UnknownAttributes::new();
+    let mut too_many_unknown = false;
+    for attr in message.attributes() {
+        if attr.attr_type == ATTR_FINGERPRINT {
+            request.fingerprint = true;
+        } else if is_comprehension_required(attr.attr_type) && !is_known_attribute(attr.attr_type) {
+            too_many_unknown |= !unknown.insert(attr.attr_type);
+        }
+    }
+    if request.fingerprint && check_fingerprint(&message) != Check::Valid {
+        return Action::Drop(DropReason::BadFingerprint);
+    }
+
+    if too_many_unknown {
+        // More than MAX_UNKNOWN distinct unknown types: a 420 could not list them all.
+        return reply(buf, stats, Counter::Responses400, |b| error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config));
+    }
+    if !unknown.is_empty() {
+        return reply(buf, stats, Counter::Responses420, |b| {
+            error(b, &request, ERR_UNKNOWN_ATTRIBUTE, "Unknown Attribute", Some(&unknown), config)
+        });
+    }
+    if request.method != METHOD_BINDING {
+        return reply(buf, stats, Counter::Responses400, |b| error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config));
+    }
+    reply(buf, stats, Counter::ResponsesSuccess, |b| binding_success(b, &request, meta, config))
+}
+
+#[inline]
+fn reply(
+    buf: &mut [u8],
+    stats: &mut Stats,
+    counter: Counter,
+    write: impl FnOnce(&mut [u8]) -> Result<usize, WriteError>,
+) -> Action {
+    match write(buf) {
+        Ok(len) => {
+            stats.bump(counter);
+            Action::Reply { len }
+        }
+        Err(_) => Action::Drop(DropReason::ResponseTooLarge),
+    }
+}
+
+#[inline]
+fn binding_success(buf: &mut [u8], request: &Request, meta: &Meta, config: &HandlerConfig) -> Result<usize, WriteError> {
+    let mut w = MessageWriter::over(buf, MessageType::BINDING_SUCCESS)?;
+    if request.classic {
+        // RFC 3489 §11.2.1: classic clients read MAPPED-ADDRESS (no XOR).
+        w.add(&MappedAddress(meta.src))?;
+        if config.response_origin {
+            w.add(&SourceAddress(meta.local))?;
+        }
+    } else {
+        w.add(&XorMappedAddress(meta.src))?;
+        if config.response_origin {
+            w.add(&ResponseOrigin(meta.local))?;
+        }
+    }
+    finish(w, request, config)
+}
+
+fn error(
+    buf: &mut [u8],
+    request: &Request,
+    code: u16,
+    reason: &str,
+    unknown: Option<&UnknownAttributes>,
+    config: &HandlerConfig,
+) -> Result<usize, WriteError> {
+    let mut w = MessageWriter::over(buf, MessageType::new(request.method, Class::ErrorResponse))?;
+    w.add_error(code, reason)?;
+    if let Some(unknown) = unknown {
+        w.add(unknown)?;
+    }
+    finish(w, request, config)
+}
+
+/// SOFTWARE when configured, FINGERPRINT when the request had one (RFC 8489 §7.3.1: a server
+/// that receives FINGERPRINT includes it), then the length.
+#[inline]
+fn finish(mut w: MessageWriter<'_>, request: &Request, config: &HandlerConfig) -> Result<usize, WriteError> {
+    if !config.software.is_empty() {
+        w.add(&Software(config.software.as_bytes()))?;
+    }
+    if request.fingerprint {
+        w.add_fingerprint()?;
+    }
+    Ok(w.finish())
+}
+
+// The largest answer: header, XOR-MAPPED-ADDRESS and RESPONSE-ORIGIN for IPv6 (24 each), the
+// longest SOFTWARE, FINGERPRINT; or an error with a 420 list. It must fit any receive buffer.
+const _: () = assert!(
+    20 + 24 + 24 + 4 + crate::stun::attr::MAX_TEXT + 8 + 4 + 4 + 24 + 4 + 2 * MAX_UNKNOWN <= BUFFER_SIZE
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::attr::{ErrorCode, ResponseOrigin};
+    use crate::stun::integrity::check_fingerprint;
+    use crate::stun::registry::{ATTR_SOFTWARE, METHOD_ALLOCATE};
+    use proptest::prelude::*;
+
+    /// RFC 5769's transaction ID.
+    const TID: [u8; 12] = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
+
+    fn meta(src: &str) -> Meta {
+        let src: SocketAddr = src.parse().unwrap();
+        let local = if src.is_ipv4() { "192.0.2.10:3478" } else { "[2001:db8::10]:3478" };
+        Meta { src, local: local.parse().unwrap() }
+    }
+
+    fn classic_on() -> HandlerConfig {
+        HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() }
+    }
+
+    /// A request with the RFC 5769 transaction ID and the given raw attributes.
+    fn request(message_type: u16, attrs: &[(u16, &[u8])], fingerprint: bool) -> ([u8; BUFFER_SIZE], usize) {
+        let mut buf = [0u8; BUFFER_SIZE];
+        let mut key = [0u8; 16];
+        key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        key[4..].copy_from_slice(&TID);
+        let mut w = MessageWriter::new(&mut buf, MessageType::from_u16(message_type), &key).unwrap();
+        for (t, v) in attrs {
+            w.add_raw(*t, v).unwrap();
+        }
+        if fingerprint {
+            w.add_fingerprint().unwrap();
+        }
+        let n = w.finish();
+        (buf, n)
+    }
+
+    fn run(buf: &mut [u8], len: usize, m: &Meta, config: &HandlerConfig) -> (Action, Stats) {
+        let mut stats = Stats::default();
+        let action = handle(buf, len, m, config, &mut stats);
+        (action, stats)
+    }
+
+    #[test]
+    fn binding_answer_is_byte_exact() {
+        let (mut buf, n) = request(0x0001, &[], false);
+        let (action, stats) = run(&mut buf, n, &meta("192.0.2.1:32853"), &classic_on());
+        assert_eq!(action, Action::Reply { len: 32 });
+        // RFC 5769 §2.2's XOR-MAPPED-ADDRESS for 192.0.2.1:32853.
+        let mut expected = vec![0x01, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+        expected.extend_from_slice(&TID);
+        expected.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43]);
+        assert_eq!(&buf[..32], &expected[..]);
+        assert_eq!(stats.get(Counter::RequestsBinding), 1);
+        assert_eq!(stats.get(Counter::ResponsesSuccess), 1);
+    }
+
+    #[test]
+    fn binding_answer_ipv6_matches_rfc5769() {
+        let (mut buf, n) = request(0x0001, &[], false);
+        let m = meta("[2001:db8:1234:5678:11:2233:4455:6677]:32853");
+        assert_eq!(run(&mut buf, n, &m, &classic_on()).0, Action::Reply { len: 44 });
+        let value = [
+            0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25, 0xf4, 0xb5, 0xbe,
+            0xd2, 0xb9, 0xd9,
+        ];
+        assert_eq!(&buf[20..24], &[0x00, 0x20, 0x00, 0x14]);
+        assert_eq!(&buf[24..44], &value);
+    }
+
+    #[test]
+    fn fingerprint_software_and_origin() {
+        let (mut buf, n) = request(0x0001, &[(ATTR_SOFTWARE, b"client")], true);
+        let config = HandlerConfig { software: "edge".into(), response_origin: true, rfc3489_classic: true };
+        let m = meta("198.51.100.7:4000");
+        let Action::Reply { len } = run(&mut buf, n, &m, &config).0 else { panic!("no reply") };
+        let msg = Message::parse(&buf[..len]).unwrap();
+        assert_eq!(msg.message_type(), MessageType::BINDING_SUCCESS);
+        assert_eq!(msg.transaction_id().0, TID);
+        assert_eq!(msg.get::<XorMappedAddress>(), Some(Ok(XorMappedAddress(m.src))));
+        assert_eq!(msg.get::<ResponseOrigin>(), Some(Ok(ResponseOrigin(m.local))));
+        assert_eq!(msg.get::<Software>(), Some(Ok(Software(b"edge"))));
+        assert_eq!(check_fingerprint(&msg), Check::Valid);
+        assert_eq!(len, 20 + 12 + 12 + 8 + 8);
+    }
+
+    #[test]
+    fn no_fingerprint_unless_asked() {
+        let (mut buf, n) = request(0x0001, &[], false);
+        let Action::Reply { len } = run(&mut buf, n, &meta("10.1.1.1:1"), &classic_on()).0 else { panic!() };
+        assert_eq!(check_fingerprint(&Message::parse(&buf[..len]).unwrap()), Check::Absent);
+    }
+
+    #[test]
+    fn classic_request_gets_mapped_address() {
+        let mut buf = [0u8; BUFFER_SIZE];
+        buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x00]);
+        buf[4..20].copy_from_slice(&[9; 16]);
+        let config = HandlerConfig { response_origin: true, ..classic_on() };
+        let (action, stats) = run(&mut buf, 20, &meta("192.0.2.1:32853"), &config);
+        assert_eq!(action, Action::Reply { len: 44 });
+        assert_eq!(&buf[..4], &[0x01, 0x01, 0x00, 0x18]);
+        assert_eq!(&buf[4..20], &[9; 16], "the 128-bit classic transaction ID is kept");
+        assert_eq!(&buf[20..32], &[0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x80, 0x55, 192, 0, 2, 1]);
+        assert_eq!(&buf[32..36], &[0x00, 0x04, 0x00, 0x08], "SOURCE-ADDRESS");
+        assert_eq!(stats.get(Counter::RequestsClassic), 1);
+
+        buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x00]);
+        let (action, _) = run(&mut buf, 20, &meta("192.0.2.1:32853"), &HandlerConfig::default());
+        assert_eq!(action, Action::Drop(DropReason::ClassicDisabled));
+    }
+
+    #[test]
+    fn unknown_comprehension_required_gets_420() {
+        let (mut buf, n) = request(0x0001, &[(0x0023, b"x"), (0x8050, b"optional"), (0x0023, b"again"), (0x7001, b"")], true);
+        let (action, stats) = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on());
+        let Action::Reply { len } = action else { panic!("{action:?}") };
+        let msg = Message::parse(&buf[..len]).unwrap();
+        assert_eq!(msg.message_type(), MessageType::BINDING_ERROR);
+        assert_eq!(msg.get::<ErrorCode>().unwrap().unwrap().code, 420);
+        assert_eq!(msg.get::<UnknownAttributes>().unwrap().unwrap().types(), &[0x0023, 0x7001]);
+        assert_eq!(check_fingerprint(&msg), Check::Valid);
+        assert_eq!(stats.get(Counter::Responses420), 1);
+    }
+
+    #[test]
+    fn unknown_optional_and_known_required_are_fine() {
+        let (mut buf, n) = request(0x0001, &[(0x8050, b"x"), (0x0024, &[0, 0, 0, 1]), (0x0025, b"")], false);
+        assert!(matches!(run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0, Action::Reply { len: 32 }));
+    }
+
+    #[test]
+    fn unknown_after_integrity_is_ignored() {
+        let (mut buf, n) = request(0x0001, &[(0x0008, &[0; 20]), (0x0023, b"late")], false);
+        assert_eq!(run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0, Action::Reply { len: 32 });
+    }
+
+    #[test]
+    fn too_many_unknown_gets_400() {
+        let types: Vec<u16> = (0..=MAX_UNKNOWN as u16).map(|i| 0x7000 + i).collect();
+        let attrs: Vec<(u16, &[u8])> = types.iter().map(|t| (*t, &b""[..])).collect();
+        let (mut buf, n) = request(0x0001, &attrs, false);
+        let Action::Reply { len } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
+        assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 400);
+    }
+
+    #[test]
+    fn other_methods_get_400() {
+        let (mut buf, n) = request(MessageType::new(METHOD_ALLOCATE, Class::Request).to_u16(), &[], false);
+        let (action, stats) = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on());
+        let Action::Reply { len } = action else { panic!() };
+        let msg = Message::parse(&buf[..len]).unwrap();
+        assert_eq!(msg.message_type(), MessageType::new(METHOD_ALLOCATE, Class::ErrorResponse));
+        assert_eq!(msg.get::<ErrorCode>().unwrap().unwrap(), ErrorCode { code: 400, reason: "Bad Request" });
+        assert_eq!(stats.get(Counter::RequestsOther), 1);
+        assert_eq!(stats.get(Counter::Responses400), 1);
+    }
+
+    #[test]
+    fn broken_attributes_get_400() {
+        let (mut buf, n) = request(0x0001, &[(ATTR_SOFTWARE, b"abcdefgh")], false);
+        buf[23] = 200; // SOFTWARE length runs past the message
+        let Action::Reply { len } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
+        assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 400);
+    }
+
+    #[test]
+    fn drops_are_named() {
+        let m = meta("10.0.0.1:9");
+        let cases: Vec<(Vec<u8>, DropReason)> = vec![
+            (vec![0; 19], DropReason::TooShort),
+            ({ let (b, n) = request(0x0001, &[], false); let mut v = b[..n].to_vec(); v[0] = 0x80; v }, DropReason::NotStun),
+            ({ let (b, n) = request(0x0001, &[], false); let mut v = b[..n].to_vec(); v.push(0); v }, DropReason::BadLength),
+            ({ let (b, n) = request(0x0001, &[], false); let mut v = b[..n].to_vec(); v[3] = 2; v }, DropReason::BadLength),
+            ({ let (b, n) = request(0x0011, &[], false); b[..n].to_vec() }, DropReason::BindingIndication),
+            ({ let (b, n) = request(0x0016, &[], false); b[..n].to_vec() }, DropReason::Indication),
+            ({ let (b, n) = request(0x0101, &[], false); b[..n].to_vec() }, DropReason::Response),
+            ({ let (b, n) = request(0x0111, &[], false); b[..n].to_vec() }, DropReason::Response),
+            ({ let (b, n) = request(0x0001, &[], true); let mut v = b[..n].to_vec(); v[n - 1] ^= 1; v }, DropReason::BadFingerprint),
+            (
+                { let (b, n) = request(0x0001, &[(ATTR_FINGERPRINT, &[0; 4]), (ATTR_SOFTWARE, b"x")], false); b[..n].to_vec() },
+                DropReason::BadFingerprint,
+            ),
+            (vec![0; MAX_REQUEST + 4], DropReason::Truncated),
+        ];
+        for (bytes, reason) in cases {
+            let mut buf = [0u8; BUFFER_SIZE];
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            let (action, stats) = run(&mut buf, bytes.len(), &m, &classic_on());
+            assert_eq!(action, Action::Drop(reason), "{bytes:02x?}");
+            assert_eq!(stats.drops(reason), 1);
+            assert_eq!(stats.get(Counter::ResponsesSuccess), 0);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_replies_parse(bytes in proptest::collection::vec(any::<u8>(), 0..600), force_cookie: bool) {
+            let mut buf = [0u8; BUFFER_SIZE];
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            if force_cookie && bytes.len() >= 20 {
+                buf[..2].copy_from_slice(&[0, 1]);
+                buf[2..4].copy_from_slice(&(((bytes.len() - 20) & !3) as u16).to_be_bytes());
+                buf[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+            }
+            let len = if force_cookie && bytes.len() >= 20 { 20 + ((bytes.len() - 20) & !3) } else { bytes.len() };
+            let (action, _) = run(&mut buf, len, &meta("[::1]:5"), &classic_on());
+            if let Action::Reply { len } = action {
+                let msg = Message::parse(&buf[..len]).expect("replies are well-formed");
+                prop_assert!(matches!(msg.message_type().class, Class::SuccessResponse | Class::ErrorResponse));
+            }
+        }
+
+        #[test]
+        fn any_binding_request_round_trips(port: u16, ip: [u8; 4], tid: [u8; 12], fp: bool, sw in "[a-z]{0,20}") {
+            let mut buf = [0u8; BUFFER_SIZE];
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+            key[4..].copy_from_slice(&tid);
+            let mut w = MessageWriter::new(&mut buf, MessageType::BINDING_REQUEST, &key).unwrap();
+            w.add(&Software(sw.as_bytes())).unwrap();
+            if fp { w.add_fingerprint().unwrap(); }
+            let n = w.finish();
+            let src = SocketAddr::from((ip, port));
+            let m = Meta { src, local: "10.0.0.1:3478".parse().unwrap() };
+            let (action, _) = run(&mut buf, n, &m, &classic_on());
+            let Action::Reply { len } = action else { panic!("{action:?}") };
+            let msg = Message::parse(&buf[..len]).unwrap();
+            prop_assert_eq!(msg.transaction_id().0, tid);
+            prop_assert_eq!(msg.get::<XorMappedAddress>(), Some(Ok(XorMappedAddress(src))));
+            prop_assert_eq!(check_fingerprint(&msg) == Check::Valid, fp);
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! stunedge: a STUN edge appliance. See README.md for the architecture; each module's doc says
+//! what it owns and what it must not do.
+#![deny(unsafe_code)]
+
+pub mod stun;
+pub mod handler;
+pub mod metrics;
