@@ -17,14 +17,13 @@ use std::net::SocketAddr;
 
 use crate::metrics::{Counter, Stats};
 use crate::stun::attr::{
-    MAX_UNKNOWN, MappedAddress, ResponseOrigin, Software, SourceAddress, UnknownAttributes,
-    XorMappedAddress,
+    MAX_UNKNOWN, MappedAddress, ResponseOrigin, Software, SourceAddress, UnknownAttributes, XorMappedAddress,
 };
 use crate::stun::integrity::{Check, check_fingerprint};
 use crate::stun::message::{COOKIE_OFFSET, ParseError, check_header};
 use crate::stun::registry::{
-    ATTR_FINGERPRINT, ERR_BAD_REQUEST, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING,
-    is_comprehension_required, is_known_attribute,
+    ATTR_FINGERPRINT, ERR_BAD_REQUEST, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING, is_comprehension_required,
+    is_known_attribute,
 };
 use crate::stun::{Class, Message, MessageType, MessageWriter, WriteError};
 
@@ -166,7 +165,9 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let mut request = Request { method: message_type.method, classic, fingerprint: false };
     let Ok(message) = Message::parse(datagram) else {
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.
-        return reply(buf, stats, Counter::Responses400, |b| error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config));
+        return reply(buf, stats, Counter::Responses400, |b| {
+            error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config)
+        });
     };
     let mut unknown = UnknownAttributes::new();
     let mut too_many_unknown = false;
@@ -183,7 +184,9 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
 
     if too_many_unknown {
         // More than MAX_UNKNOWN distinct unknown types: a 420 could not list them all.
-        return reply(buf, stats, Counter::Responses400, |b| error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config));
+        return reply(buf, stats, Counter::Responses400, |b| {
+            error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config)
+        });
     }
     if !unknown.is_empty() {
         return reply(buf, stats, Counter::Responses420, |b| {
@@ -191,7 +194,9 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
         });
     }
     if request.method != METHOD_BINDING {
-        return reply(buf, stats, Counter::Responses400, |b| error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config));
+        return reply(buf, stats, Counter::Responses400, |b| {
+            error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config)
+        });
     }
     reply(buf, stats, Counter::ResponsesSuccess, |b| binding_success(b, &request, meta, config))
 }
@@ -213,7 +218,12 @@ fn reply(
 }
 
 #[inline]
-fn binding_success(buf: &mut [u8], request: &Request, meta: &Meta, config: &HandlerConfig) -> Result<usize, WriteError> {
+fn binding_success(
+    buf: &mut [u8],
+    request: &Request,
+    meta: &Meta,
+    config: &HandlerConfig,
+) -> Result<usize, WriteError> {
     let mut w = MessageWriter::over(buf, MessageType::BINDING_SUCCESS)?;
     if request.classic {
         // RFC 3489 §11.2.1: classic clients read MAPPED-ADDRESS (no XOR).
@@ -261,9 +271,8 @@ fn finish(mut w: MessageWriter<'_>, request: &Request, config: &HandlerConfig) -
 
 // The largest answer: header, XOR-MAPPED-ADDRESS and RESPONSE-ORIGIN for IPv6 (24 each), the
 // longest SOFTWARE, FINGERPRINT; or an error with a 420 list. It must fit any receive buffer.
-const _: () = assert!(
-    20 + 24 + 24 + 4 + crate::stun::attr::MAX_TEXT + 8 + 4 + 4 + 24 + 4 + 2 * MAX_UNKNOWN <= BUFFER_SIZE
-);
+const _: () =
+    assert!(20 + 24 + 24 + 4 + crate::stun::attr::MAX_TEXT + 8 + 4 + 4 + 24 + 4 + 2 * MAX_UNKNOWN <= BUFFER_SIZE);
 
 #[cfg(test)]
 mod tests {
@@ -329,8 +338,8 @@ mod tests {
         let m = meta("[2001:db8:1234:5678:11:2233:4455:6677]:32853");
         assert_eq!(run(&mut buf, n, &m, &classic_on()).0, Action::Reply { len: 44 });
         let value = [
-            0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25, 0xf4, 0xb5, 0xbe,
-            0xd2, 0xb9, 0xd9,
+            0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25, 0xf4, 0xb5, 0xbe, 0xd2,
+            0xb9, 0xd9,
         ];
         assert_eq!(&buf[20..24], &[0x00, 0x20, 0x00, 0x14]);
         assert_eq!(&buf[24..44], &value);
@@ -380,7 +389,8 @@ mod tests {
 
     #[test]
     fn unknown_comprehension_required_gets_420() {
-        let (mut buf, n) = request(0x0001, &[(0x0023, b"x"), (0x8050, b"optional"), (0x0023, b"again"), (0x7001, b"")], true);
+        let (mut buf, n) =
+            request(0x0001, &[(0x0023, b"x"), (0x8050, b"optional"), (0x0023, b"again"), (0x7001, b"")], true);
         let (action, stats) = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on());
         let Action::Reply { len } = action else { panic!("{action:?}") };
         let msg = Message::parse(&buf[..len]).unwrap();
@@ -437,16 +447,75 @@ mod tests {
         let m = meta("10.0.0.1:9");
         let cases: Vec<(Vec<u8>, DropReason)> = vec![
             (vec![0; 19], DropReason::TooShort),
-            ({ let (b, n) = request(0x0001, &[], false); let mut v = b[..n].to_vec(); v[0] = 0x80; v }, DropReason::NotStun),
-            ({ let (b, n) = request(0x0001, &[], false); let mut v = b[..n].to_vec(); v.push(0); v }, DropReason::BadLength),
-            ({ let (b, n) = request(0x0001, &[], false); let mut v = b[..n].to_vec(); v[3] = 2; v }, DropReason::BadLength),
-            ({ let (b, n) = request(0x0011, &[], false); b[..n].to_vec() }, DropReason::BindingIndication),
-            ({ let (b, n) = request(0x0016, &[], false); b[..n].to_vec() }, DropReason::Indication),
-            ({ let (b, n) = request(0x0101, &[], false); b[..n].to_vec() }, DropReason::Response),
-            ({ let (b, n) = request(0x0111, &[], false); b[..n].to_vec() }, DropReason::Response),
-            ({ let (b, n) = request(0x0001, &[], true); let mut v = b[..n].to_vec(); v[n - 1] ^= 1; v }, DropReason::BadFingerprint),
             (
-                { let (b, n) = request(0x0001, &[(ATTR_FINGERPRINT, &[0; 4]), (ATTR_SOFTWARE, b"x")], false); b[..n].to_vec() },
+                {
+                    let (b, n) = request(0x0001, &[], false);
+                    let mut v = b[..n].to_vec();
+                    v[0] = 0x80;
+                    v
+                },
+                DropReason::NotStun,
+            ),
+            (
+                {
+                    let (b, n) = request(0x0001, &[], false);
+                    let mut v = b[..n].to_vec();
+                    v.push(0);
+                    v
+                },
+                DropReason::BadLength,
+            ),
+            (
+                {
+                    let (b, n) = request(0x0001, &[], false);
+                    let mut v = b[..n].to_vec();
+                    v[3] = 2;
+                    v
+                },
+                DropReason::BadLength,
+            ),
+            (
+                {
+                    let (b, n) = request(0x0011, &[], false);
+                    b[..n].to_vec()
+                },
+                DropReason::BindingIndication,
+            ),
+            (
+                {
+                    let (b, n) = request(0x0016, &[], false);
+                    b[..n].to_vec()
+                },
+                DropReason::Indication,
+            ),
+            (
+                {
+                    let (b, n) = request(0x0101, &[], false);
+                    b[..n].to_vec()
+                },
+                DropReason::Response,
+            ),
+            (
+                {
+                    let (b, n) = request(0x0111, &[], false);
+                    b[..n].to_vec()
+                },
+                DropReason::Response,
+            ),
+            (
+                {
+                    let (b, n) = request(0x0001, &[], true);
+                    let mut v = b[..n].to_vec();
+                    v[n - 1] ^= 1;
+                    v
+                },
+                DropReason::BadFingerprint,
+            ),
+            (
+                {
+                    let (b, n) = request(0x0001, &[(ATTR_FINGERPRINT, &[0; 4]), (ATTR_SOFTWARE, b"x")], false);
+                    b[..n].to_vec()
+                },
                 DropReason::BadFingerprint,
             ),
             (vec![0; MAX_REQUEST + 4], DropReason::Truncated),

@@ -2,6 +2,9 @@
 //! what it owns and what it must not do.
 #![deny(unsafe_code)]
 
-pub mod stun;
+pub mod config;
 pub mod handler;
+pub mod io;
 pub mod metrics;
+pub mod stun;
+pub mod worker;

@@ -1,1 +1,146 @@
-fn main(){}
+//! The `stunedge` command: `serve`, `check-config`, `--print-config`. Parses arguments, loads
+//! and validates the configuration, sets up logging and signals, and runs the server. Errors
+//! in configuration or start-up print one line and exit with status 2.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, Parser, Subcommand};
+use stunedge::config::{Config, Settings};
+use stunedge::worker::Server;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit status for configuration and start-up errors.
+const EXIT_CONFIG: u8 = 2;
+
+/// How often counters are logged at debug level.
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(name = "stunedge", version, about = "A STUN edge server: per-core workers answering Binding requests")]
+struct Cli {
+    /// Print the default configuration, every field commented, and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (UDP 3478 on every IPv4 and IPv6 address unless configured otherwise).
+    Serve {
+        /// TOML configuration file; without it the embedded defaults are used.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit: 0 when valid, 2 with the reason when not.
+    CheckConfig {
+        /// TOML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_config {
+        print!("{}", Config::default().to_commented_toml());
+        return ExitCode::SUCCESS;
+    }
+    match cli.command {
+        Some(Command::Serve { config }) => serve(config),
+        Some(Command::CheckConfig { file }) => match load(Some(file.clone())) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        None => {
+            let _ = Cli::command().print_help();
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask).
+fn allowed_cpus() -> Vec<usize> {
+    core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
+}
+
+fn load(path: Option<PathBuf>) -> Result<Settings, ExitCode> {
+    let config = match &path {
+        Some(path) => Config::from_file(path),
+        None => Ok(Config::default()),
+    };
+    config.and_then(|c| c.validate(&allowed_cpus())).map_err(|e| {
+        eprintln!("stunedge: config error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let settings = match load(path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(settings.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+
+    let mut server = match Server::start(&settings) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("stunedge: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let stop = server.stop_flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping ends the process at once.
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
+        if let Err(e) = registered {
+            eprintln!("stunedge: cannot install signal handler: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    tracing::info!(
+        listen = addrs.join(", "),
+        workers = server.cpus().len(),
+        backend = "mmsg",
+        "stunedge {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let mut last_stats = Instant::now();
+    let mut failed = false;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if server.any_worker_exited() && !stop.load(Ordering::Relaxed) {
+            tracing::error!("a worker thread ended unexpectedly; stopping");
+            failed = true;
+            break;
+        }
+        if last_stats.elapsed() >= STATS_EVERY {
+            last_stats = Instant::now();
+            for (cpu, stats) in server.cpus().iter().zip(server.worker_stats()) {
+                tracing::debug!(worker = cpu, "counters: {stats}");
+            }
+        }
+    }
+    server.stop();
+    let panicked = server.join();
+    tracing::info!("stopped; totals: {}", server.stats());
+    if failed || panicked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}

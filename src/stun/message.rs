@@ -3,8 +3,8 @@
 //! allocates and, once [`Message::parse`] has succeeded, no accessor can panic.
 
 use super::registry::{
-    ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
-    HEADER_LEN, MAGIC_COOKIE, MessageType,
+    ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, HEADER_LEN, MAGIC_COOKIE,
+    MessageType,
 };
 
 /// Offset of the message type field.
@@ -242,9 +242,7 @@ impl<'a> Iterator for Attributes<'a> {
                 (After::Fingerprint, _) => return None,
                 (_, ATTR_FINGERPRINT) => (true, After::Fingerprint),
                 (After::Nothing, ATTR_MESSAGE_INTEGRITY) => (true, After::Integrity),
-                (After::Nothing | After::Integrity, ATTR_MESSAGE_INTEGRITY_SHA256) => {
-                    (true, After::IntegritySha256)
-                }
+                (After::Nothing | After::Integrity, ATTR_MESSAGE_INTEGRITY_SHA256) => (true, After::IntegritySha256),
                 (After::Nothing, _) => (true, After::Nothing),
                 (state, _) => (false, state),
             };
@@ -315,10 +313,7 @@ mod tests {
         ]);
         let msg = Message::parse(&bytes).unwrap();
         let acted: Vec<u16> = msg.attributes().map(|a| a.attr_type).collect();
-        assert_eq!(
-            acted,
-            [ATTR_USERNAME, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, ATTR_FINGERPRINT]
-        );
+        assert_eq!(acted, [ATTR_USERNAME, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, ATTR_FINGERPRINT]);
         assert_eq!(msg.raw_attributes().count(), 7);
         assert_eq!(msg.value(ATTR_SOFTWARE), None);
         assert_eq!(msg.value(ATTR_USERNAME), Some(&b"u"[..]));

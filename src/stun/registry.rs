@@ -145,7 +145,7 @@ macro_rules! registry {
 registry! { METHODS, method, is_known_method, "method";
     METHOD_BINDING = 0x001, "Binding", "RFC 8489";
     /// RFC 3489's Shared Secret; reserved since RFC 5389.
-    METHOD_SHARED_SECRET = 0x002, "Reserved; was SharedSecret", "RFC 5389";
+    METHOD_SHARED_SECRET = 0x002, "Reserved; was SharedSecret", "RFC 8489";
     METHOD_ALLOCATE = 0x003, "Allocate", "RFC 8656";
     METHOD_REFRESH = 0x004, "Refresh", "RFC 8656";
     METHOD_SEND = 0x006, "Send", "RFC 8656";
@@ -155,25 +155,25 @@ registry! { METHODS, method, is_known_method, "method";
     METHOD_CONNECT = 0x00A, "Connect", "RFC 6062";
     METHOD_CONNECTION_BIND = 0x00B, "ConnectionBind", "RFC 6062";
     METHOD_CONNECTION_ATTEMPT = 0x00C, "ConnectionAttempt", "RFC 6062";
-    METHOD_GOOG_PING = 0x080, "GOOG-PING", "Google";
+    METHOD_GOOG_PING = 0x080, "GOOG-PING", "Jonas_Oreland (Google)";
 }
 
 registry! { ATTRIBUTES, attribute, is_known_attribute, "attribute type";
     // Comprehension-required range, 0x0000-0x7FFF.
     ATTR_MAPPED_ADDRESS = 0x0001, "MAPPED-ADDRESS", "RFC 8489";
     /// RFC 3489 only; stunedge never sends a response to a third address.
-    ATTR_RESPONSE_ADDRESS = 0x0002, "Reserved; was RESPONSE-ADDRESS", "RFC 5389";
+    ATTR_RESPONSE_ADDRESS = 0x0002, "Reserved; was RESPONSE-ADDRESS", "RFC 8489";
     ATTR_CHANGE_REQUEST = 0x0003, "CHANGE-REQUEST", "RFC 5780";
     /// RFC 3489 §11.2.3, answered to classic clients.
-    ATTR_SOURCE_ADDRESS = 0x0004, "Reserved; was SOURCE-ADDRESS", "RFC 5389";
+    ATTR_SOURCE_ADDRESS = 0x0004, "Reserved; was SOURCE-ADDRESS", "RFC 8489";
     /// RFC 3489 §11.2.3, answered to classic clients.
-    ATTR_CHANGED_ADDRESS = 0x0005, "Reserved; was CHANGED-ADDRESS", "RFC 5389";
+    ATTR_CHANGED_ADDRESS = 0x0005, "Reserved; was CHANGED-ADDRESS", "RFC 8489";
     ATTR_USERNAME = 0x0006, "USERNAME", "RFC 8489";
-    ATTR_PASSWORD = 0x0007, "Reserved; was PASSWORD", "RFC 5389";
+    ATTR_PASSWORD = 0x0007, "Reserved; was PASSWORD", "RFC 8489";
     ATTR_MESSAGE_INTEGRITY = 0x0008, "MESSAGE-INTEGRITY", "RFC 8489";
     ATTR_ERROR_CODE = 0x0009, "ERROR-CODE", "RFC 8489";
     ATTR_UNKNOWN_ATTRIBUTES = 0x000A, "UNKNOWN-ATTRIBUTES", "RFC 8489";
-    ATTR_REFLECTED_FROM = 0x000B, "Reserved; was REFLECTED-FROM", "RFC 5389";
+    ATTR_REFLECTED_FROM = 0x000B, "Reserved; was REFLECTED-FROM", "RFC 8489";
     ATTR_CHANNEL_NUMBER = 0x000C, "CHANNEL-NUMBER", "RFC 8656";
     ATTR_LIFETIME = 0x000D, "LIFETIME", "RFC 8656";
     ATTR_BANDWIDTH = 0x0010, "Reserved; was BANDWIDTH", "RFC 8656";

@@ -7,8 +7,8 @@ use super::attr::{Attribute, ErrorCode, check_sha256_len};
 use super::integrity::{SHA1_LEN, fingerprint, integrity_sha1, integrity_sha256};
 use super::message::{COOKIE_OFFSET, CookieAndId, LENGTH_OFFSET, padded};
 use super::registry::{
-    ATTR_ERROR_CODE, ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY,
-    ATTR_MESSAGE_INTEGRITY_SHA256, HEADER_LEN, MessageType,
+    ATTR_ERROR_CODE, ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
+    HEADER_LEN, MessageType,
 };
 
 /// Why a message cannot be written.
@@ -192,6 +192,9 @@ mod tests {
         let mut small = [0u8; 27];
         let mut w = MessageWriter::new(&mut small, MessageType::BINDING_REQUEST, &[1; 16]).unwrap();
         assert_eq!(w.add_fingerprint(), Err(WriteError::BufferTooSmall));
-        assert_eq!(MessageWriter::over(&mut [0u8; 19], MessageType::BINDING_REQUEST).unwrap_err(), WriteError::BufferTooSmall);
+        assert_eq!(
+            MessageWriter::over(&mut [0u8; 19], MessageType::BINDING_REQUEST).unwrap_err(),
+            WriteError::BufferTooSmall
+        );
     }
 }

@@ -1,0 +1,396 @@
+//! The typed TOML configuration: every field has a default and a doc comment (which
+//! `--print-config` turns into the commented default file, `configs/stunedge.toml`), unknown
+//! fields are errors, and [`Config::validate`] turns it into [`Settings`] or an error that names
+//! the field and the bad value. Read at start (and on reload), never on the packet path.
+
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::handler::HandlerConfig;
+use crate::stun::attr::MAX_TEXT;
+
+/// One field's documentation, for `--print-config`.
+struct FieldDoc {
+    key: &'static str,
+    doc: &'static [&'static str],
+    value: toml::Value,
+}
+
+macro_rules! section {
+    ($(#[doc = $sdoc:literal])* $name:ident $key:literal {
+        $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr, )*
+    }) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            const KEY: &'static str = $key;
+            const DOC: &'static [&'static str] = &[$($sdoc),*];
+
+            fn fields(&self) -> Vec<FieldDoc> {
+                vec![$( FieldDoc {
+                    key: stringify!($field),
+                    doc: &[$($doc),*],
+                    value: toml::Value::try_from(&self.$field).expect("config values are TOML"),
+                }, )*]
+            }
+        }
+    };
+}
+
+section! {
+    /// What the server listens on and what it puts in answers.
+    Server "server" {
+        /// UDP addresses to listen on, as "IP:port". "0.0.0.0:3478" and "[::]:3478" take every
+        /// IPv4 and IPv6 address; replies leave from the address each request was sent to.
+        /// Port 0 picks a free port (tests).
+        listen: Vec<String> = vec!["0.0.0.0:3478".into(), "[::]:3478".into()],
+        /// SOFTWARE attribute added to every answer (RFC 8489 §14.14); empty adds none. Fewer
+        /// than 128 characters. Each byte here is a byte of amplification: keep it short.
+        software: String = String::new(),
+        /// Add RESPONSE-ORIGIN (RFC 5780 §7.3; SOURCE-ADDRESS for RFC 3489 clients) to Binding
+        /// answers: 12 bytes (IPv4) or 24 (IPv6) more per answer.
+        response_origin: bool = false,
+        /// Answer RFC 3489 "classic" Binding requests (no magic cookie) with MAPPED-ADDRESS.
+        /// When false they are dropped and counted as classic_disabled.
+        rfc3489_classic: bool = true,
+    }
+}
+
+section! {
+    /// The data plane: worker threads, batching and socket buffers.
+    Io "io" {
+        /// CPUs to run one pinned worker each on. Empty: every CPU this process may run on
+        /// (its affinity mask, as `nproc` counts them, so taskset and cpusets are respected).
+        cpus: Vec<usize> = Vec::new(),
+        /// Datagrams received with one recvmmsg and answered with one sendmmsg (1..=1024).
+        batch_size: usize = 32,
+        /// SO_RCVBUF of each socket, in bytes (the kernel caps it at net.core.rmem_max unless
+        /// running as root, and doubles it for bookkeeping). 4096..=1073741824.
+        socket_recv_buffer: usize = 4 * 1024 * 1024,
+        /// SO_SNDBUF of each socket, in bytes (capped at net.core.wmem_max unless root).
+        /// 4096..=1073741824.
+        socket_send_buffer: usize = 4 * 1024 * 1024,
+    }
+}
+
+section! {
+    /// Logging (to stderr).
+    Log "log" {
+        /// One of "error", "warn", "info", "debug", "trace". At "debug" each worker's counters
+        /// (including every drop reason) are logged every 10 seconds.
+        level: String = "info".into(),
+    }
+}
+
+/// The whole configuration file. Every section and field is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: Server,
+    /// `[io]`
+    pub io: Io,
+    /// `[log]`
+    pub log: Log,
+}
+
+/// A configuration problem: which field, what value, what is wrong. One line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `file:line` for syntax and type errors found while parsing; empty otherwise.
+    pub location: String,
+    /// Which field: a path (`io.batch_size`, `server.listen[1]`), or a file name.
+    pub field: String,
+    /// The offending value, as written (empty when not applicable).
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.location.is_empty() {
+            write!(f, "{}: ", self.location)?;
+        }
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.field, self.reason)
+        } else {
+            write!(f, "{} = {}: {}", self.field, self.value, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(field: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError { location: String::new(), field: field.into(), value: value.to_string(), reason: reason.into() }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Listen addresses, in order, without duplicates.
+    pub listen: Vec<SocketAddr>,
+    /// CPUs to pin one worker each to.
+    pub cpus: Vec<usize>,
+    /// Datagrams per receive/send batch.
+    pub batch_size: usize,
+    /// SO_RCVBUF request.
+    pub socket_recv_buffer: usize,
+    /// SO_SNDBUF request.
+    pub socket_send_buffer: usize,
+    /// What answers contain.
+    pub handler: HandlerConfig,
+    /// Log level.
+    pub log_level: tracing::Level,
+}
+
+const BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=(1 << 30);
+
+impl Config {
+    /// Parses TOML text; `origin` names the source in errors (a file name).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let (line, field, value) = locate(text, span.start.min(text.len()));
+                    ConfigError { location: format!("{origin}:{line}"), field, value, reason: message }
+                }
+                None => invalid(origin, "", message),
+            }
+        })
+    }
+
+    /// Reads and parses a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(path.display().to_string(), "", format!("cannot read: {e}")))?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks every field; `allowed_cpus` is the process's affinity mask.
+    pub fn validate(&self, allowed_cpus: &[usize]) -> Result<Settings, ConfigError> {
+        let mut listen = Vec::new();
+        if self.server.listen.is_empty() {
+            return Err(invalid("server.listen", "[]", "at least one address is needed"));
+        }
+        for (i, text) in self.server.listen.iter().enumerate() {
+            let field = format!("server.listen[{i}]");
+            let addr: SocketAddr = text
+                .parse()
+                .map_err(|_| invalid(&field, format!("{text:?}"), "not an IP:port address (IPv6 as \"[::1]:3478\")"))?;
+            if listen.contains(&addr) {
+                return Err(invalid(&field, format!("{text:?}"), "listed twice"));
+            }
+            listen.push(addr);
+        }
+        let software = &self.server.software;
+        if software.chars().count() >= 128 || software.len() > MAX_TEXT {
+            return Err(invalid("server.software", format!("{software:?}"), "must be fewer than 128 characters"));
+        }
+
+        let cpus = if self.io.cpus.is_empty() {
+            if allowed_cpus.is_empty() {
+                return Err(invalid("io.cpus", "[]", "this process's CPU affinity mask could not be read; list CPUs"));
+            }
+            allowed_cpus.to_vec()
+        } else {
+            for (i, cpu) in self.io.cpus.iter().enumerate() {
+                if !allowed_cpus.contains(cpu) {
+                    return Err(invalid(
+                        format!("io.cpus[{i}]"),
+                        cpu,
+                        format!("not a CPU this process may run on (allowed: {})", cpu_list(allowed_cpus)),
+                    ));
+                }
+                if self.io.cpus[..i].contains(cpu) {
+                    return Err(invalid(format!("io.cpus[{i}]"), cpu, "listed twice"));
+                }
+            }
+            self.io.cpus.clone()
+        };
+        if !(1..=1024).contains(&self.io.batch_size) {
+            return Err(invalid("io.batch_size", self.io.batch_size, "must be between 1 and 1024"));
+        }
+        for (field, value) in [
+            ("io.socket_recv_buffer", self.io.socket_recv_buffer),
+            ("io.socket_send_buffer", self.io.socket_send_buffer),
+        ] {
+            if !BUFFER_RANGE.contains(&value) {
+                return Err(invalid(field, value, "must be between 4096 and 1073741824 bytes"));
+            }
+        }
+        let log_level = self.log.level.parse().map_err(|_| {
+            invalid("log.level", format!("{:?}", self.log.level), "must be error, warn, info, debug or trace")
+        })?;
+        Ok(Settings {
+            listen,
+            cpus,
+            batch_size: self.io.batch_size,
+            socket_recv_buffer: self.io.socket_recv_buffer,
+            socket_send_buffer: self.io.socket_send_buffer,
+            handler: HandlerConfig {
+                software: self.server.software.clone(),
+                response_origin: self.server.response_origin,
+                rfc3489_classic: self.server.rfc3489_classic,
+            },
+            log_level,
+        })
+    }
+
+    /// The commented TOML that `stunedge --print-config` prints: every field with its doc
+    /// comment and its value in `self` (the defaults, for the committed file).
+    pub fn to_commented_toml(&self) -> String {
+        let mut out = String::from(
+            "# stunedge configuration. Every field is optional; the values below are the defaults.\n\
+             # Generated by `stunedge --print-config`; CI checks that configs/stunedge.toml matches.\n",
+        );
+        let sections = [
+            (Server::KEY, Server::DOC, self.server.fields()),
+            (Io::KEY, Io::DOC, self.io.fields()),
+            (Log::KEY, Log::DOC, self.log.fields()),
+        ];
+        for (key, doc, fields) in sections {
+            out.push('\n');
+            for line in doc {
+                let _ = writeln!(out, "#{line}");
+            }
+            let _ = writeln!(out, "[{key}]");
+            for field in fields {
+                for line in field.doc {
+                    let _ = writeln!(out, "#{line}");
+                }
+                let _ = writeln!(out, "{} = {}", field.key, field.value);
+            }
+        }
+        out
+    }
+}
+
+/// The line number, field path (`section.key`) and value text of the TOML line holding byte
+/// `at`, so parse errors name the field as validation errors do.
+fn locate(text: &str, at: usize) -> (usize, String, String) {
+    let line = text[..at].matches('\n').count() + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
+    let section = text[..at]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match line_text.split_once('=') {
+        Some((key, value)) => {
+            let key = key.trim();
+            let field = section.map_or_else(|| key.to_string(), |s| format!("{s}.{key}"));
+            (line, field, value.trim().to_string())
+        }
+        None => (line, line_text.to_string(), String::new()),
+    }
+}
+
+/// "0-3,6" style rendering of a CPU list.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if cpus[i] == start {
+            let _ = write!(out, "{start}");
+        } else {
+            let _ = write!(out, "{start}-{}", cpus[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Settings, ConfigError> {
+        Config::from_toml(text, "test.toml")?.validate(&[0, 1, 2, 3])
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let s = check("").unwrap();
+        assert_eq!(s.listen, ["0.0.0.0:3478".parse().unwrap(), "[::]:3478".parse().unwrap()]);
+        assert_eq!(s.cpus, [0, 1, 2, 3]);
+        assert_eq!(s.batch_size, 32);
+        assert!(s.handler.rfc3489_classic);
+        assert_eq!(s.log_level, tracing::Level::INFO);
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_defaults() {
+        let text = Config::default().to_commented_toml();
+        assert_eq!(Config::from_toml(&text, "printed").unwrap(), Config::default());
+        // Every field carries its doc comment.
+        assert!(text.contains("# Datagrams received with one recvmmsg"));
+        assert!(text.contains("listen = [\"0.0.0.0:3478\", \"[::]:3478\"]"));
+    }
+
+    #[test]
+    fn errors_name_field_and_value() {
+        let e = check("[io]\nbatch_size = 0\n").unwrap_err();
+        assert_eq!(e.to_string(), "io.batch_size = 0: must be between 1 and 1024");
+        let e = check("[server]\nlisten = [\"127.0.0.1:1\", \"nonsense\"]\n").unwrap_err();
+        assert_eq!(e.field, "server.listen[1]");
+        assert_eq!(e.value, "\"nonsense\"");
+        let e = check("[io]\ncpus = [1, 9]\n").unwrap_err();
+        assert_eq!(e.to_string(), "io.cpus[1] = 9: not a CPU this process may run on (allowed: 0-3)");
+        let e = check("[io]\ncpus = [1, 1]\n").unwrap_err();
+        assert_eq!(e.field, "io.cpus[1]");
+        let e = check("[log]\nlevel = \"loud\"\n").unwrap_err();
+        assert_eq!(e.field, "log.level");
+        let e = check("[io]\nsocket_recv_buffer = 1\n").unwrap_err();
+        assert_eq!(e.field, "io.socket_recv_buffer");
+        let e = check(&format!("[server]\nsoftware = \"{}\"\n", "x".repeat(128))).unwrap_err();
+        assert_eq!(e.field, "server.software");
+        let e = check("[server]\nlisten = []\n").unwrap_err();
+        assert_eq!(e.field, "server.listen");
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_errors_with_line() {
+        let e = check("[io]\nbatch_size = 8\nbach_size = 9\n").unwrap_err();
+        assert_eq!(e.location, "test.toml:3");
+        assert_eq!(e.field, "io.bach_size");
+        assert!(e.reason.contains("unknown field `bach_size`"), "{e}");
+        let e = check("[io]\nbatch_size = \"many\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "test.toml:2: io.batch_size = \"many\": invalid type: string \"many\", expected usize"
+        );
+        let e = check("[bogus]\n").unwrap_err();
+        assert!(e.reason.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert_eq!(cpu_list(&[]), "");
+    }
+}

@@ -1,0 +1,132 @@
+//! Listening sockets: one SO_REUSEPORT UDP socket per worker per listen address, non-blocking,
+//! with the configured buffer sizes, IPV6_V6ONLY on IPv6, and PKTINFO on wildcard addresses so
+//! each reply can leave from the address its request was sent to.
+
+use std::io;
+use std::mem::size_of;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Socket settings from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Requested SO_RCVBUF, bytes.
+    pub recv_buffer: usize,
+    /// Requested SO_SNDBUF, bytes.
+    pub send_buffer: usize,
+}
+
+/// One bound socket.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket (non-blocking).
+    pub socket: UdpSocket,
+    /// The address it is bound to (with the real port when 0 was asked for).
+    pub local: SocketAddr,
+    /// Bound to 0.0.0.0 or [::]: the local address of each datagram comes from PKTINFO, and
+    /// replies carry it back in a PKTINFO control message.
+    pub wildcard: bool,
+    /// SO_RCVBUF as the kernel reports it (twice what it grants the payload).
+    pub recv_buffer: usize,
+    /// SO_SNDBUF as the kernel reports it.
+    pub send_buffer: usize,
+}
+
+fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Separate IPv4 and IPv6 sockets: no v4-mapped addresses to report.
+        socket.set_only_v6(true)?;
+    }
+    Ok(socket)
+}
+
+/// Fails with `EADDRINUSE` when another socket holds `addr`, including one that set
+/// SO_REUSEPORT (which would otherwise silently share the port with us). It binds and closes a
+/// probe socket without SO_REUSEPORT. Port 0 is always free.
+pub fn check_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    new_socket(addr)?.bind(&addr.into())
+}
+
+/// Binds one worker's socket for `addr`.
+pub fn bind(addr: SocketAddr, options: &SocketOptions) -> io::Result<Listener> {
+    let socket = new_socket(addr)?;
+    socket.set_reuse_port(true)?;
+    set_buffer(&socket, libc::SO_RCVBUFFORCE, options.recv_buffer, |s, n| s.set_recv_buffer_size(n))?;
+    set_buffer(&socket, libc::SO_SNDBUFFORCE, options.send_buffer, |s, n| s.set_send_buffer_size(n))?;
+    let wildcard = addr.ip().is_unspecified();
+    if wildcard {
+        match addr {
+            SocketAddr::V4(_) => set_int(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?,
+            SocketAddr::V6(_) => set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?,
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    let local = socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("bound to a non-IP address"))?;
+    let recv_buffer = socket.recv_buffer_size()?;
+    let send_buffer = socket.send_buffer_size()?;
+    Ok(Listener { socket: socket.into(), local, wildcard, recv_buffer, send_buffer })
+}
+
+/// Sets a buffer size with the *FORCE option (root may exceed net.core.[rw]mem_max), falling
+/// back to the ordinary option when not permitted.
+fn set_buffer(
+    socket: &Socket,
+    force: libc::c_int,
+    bytes: usize,
+    plain: impl Fn(&Socket, usize) -> io::Result<()>,
+) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    match set_int(socket, libc::SOL_SOCKET, force, value) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => plain(socket, bytes),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_int(socket: &Socket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt on an fd we own; optval points at a live c_int on our stack and optlen
+    // is its exact size; the kernel copies the value before returning.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast::<libc::c_void>(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: SocketOptions = SocketOptions { recv_buffer: 1 << 20, send_buffer: 1 << 20 };
+
+    #[test]
+    fn reuseport_sockets_share_a_port_and_probe_detects_it() {
+        let a = bind("127.0.0.1:0".parse().unwrap(), &OPTS).unwrap();
+        let b = bind(a.local, &OPTS).unwrap();
+        assert_eq!(a.local, b.local);
+        assert!(!a.wildcard);
+        let err = check_free(a.local).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(a.recv_buffer >= 1 << 20, "SO_RCVBUF {}", a.recv_buffer);
+    }
+
+    #[test]
+    fn plain_socket_blocks_reuseport_bind() {
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = plain.local_addr().unwrap();
+        assert_eq!(check_free(addr).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        assert!(bind(addr, &OPTS).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Zero allocations on the packet path: a counting global allocator (per thread, so parallel
+//! tests do not disturb it) wraps parse → handle → respond for every kind of outcome.
+
+// The one place in tests that needs `unsafe`: a GlobalAlloc impl cannot be written without it.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+
+use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
+use stunedge::metrics::Stats;
+
+use crate::support::{binding_request, hex};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every method forwards to the system allocator unchanged; the counter is a
+// const-initialised thread-local Cell, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: the caller upholds GlobalAlloc::alloc's contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn counter_sees_allocations() {
+    // The instrument itself must be able to fail.
+    let before = allocations();
+    let v: Vec<u8> = std::hint::black_box(Vec::with_capacity(64));
+    assert!(allocations() > before);
+    drop(v);
+}
+
+#[test]
+fn handler_never_allocates() {
+    let tid = [7u8; 12];
+    let fingerprinted = hex("00 01 00 08 21 12 a4 42 07 07 07 07 07 07 07 07 07 07 07 07 80 28 00 04 00 00 00 00");
+    let mut with_fp = fingerprinted.clone();
+    // Fix the FINGERPRINT value so the request is valid.
+    let crc = crc32(&with_fp[..20]) ^ 0x5354_554E;
+    with_fp[24..28].copy_from_slice(&crc.to_be_bytes());
+    let inputs: Vec<Vec<u8>> = vec![
+        binding_request(tid, &[]),
+        with_fp,
+        fingerprinted,                                                      // bad FINGERPRINT: dropped
+        binding_request(tid, &hex("00 23 00 01 78 00 00 00")),              // 420
+        binding_request(tid, &hex("80 22 00 10 78 78 78 78")),              // overrun: 400
+        hex("00 03 00 00 21 12 a4 42 01 02 03 04 05 06 07 08 09 0a 0b 0c"), // Allocate: 400
+        hex("00 01 00 00 00 00 00 00 01 02 03 04 05 06 07 08 09 0a 0b 0c"), // classic
+        vec![0xFF; 40],                                                     // not STUN
+        vec![0; 7],                                                         // too short
+    ];
+    let config = HandlerConfig { software: "stunedge".into(), response_origin: true, rfc3489_classic: true };
+    let metas = [
+        Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap() },
+        Meta {
+            src: "[2001:db8::9]:40000".parse().unwrap(),
+            local: "[2001:db8::1]:3478".parse::<SocketAddr>().unwrap(),
+        },
+    ];
+    let mut buffers: Vec<[u8; BUFFER_SIZE]> = vec![[0u8; BUFFER_SIZE]; inputs.len() * metas.len()];
+    let mut stats = Stats::default();
+    let mut replies = 0;
+    let before = allocations();
+    for (i, (input, meta)) in inputs.iter().flat_map(|x| metas.iter().map(move |m| (x, m))).enumerate() {
+        let buf = &mut buffers[i];
+        buf[..input.len()].copy_from_slice(input);
+        if let Action::Reply { .. } = handle(buf, input.len(), meta, &config, &mut stats) {
+            replies += 1;
+        }
+    }
+    let after = allocations();
+    assert_eq!(after - before, 0, "the packet path allocated");
+    assert_eq!(replies, 12, "six inputs are answered, for two address families");
+    assert_eq!(stats.total_drops(), 6);
+}
+
+/// CRC-32 (IEEE), bitwise: independent of the crate the codec uses.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}

@@ -1,0 +1,230 @@
+//! The `stunedge` binary itself: serving with a config file and with no config at all,
+//! interop with coturn's `turnutils_stunclient`, clean stop on SIGTERM/SIGINT, exit code 2 with
+//! a one-line error for a bad config or a port in use, `check-config`, and `--print-config`
+//! against the committed configs/stunedge.toml.
+
+use std::io::Read;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{binding_request, client_for, expected_answer, tool_missing};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stunedge");
+
+/// A free UDP port on both loopbacks (bound and released; the kernel will not hand it out
+/// again at once).
+fn free_port() -> u16 {
+    loop {
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        if UdpSocket::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Running {
+    child: Child,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let child = Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        Running { child }
+    }
+
+    /// Waits until `addr` answers a Binding request.
+    fn wait_ready(&mut self, addr: SocketAddr) {
+        let client = client_for(addr);
+        client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let request = binding_request([3; 12], &[]);
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("stunedge exited early with {status}: {}", self.stderr());
+            }
+            client.send_to(&request, addr).unwrap();
+            if let Ok((n, _)) = client.recv_from(&mut buf) {
+                assert_eq!(&buf[..n], &expected_answer(client.local_addr().unwrap(), [3; 12])[..]);
+                return;
+            }
+        }
+        panic!("{addr} never answered");
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY-free: kill(2) through the libc crate is `unsafe`; use the kill command instead.
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "stunedge did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut out = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut out);
+        }
+        out
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("stunedge-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// Runs `turnutils_stunclient` against `server` and returns the reflexive address it prints.
+fn stunclient(server: SocketAddr) -> SocketAddr {
+    let out = Command::new("turnutils_stunclient")
+        .args(["-p", &server.port().to_string(), &server.ip().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "turnutils_stunclient failed: {text}");
+    // "0: : IPv4. UDP reflexive addr: 127.0.0.1:39336"; IPv6 is printed without brackets.
+    let addr = text
+        .lines()
+        .find_map(|l| l.split("UDP reflexive addr: ").nth(1))
+        .unwrap_or_else(|| panic!("no reflexive address in: {text}"))
+        .trim();
+    let (ip, port) = addr.rsplit_once(':').unwrap();
+    SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap())
+}
+
+#[test]
+fn turnutils_stunclient_gets_its_own_address() {
+    if tool_missing("turnutils_stunclient") {
+        return;
+    }
+    let port = free_port();
+    let config = write_config(
+        "interop.toml",
+        &format!("[server]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\n[io]\ncpus = []\n"),
+    );
+    let mut server = Running::start(&["serve", "-c", config.to_str().unwrap()]);
+    let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    server.wait_ready(v4);
+    server.wait_ready(v6);
+    for (target, ip) in [(v4, "127.0.0.1"), (v6, "::1")] {
+        let reflexive = stunclient(target);
+        assert_eq!(reflexive.ip().to_string(), ip, "reflexive address from {target}");
+        assert_ne!(reflexive.port(), 0);
+        assert_ne!(reflexive.port(), port, "the client's port, not the server's");
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(1)), 0);
+    let log = server.stderr();
+    assert!(log.contains("responses_success="), "totals are logged on stop: {log}");
+}
+
+#[test]
+fn default_config_serves_port_3478_on_both_families() {
+    let busy = stunedge::io::socket::check_free("0.0.0.0:3478".parse().unwrap()).is_err()
+        || stunedge::io::socket::check_free("[::]:3478".parse().unwrap()).is_err();
+    if busy {
+        assert!(std::env::var_os("CI").is_none(), "UDP 3478 is taken on the CI machine");
+        eprintln!("SKIPPED: UDP port 3478 is in use on this machine; the default config needs it");
+        return;
+    }
+    let mut server = Running::start(&["serve"]);
+    server.wait_ready("127.0.0.1:3478".parse().unwrap());
+    server.wait_ready("[::1]:3478".parse().unwrap());
+    // A second instance must refuse the port rather than share it through SO_REUSEPORT.
+    let second = run(&["serve"]);
+    assert_eq!(second.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("cannot listen on 0.0.0.0:3478"), "{err}");
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(Duration::from_secs(1)), 0);
+}
+
+#[test]
+fn port_in_use_is_a_one_line_error_with_exit_2() {
+    let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let config = write_config("busy.toml", &format!("[server]\nlisten = [\"{addr}\"]\n"));
+    let out = run(&["serve", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.contains("Address already in use"), "{err}");
+}
+
+#[test]
+fn bad_configs_name_the_field_and_exit_2() {
+    let cases = [
+        ("[io]\nbatch_size = 0\n", "io.batch_size = 0"),
+        ("[server]\nlisten = [\"localhost:3478\"]\n", "server.listen[0] = \"localhost:3478\""),
+        ("[server]\nlisten = [\"127.0.0.1:1\"]\nsofware = \"x\"\n", "unknown field `sofware`"),
+        ("[io]\ncpus = [4096]\n", "io.cpus[0] = 4096"),
+        ("[log]\nlevel = 3\n", ".toml:2: log.level = 3: invalid type"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = write_config(&format!("bad{i}.toml"), text);
+        for args in [vec!["serve", "-c", path.to_str().unwrap()], vec!["check-config", path.to_str().unwrap()]] {
+            let out = run(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?} on {text:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        }
+    }
+    let out = run(&["serve", "-c", "/nonexistent/stunedge.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/stunedge.toml: cannot read"));
+}
+
+#[test]
+fn check_config_accepts_the_committed_examples() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = run(&["check-config", &format!("{root}/configs/stunedge.toml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+}
+
+#[test]
+fn print_config_matches_the_committed_file() {
+    let out = run(&["--print-config"]);
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/stunedge.toml")).unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        committed,
+        "configs/stunedge.toml drifted: regenerate with `stunedge --print-config > configs/stunedge.toml`"
+    );
+}
+
+#[test]
+fn no_arguments_prints_help_and_exits_2() {
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: stunedge"));
+}

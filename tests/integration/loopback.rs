@@ -1,0 +1,180 @@
+//! The real server, started in-process on 127.0.0.1 and ::1 (ephemeral ports, two workers
+//! sharing each port through SO_REUSEPORT): byte-exact answers, every drop reason counted, and
+//! a flood of junk that neither crashes it nor costs a valid answer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use stunedge::config::{Config, Settings};
+use stunedge::handler::DropReason;
+use stunedge::metrics::{Counter, Stats};
+use stunedge::worker::Server;
+
+use crate::support::{binding_request, client_for, exchange, expected_answer, hex};
+
+fn settings(extra: &str) -> Settings {
+    let text = format!("[server]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n{extra}");
+    let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
+    Config::from_toml(&text, "test").unwrap().validate(&allowed).unwrap()
+}
+
+/// Polls the published counters until `done` holds (workers publish once per loop turn).
+fn wait_for(server: &Server, done: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = server.stats();
+        if done(&stats) || Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn answers_byte_exact_on_ipv4_and_ipv6() {
+    let server = Server::start(&settings("")).unwrap();
+    let addrs: Vec<SocketAddr> = server.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs.iter().all(|a| a.port() != 0));
+    for addr in addrs {
+        // Several sockets: SO_REUSEPORT spreads them across the workers.
+        for i in 0..8u8 {
+            let client = client_for(addr);
+            let tid = [i; 12];
+            let answer = exchange(&client, addr, &binding_request(tid, &[]));
+            assert_eq!(answer, expected_answer(client.local_addr().unwrap(), tid), "via {addr}");
+        }
+    }
+    let stats = wait_for(&server, |s| s.get(Counter::ResponsesSuccess) == 16);
+    assert_eq!(stats.get(Counter::ResponsesSuccess), 16);
+    assert_eq!(stats.get(Counter::DatagramsOut), 16);
+    assert_eq!(stats.total_drops(), 0);
+}
+
+#[test]
+fn classic_fingerprint_software_and_origin() {
+    let server = Server::start(&settings("software = \"edge\"\nresponse_origin = true\n")).unwrap();
+    let addr = server.local_addrs()[0];
+    let client = client_for(addr);
+    let me = client.local_addr().unwrap();
+
+    // RFC 3489 classic: MAPPED-ADDRESS and SOURCE-ADDRESS, then SOFTWARE; 16-byte ID kept.
+    let classic = hex("00 01 00 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10");
+    let answer = exchange(&client, addr, &classic);
+    let mut expected = hex("01 01 00 20 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10 00 01 00 08 00 01");
+    expected.extend_from_slice(&me.port().to_be_bytes());
+    expected.extend_from_slice(&[127, 0, 0, 1]);
+    expected.extend_from_slice(&hex("00 04 00 08 00 01"));
+    expected.extend_from_slice(&addr.port().to_be_bytes());
+    expected.extend_from_slice(&[127, 0, 0, 1]);
+    expected.extend_from_slice(b"\x80\x22\x00\x04edge");
+    assert_eq!(answer, expected);
+
+    // A request with FINGERPRINT gets one back; RESPONSE-ORIGIN names the server's address.
+    let tid = [0x42; 12];
+    let mut request = binding_request(tid, &hex("80 28 00 04 00 00 00 00"));
+    let crc = crc32fast::hash(&request[..20]) ^ 0x5354_554E;
+    request[24..28].copy_from_slice(&crc.to_be_bytes());
+    let answer = exchange(&client, addr, &request);
+    let msg = stunedge::stun::Message::parse(&answer).unwrap();
+    assert_eq!(stunedge::stun::integrity::check_fingerprint(&msg), stunedge::stun::Check::Valid);
+    assert_eq!(msg.get::<stunedge::stun::attr::ResponseOrigin>(), Some(Ok(stunedge::stun::attr::ResponseOrigin(addr))));
+    assert_eq!(answer.len(), 20 + 12 + 12 + 8 + 8);
+}
+
+#[test]
+fn wildcard_listener_replies_from_the_address_asked() {
+    // 0.0.0.0: the reply must leave from 127.0.0.2 when the request went to 127.0.0.2.
+    let text = "[server]\nlisten = [\"0.0.0.0:0\"]\nresponse_origin = true\n";
+    let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
+    let server = Server::start(&Config::from_toml(text, "t").unwrap().validate(&allowed).unwrap()).unwrap();
+    let port = server.local_addrs()[0].port();
+    for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+        let target: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let client = client_for(target);
+        let answer = exchange(&client, target, &binding_request([1; 12], &[]));
+        let msg = stunedge::stun::Message::parse(&answer).unwrap();
+        assert_eq!(
+            msg.get::<stunedge::stun::attr::ResponseOrigin>(),
+            Some(Ok(stunedge::stun::attr::ResponseOrigin(target)))
+        );
+    }
+}
+
+#[test]
+fn junk_is_counted_by_reason_and_never_costs_an_answer() {
+    let server = Server::start(&settings("")).unwrap();
+    let addr = server.local_addrs()[0];
+    let client = client_for(addr);
+    let tid = [9; 12];
+    let junk: Vec<(Vec<u8>, DropReason)> = vec![
+        (vec![], DropReason::TooShort),
+        (vec![0x00, 0x01, 0x00], DropReason::TooShort),
+        (binding_request(tid, &[])[..19].to_vec(), DropReason::TooShort),
+        (vec![0xC0; 64], DropReason::NotStun),
+        (b"GET / HTTP/1.1\r\nHost: stun\r\n\r\n".to_vec(), DropReason::NotStun),
+        (
+            {
+                let mut r = binding_request(tid, &[]);
+                r[3] = 8;
+                r
+            },
+            DropReason::BadLength,
+        ),
+        (
+            {
+                let mut r = binding_request(tid, &hex("80 22 00 04 61 62 63 64"));
+                r[3] = 6;
+                r
+            },
+            DropReason::BadLength,
+        ),
+        (vec![0u8; 3000], DropReason::Truncated),
+        (hex("00 11 00 00 21 12 a4 42 01 02 03 04 05 06 07 08 09 0a 0b 0c"), DropReason::BindingIndication),
+        (hex("01 01 00 00 21 12 a4 42 01 02 03 04 05 06 07 08 09 0a 0b 0c"), DropReason::Response),
+        (binding_request(tid, &hex("80 28 00 04 de ad be ef")), DropReason::BadFingerprint),
+    ];
+    for (bytes, _) in &junk {
+        client.send_to(bytes, addr).unwrap();
+    }
+    // Attribute overrun with a valid header is answered 400, not dropped.
+    let answer = exchange(&client, addr, &binding_request(tid, &hex("80 22 00 20 61 62 63 64")));
+    assert_eq!(&answer[..2], &[0x01, 0x11]);
+    // Random bytes (deterministic xorshift), then a valid request must still be answered.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 200) as usize;
+        let bytes: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
+        client.send_to(&bytes, addr).unwrap();
+    }
+    let answer = exchange(&client, addr, &binding_request(tid, &[]));
+    // Answers to random junk may arrive first (a random datagram can be a valid request), so
+    // read until ours.
+    let mut answer = answer;
+    while answer.get(8..20) != Some(&tid[..]) {
+        let mut buf = [0u8; 2048];
+        let (n, _) = client.recv_from(&mut buf).expect("the valid request is answered");
+        answer = buf[..n].to_vec();
+    }
+    assert_eq!(answer, expected_answer(client.local_addr().unwrap(), tid));
+
+    let stats = wait_for(&server, |s| s.get(Counter::DatagramsIn) >= (junk.len() + 2002) as u64);
+    for (bytes, reason) in &junk {
+        assert!(stats.drops(*reason) >= 1, "{reason:?} not counted for {bytes:02x?}; {stats}");
+    }
+    assert_eq!(stats.get(Counter::DatagramsIn), (junk.len() + 2002) as u64, "{stats}");
+    assert!(stats.get(Counter::Responses400) >= 1);
+    assert!(!server.any_worker_exited());
+}
+
+#[test]
+fn stop_ends_workers_within_a_second() {
+    let mut server = Server::start(&settings("")).unwrap();
+    let started = Instant::now();
+    server.stop();
+    assert_eq!(server.join(), 0, "no worker panicked");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}

@@ -1,0 +1,10 @@
+//! The one integration-test binary: RFC 5769 vectors, the IANA registry, the zero-allocation
+//! proof, the server on loopback (in-process, byte-exact answers and drop accounting), and the
+//! real `stunedge` binary (CLI, exit codes, interop with coturn's `turnutils_stunclient`).
+
+mod alloc;
+mod cli;
+mod iana;
+mod loopback;
+mod rfc5769;
+mod support;
