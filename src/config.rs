@@ -54,7 +54,7 @@ macro_rules! section {
 section! {
     /// What the server listens on and what it puts in answers.
     Server "server" {
-        /// UDP addresses to listen on, as "IP:port". "0.0.0.0:3478" and "[::]:3478" take every
+        /// UDP addresses to listen on, as `"IP:port"`. `"0.0.0.0:3478"` and `"[::]:3478"` take every
         /// IPv4 and IPv6 address; replies leave from the address each request was sent to.
         /// Port 0 picks a free port (tests).
         listen: Vec<String> = vec!["0.0.0.0:3478".into(), "[::]:3478".into()],

@@ -140,7 +140,7 @@ impl Server {
         self.stop.clone()
     }
 
-    /// Asks every worker to stop; they notice within [`IDLE_POLL_MS`].
+    /// Asks every worker to stop; idle workers notice within 200 ms (their poll timeout).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }

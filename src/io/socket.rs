@@ -25,7 +25,7 @@ pub struct Listener {
     pub socket: UdpSocket,
     /// The address it is bound to (with the real port when 0 was asked for).
     pub local: SocketAddr,
-    /// Bound to 0.0.0.0 or [::]: the local address of each datagram comes from PKTINFO, and
+    /// Bound to `0.0.0.0` or `[::]`: the local address of each datagram comes from PKTINFO, and
     /// replies carry it back in a PKTINFO control message.
     pub wildcard: bool,
     /// SO_RCVBUF as the kernel reports it (twice what it grants the payload).
