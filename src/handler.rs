@@ -445,77 +445,26 @@ mod tests {
     #[test]
     fn drops_are_named() {
         let m = meta("10.0.0.1:9");
+        // A request of the given type and attributes, then changed by `edit`.
+        let edited = |message_type: u16, attrs: &[(u16, &[u8])], fp: bool, edit: fn(&mut Vec<u8>)| {
+            let (b, n) = request(message_type, attrs, fp);
+            let mut v = b[..n].to_vec();
+            edit(&mut v);
+            v
+        };
+        let keep: fn(&mut Vec<u8>) = |_| {};
         let cases: Vec<(Vec<u8>, DropReason)> = vec![
             (vec![0; 19], DropReason::TooShort),
+            (edited(0x0001, &[], false, |v| v[0] = 0x80), DropReason::NotStun),
+            (edited(0x0001, &[], false, |v| v.push(0)), DropReason::BadLength),
+            (edited(0x0001, &[], false, |v| v[3] = 2), DropReason::BadLength),
+            (edited(0x0011, &[], false, keep), DropReason::BindingIndication),
+            (edited(0x0016, &[], false, keep), DropReason::Indication),
+            (edited(0x0101, &[], false, keep), DropReason::Response),
+            (edited(0x0111, &[], false, keep), DropReason::Response),
+            (edited(0x0001, &[], true, |v| *v.last_mut().unwrap() ^= 1), DropReason::BadFingerprint),
             (
-                {
-                    let (b, n) = request(0x0001, &[], false);
-                    let mut v = b[..n].to_vec();
-                    v[0] = 0x80;
-                    v
-                },
-                DropReason::NotStun,
-            ),
-            (
-                {
-                    let (b, n) = request(0x0001, &[], false);
-                    let mut v = b[..n].to_vec();
-                    v.push(0);
-                    v
-                },
-                DropReason::BadLength,
-            ),
-            (
-                {
-                    let (b, n) = request(0x0001, &[], false);
-                    let mut v = b[..n].to_vec();
-                    v[3] = 2;
-                    v
-                },
-                DropReason::BadLength,
-            ),
-            (
-                {
-                    let (b, n) = request(0x0011, &[], false);
-                    b[..n].to_vec()
-                },
-                DropReason::BindingIndication,
-            ),
-            (
-                {
-                    let (b, n) = request(0x0016, &[], false);
-                    b[..n].to_vec()
-                },
-                DropReason::Indication,
-            ),
-            (
-                {
-                    let (b, n) = request(0x0101, &[], false);
-                    b[..n].to_vec()
-                },
-                DropReason::Response,
-            ),
-            (
-                {
-                    let (b, n) = request(0x0111, &[], false);
-                    b[..n].to_vec()
-                },
-                DropReason::Response,
-            ),
-            (
-                {
-                    let (b, n) = request(0x0001, &[], true);
-                    let mut v = b[..n].to_vec();
-                    v[n - 1] ^= 1;
-                    v
-                },
-                DropReason::BadFingerprint,
-            ),
-            (
-                {
-                    let (b, n) = request(0x0001, &[(ATTR_FINGERPRINT, &[0; 4]), (ATTR_SOFTWARE, b"x")], false);
-                    b[..n].to_vec()
-                },
+                edited(0x0001, &[(ATTR_FINGERPRINT, &[0; 4]), (ATTR_SOFTWARE, b"x")], false, keep),
                 DropReason::BadFingerprint,
             ),
             (vec![0; MAX_REQUEST + 4], DropReason::Truncated),

@@ -274,42 +274,47 @@ fn pktinfo(hdr: &libc::msghdr) -> Option<(IpAddr, u32)> {
     None
 }
 
-/// Writes a PKTINFO control message into `hdr`'s control buffer (at least 64 bytes) and
-/// returns the control length to send.
+/// Writes a PKTINFO control message into `hdr`'s control buffer (a `Control`) and returns the
+/// control length to send.
 fn write_pktinfo(hdr: &mut libc::msghdr, (ip, ifindex): (IpAddr, u32)) -> usize {
-    // SAFETY: msg_control points at a 64-byte, 8-aligned `Control` and msg_controllen says so,
-    // so CMSG_FIRSTHDR returns its start (non-null).
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(hdr) };
     match ip {
-        IpAddr::V4(ip) => {
-            // ipi_spec_dst picks the source address; ifindex 0 lets routing pick the interface.
-            let info = libc::in_pktinfo {
+        // ipi_spec_dst picks the source address; ifindex 0 lets routing pick the interface.
+        IpAddr::V4(ip) => write_cmsg(
+            hdr,
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            libc::in_pktinfo {
                 ipi_ifindex: 0,
                 ipi_spec_dst: libc::in_addr { s_addr: u32::from(ip).to_be() },
                 ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            // SAFETY: CMSG_SPACE(size_of in_pktinfo) = 32 ≤ 64 bytes of `Control`; `cmsg` is its
-            // start; the payload write is unaligned-safe.
-            unsafe {
-                (*cmsg).cmsg_level = libc::IPPROTO_IP;
-                (*cmsg).cmsg_type = libc::IP_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
-                write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
-                libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
-            }
-        }
-        IpAddr::V6(ip) => {
-            // The interface matters for link-local destinations: send back where it came in.
-            let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: ifindex };
-            // SAFETY: CMSG_SPACE(size_of in6_pktinfo) = 32 ≤ 64; as above.
-            unsafe {
-                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
-                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
-                write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
-                libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
-            }
-        }
+            },
+        ),
+        // The interface matters for link-local destinations: send back where it came in.
+        IpAddr::V6(ip) => write_cmsg(
+            hdr,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: ifindex },
+        ),
+    }
+}
+
+/// Writes one control message with `payload` at the start of `hdr`'s control buffer, which must
+/// be a whole `Control` (msg_controllen = its size). Returns CMSG_SPACE of the payload.
+fn write_cmsg<T: Copy>(hdr: &mut libc::msghdr, level: libc::c_int, kind: libc::c_int, payload: T) -> usize {
+    const { assert!(size_of::<T>() <= 32, "CMSG_SPACE must fit the 64-byte Control") };
+    debug_assert_eq!(hdr.msg_controllen, size_of::<Control>());
+    // SAFETY: msg_control points at a 64-byte, 8-aligned `Control` and msg_controllen says so,
+    // so CMSG_FIRSTHDR returns its start (non-null). CMSG_SPACE of a payload of at most 32 bytes
+    // is at most 48 ≤ 64, so the header and payload writes stay inside the buffer; the payload
+    // may be unaligned, hence write_unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(hdr);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<T>() as u32) as usize;
+        write_unaligned(libc::CMSG_DATA(cmsg).cast::<T>(), payload);
+        libc::CMSG_SPACE(size_of::<T>() as u32) as usize
     }
 }
 

@@ -55,7 +55,7 @@ impl Running {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        // SAFETY-free: kill(2) through the libc crate is `unsafe`; use the kill command instead.
+        // kill(2) through the libc crate would need `unsafe`; the kill command does not.
         let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
     }
