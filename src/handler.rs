@@ -19,7 +19,7 @@ use crate::metrics::{Counter, Stats};
 use crate::stun::attr::{
     MAX_UNKNOWN, MappedAddress, ResponseOrigin, Software, SourceAddress, UnknownAttributes, XorMappedAddress,
 };
-use crate::stun::integrity::{Check, check_fingerprint};
+use crate::stun::integrity::{Check, check_fingerprint_attribute};
 use crate::stun::message::{COOKIE_OFFSET, ParseError, check_header};
 use crate::stun::registry::{
     ATTR_FINGERPRINT, ERR_BAD_REQUEST, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING, is_comprehension_required,
@@ -127,6 +127,7 @@ pub fn handle(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, s
 struct Request {
     method: u16,
     classic: bool,
+    /// The request carried a (valid) FINGERPRINT, so the answer carries one too.
     fingerprint: bool,
 }
 
@@ -173,13 +174,13 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let mut too_many_unknown = false;
     for attr in message.attributes() {
         if attr.attr_type == ATTR_FINGERPRINT {
+            if check_fingerprint_attribute(&message, &attr) != Check::Valid {
+                return Action::Drop(DropReason::BadFingerprint);
+            }
             request.fingerprint = true;
         } else if is_comprehension_required(attr.attr_type) && !is_known_attribute(attr.attr_type) {
             too_many_unknown |= !unknown.insert(attr.attr_type);
         }
-    }
-    if request.fingerprint && check_fingerprint(&message) != Check::Valid {
-        return Action::Drop(DropReason::BadFingerprint);
     }
 
     if too_many_unknown {

@@ -47,24 +47,19 @@ pub const fn address_len(addr: &SocketAddr) -> usize {
 }
 
 /// Encodes an address value, XOR-ed with `xor` (all zero for plain addresses). `out` must be
-/// [`address_len`] bytes.
+/// [`address_len`] bytes. Whole-word XORs: this runs once per answer.
 #[inline]
 fn encode_address(addr: &SocketAddr, out: &mut [u8], xor: &CookieAndId) {
-    out[0] = 0;
     let port = addr.port() ^ u16::from_be_bytes([xor[0], xor[1]]);
+    out[..4].copy_from_slice(&[0, if addr.is_ipv4() { FAMILY_IPV4 } else { FAMILY_IPV6 }, 0, 0]);
     out[2..4].copy_from_slice(&port.to_be_bytes());
     match addr.ip() {
         IpAddr::V4(ip) => {
-            out[1] = FAMILY_IPV4;
-            for (i, b) in ip.octets().iter().enumerate() {
-                out[4 + i] = b ^ xor[i];
-            }
+            let key = u32::from_be_bytes([xor[0], xor[1], xor[2], xor[3]]);
+            out[4..8].copy_from_slice(&(u32::from(ip) ^ key).to_be_bytes());
         }
         IpAddr::V6(ip) => {
-            out[1] = FAMILY_IPV6;
-            for (i, b) in ip.octets().iter().enumerate() {
-                out[4 + i] = b ^ xor[i];
-            }
+            out[4..20].copy_from_slice(&(u128::from(ip) ^ u128::from_be_bytes(*xor)).to_be_bytes());
         }
     }
 }
@@ -78,17 +73,14 @@ fn decode_address(value: &[u8], xor: &CookieAndId) -> Result<SocketAddr, AttrErr
     let port = u16::from_be_bytes([value[2], value[3]]) ^ u16::from_be_bytes([xor[0], xor[1]]);
     match (value[1], value.len()) {
         (FAMILY_IPV4, 8) => {
-            let mut ip = [0u8; 4];
-            for (i, b) in ip.iter_mut().enumerate() {
-                *b = value[4 + i] ^ xor[i];
-            }
-            Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
+            let ip = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
+            let key = u32::from_be_bytes([xor[0], xor[1], xor[2], xor[3]]);
+            Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip ^ key)), port))
         }
         (FAMILY_IPV6, 20) => {
             let mut ip = [0u8; 16];
-            for (i, b) in ip.iter_mut().enumerate() {
-                *b = value[4 + i] ^ xor[i];
-            }
+            ip.copy_from_slice(&value[4..20]);
+            let ip = u128::from_be_bytes(ip) ^ u128::from_be_bytes(*xor);
             Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
         }
         (FAMILY_IPV4 | FAMILY_IPV6, _) => Err(AttrError::BadLength),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attr;
+pub mod crc32;
 pub mod integrity;
 pub mod message;
 pub mod registry;

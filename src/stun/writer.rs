@@ -43,7 +43,7 @@ impl<'a> MessageWriter<'a> {
             return Err(WriteError::BufferTooSmall);
         }
         buf[..2].copy_from_slice(&message_type.to_u16().to_be_bytes());
-        buf[LENGTH_OFFSET..LENGTH_OFFSET + 2].fill(0);
+        buf[LENGTH_OFFSET..LENGTH_OFFSET + 2].copy_from_slice(&[0, 0]);
         Ok(MessageWriter { buf, len: HEADER_LEN })
     }
 
@@ -79,7 +79,10 @@ impl<'a> MessageWriter<'a> {
         }
         self.buf[self.len..self.len + 2].copy_from_slice(&attr_type.to_be_bytes());
         self.buf[self.len + 2..start].copy_from_slice(&value_len16.to_be_bytes());
-        self.buf[start + value_len..end].fill(0);
+        // Zero padding (0–3 bytes): a loop, not a memset call.
+        for b in &mut self.buf[start + value_len..end] {
+            *b = 0;
+        }
         self.len = end;
         let body = ((end - HEADER_LEN) as u16).to_be_bytes();
         self.buf[LENGTH_OFFSET..LENGTH_OFFSET + 2].copy_from_slice(&body);
