@@ -53,21 +53,23 @@ pub struct Server {
 impl Server {
     /// Binds every socket, then starts one pinned worker per CPU.
     pub fn start(settings: &Settings) -> Result<Server, StartError> {
-        let options =
-            SocketOptions { recv_buffer: settings.socket_recv_buffer, send_buffer: settings.socket_send_buffer };
-        for addr in &settings.listen {
-            socket::check_free(*addr).map_err(|error| bind_error(*addr, error))?;
-        }
-        // Port 0 resolves on the first bind; later workers join that port.
-        let mut resolved = settings.listen.clone();
+        let options = SocketOptions {
+            reuse_port: true,
+            recv_buffer: settings.socket_recv_buffer,
+            send_buffer: settings.socket_send_buffer,
+        };
+        // Refuse an address someone holds; turn port 0 into a concrete free port.
+        let resolved: Vec<SocketAddr> = settings
+            .listen
+            .iter()
+            .map(|addr| socket::claim(*addr).map_err(|error| bind_error(*addr, error)))
+            .collect::<Result<_, _>>()?;
         let mut per_worker: Vec<Vec<Listener>> = Vec::with_capacity(settings.cpus.len());
         for _ in &settings.cpus {
-            let mut listeners = Vec::with_capacity(resolved.len());
-            for addr in resolved.iter_mut() {
-                let listener = socket::bind(*addr, &options).map_err(|error| bind_error(*addr, error))?;
-                *addr = listener.local;
-                listeners.push(listener);
-            }
+            let listeners = resolved
+                .iter()
+                .map(|addr| socket::bind(*addr, &options).map_err(|error| bind_error(*addr, error)))
+                .collect::<Result<_, _>>()?;
             per_worker.push(listeners);
         }
         if let Some(first) = per_worker.first() {

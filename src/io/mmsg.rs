@@ -174,6 +174,23 @@ impl MmsgBatch {
         }
     }
 
+    /// The number of buffers.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Buffer `i`, to build a datagram in (client side: the load generator).
+    pub fn buffer_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.bufs[i][..]
+    }
+
+    /// Queues the first `len` bytes of buffer `i` to `to` (client side). The next
+    /// [`MmsgBatch::recv`] resets the address buffers, so queue and flush before receiving.
+    pub fn queue_to(&mut self, i: usize, len: usize, to: SocketAddr) {
+        self.hdrs[i].msg_hdr.msg_namelen = write_sockaddr(&mut self.names[i], to);
+        self.queue_reply(i, len, None);
+    }
+
     /// Sends every queued reply with as few sendmmsg calls as the kernel allows.
     pub fn flush(&mut self, fd: RawFd) -> Sent {
         let mut sent = Sent::default();
@@ -211,6 +228,37 @@ impl MmsgBatch {
         }
         self.queued = 0;
         sent
+    }
+}
+
+/// Writes `addr` as a sockaddr_in / sockaddr_in6 into `storage`; returns its length.
+fn write_sockaddr(storage: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
+    let base = (storage as *mut libc::sockaddr_storage).cast::<u8>();
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and at least as aligned as sockaddr_in,
+            // and `storage` is exclusively borrowed.
+            unsafe { base.cast::<libc::sockaddr_in>().write(sin) };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { base.cast::<libc::sockaddr_in6>().write(sin6) };
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
     }
 }
 

@@ -12,6 +12,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Socket settings from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketOptions {
+    /// Set SO_REUSEPORT (server sockets: one per worker on the same address). Give such a
+    /// socket a concrete port (see [`claim`]): bound to port 0 with SO_REUSEPORT, the kernel may
+    /// hand out a port another reuseport socket of the same user already holds, and the two
+    /// would then share its traffic.
+    pub reuse_port: bool,
     /// Requested SO_RCVBUF, bytes.
     pub recv_buffer: usize,
     /// Requested SO_SNDBUF, bytes.
@@ -43,20 +48,22 @@ fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Fails with `EADDRINUSE` when another socket holds `addr`, including one that set
-/// SO_REUSEPORT (which would otherwise silently share the port with us). It binds and closes a
-/// probe socket without SO_REUSEPORT. Port 0 is always free.
-pub fn check_free(addr: SocketAddr) -> io::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    new_socket(addr)?.bind(&addr.into())
+/// Makes sure nothing holds `addr` and returns it with a concrete port: binds (and closes) a
+/// probe socket without SO_REUSEPORT, which fails with `EADDRINUSE` when another socket holds
+/// the address — including one that set SO_REUSEPORT and would otherwise silently share the
+/// port. For port 0 the probe's kernel-chosen port, which no one holds, is returned.
+pub fn claim(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let probe = new_socket(addr)?;
+    probe.bind(&addr.into())?;
+    probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("bound to a non-IP address"))
 }
 
 /// Binds one worker's socket for `addr`.
 pub fn bind(addr: SocketAddr, options: &SocketOptions) -> io::Result<Listener> {
     let socket = new_socket(addr)?;
-    socket.set_reuse_port(true)?;
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     set_buffer(&socket, libc::SO_RCVBUFFORCE, options.recv_buffer, |s, n| s.set_recv_buffer_size(n))?;
     set_buffer(&socket, libc::SO_SNDBUFFORCE, options.send_buffer, |s, n| s.set_send_buffer_size(n))?;
     let wildcard = addr.ip().is_unspecified();
@@ -109,15 +116,17 @@ fn set_int(socket: &Socket, level: libc::c_int, name: libc::c_int, value: libc::
 mod tests {
     use super::*;
 
-    const OPTS: SocketOptions = SocketOptions { recv_buffer: 1 << 20, send_buffer: 1 << 20 };
+    const OPTS: SocketOptions = SocketOptions { reuse_port: true, recv_buffer: 1 << 20, send_buffer: 1 << 20 };
 
     #[test]
-    fn reuseport_sockets_share_a_port_and_probe_detects_it() {
-        let a = bind("127.0.0.1:0".parse().unwrap(), &OPTS).unwrap();
-        let b = bind(a.local, &OPTS).unwrap();
-        assert_eq!(a.local, b.local);
+    fn reuseport_sockets_share_a_claimed_port_and_the_probe_detects_them() {
+        let addr = claim("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(addr.port(), 0);
+        let a = bind(addr, &OPTS).unwrap();
+        let b = bind(addr, &OPTS).unwrap();
+        assert_eq!((a.local, b.local), (addr, addr));
         assert!(!a.wildcard);
-        let err = check_free(a.local).unwrap_err();
+        let err = claim(a.local).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(a.recv_buffer >= 1 << 20, "SO_RCVBUF {}", a.recv_buffer);
     }
@@ -126,7 +135,15 @@ mod tests {
     fn plain_socket_blocks_reuseport_bind() {
         let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = plain.local_addr().unwrap();
-        assert_eq!(check_free(addr).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(claim(addr).unwrap_err().kind(), io::ErrorKind::AddrInUse);
         assert!(bind(addr, &OPTS).is_err());
+    }
+
+    #[test]
+    fn sockets_without_reuseport_get_their_own_ports() {
+        let opts = SocketOptions { reuse_port: false, ..OPTS };
+        let ports: std::collections::HashSet<u16> =
+            (0..64).map(|_| bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap().local.port()).collect();
+        assert_eq!(ports.len(), 64);
     }
 }

@@ -146,8 +146,8 @@ fn turnutils_stunclient_gets_its_own_address() {
 
 #[test]
 fn default_config_serves_port_3478_on_both_families() {
-    let busy = stunedge::io::socket::check_free("0.0.0.0:3478".parse().unwrap()).is_err()
-        || stunedge::io::socket::check_free("[::]:3478".parse().unwrap()).is_err();
+    let busy = stunedge::io::socket::claim("0.0.0.0:3478".parse().unwrap()).is_err()
+        || stunedge::io::socket::claim("[::]:3478".parse().unwrap()).is_err();
     if busy {
         assert!(std::env::var_os("CI").is_none(), "UDP 3478 is taken on the CI machine");
         eprintln!("SKIPPED: UDP port 3478 is in use on this machine; the default config needs it");

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Side-by-side STUN benchmark: stunedge (mmsg backend), the bare recvmmsg/sendmmsg baseline and
+# coturn's STUN-only mode, each pinned to the server CPUs and driven by stunedge-bench pinned to
+# the other CPUs, alternating A B C A B C…, then a zero-loss run at 80 % of stunedge's peak and a
+# cross-check against the kernel's /proc/net/snmp. Prints medians, spreads and ratios and writes
+# bench/results/<date>-<host>.md. Stops every process it started (by PID), also on Ctrl-C.
+#
+# Settings (environment):
+#   SERVER_CPUS  server CPUs (default: first half of the CPUs, 0 on a 2-CPU machine)
+#   GEN_CPUS     generator CPUs (default: the other half)
+#   REPS         repetitions of each server (default 3, at least 3)
+#   DURATION     seconds per run (default 5)
+#   GEN_ARGS     extra stunedge-bench arguments (default: sockets/window/batch scaled to GEN_CPUS)
+#   BIN_DIR      use prebuilt stunedge, stunedge-bench, stunedge-baseline from here (no cargo)
+#   SERVERS      which servers, space-separated (default "stunedge baseline coturn")
+#   RESULTS      results file (default bench/results/<date>-<host>.md)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPS=${REPS:-3}
+DURATION=${DURATION:-5}
+SERVERS=${SERVERS:-"stunedge baseline coturn"}
+(( REPS >= 3 )) || { echo "bench.sh: REPS must be at least 3" >&2; exit 2; }
+
+ncpu=$(nproc)
+if [[ -z "${SERVER_CPUS:-}" || -z "${GEN_CPUS:-}" ]]; then
+  if (( ncpu < 2 )); then echo "bench.sh: needs at least 2 CPUs (server and generator)" >&2; exit 2; fi
+  half=$(( ncpu / 2 ))
+  SERVER_CPUS=${SERVER_CPUS:-0-$(( half - 1 ))}
+  GEN_CPUS=${GEN_CPUS:-$half-$(( ncpu - 1 ))}
+fi
+count_cpus() { local n=0 part; for part in ${1//,/ }; do if [[ $part == *-* ]]; then n=$(( n + ${part#*-} - ${part%-*} + 1 )); else n=$(( n + 1 )); fi; done; echo $n; }
+server_n=$(count_cpus "$SERVER_CPUS")
+gen_n=$(count_cpus "$GEN_CPUS")
+GEN_ARGS=${GEN_ARGS:-"--threads $gen_n --sockets 8 --window 128 --batch 64 --sources 16"}
+
+if [[ -n "${BIN_DIR:-}" ]]; then
+  BIN=$BIN_DIR
+else
+  echo "== building release binaries"
+  cargo build --release --locked -p stunedge -p stunedge-bench
+  BIN=target/release
+fi
+for b in stunedge stunedge-bench stunedge-baseline; do
+  [[ -x "$BIN/$b" ]] || { echo "bench.sh: $BIN/$b is missing" >&2; exit 2; }
+done
+
+if [[ " $SERVERS " == *" coturn "* ]] && ! command -v turnserver >/dev/null 2>&1; then
+  echo "== coturn missing: installing it (apt-get install coturn)"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends coturn; } >/dev/null 2>&1; then
+    echo "SKIPPED coturn: not installed and apt-get could not install it on this machine"
+    SERVERS=${SERVERS//coturn/}
+  fi
+fi
+
+work=$(mktemp -d)
+started=()
+cleanup() {
+  local pid
+  for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+port_of() { case $1 in stunedge) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; esac; }
+
+server_cmd() {
+  local port; port=$(port_of "$1")
+  case $1 in
+    stunedge)
+      # Build the CPU list in TOML from SERVER_CPUS.
+      local list="" part
+      for part in ${SERVER_CPUS//,/ }; do
+        if [[ $part == *-* ]]; then list+=$(seq -s, "${part%-*}" "${part#*-}"),; else list+=$part,; fi
+      done
+      printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "${list%,}" > "$work/stunedge.toml"
+      echo "$BIN/stunedge serve -c $work/stunedge.toml";;
+    baseline) echo "$BIN/stunedge-baseline --listen 127.0.0.1:$port --cpus $SERVER_CPUS";;
+    coturn) echo "turnserver -n --stun-only --no-auth -L 127.0.0.1 -p $port --no-cli --no-tls --no-dtls -m $server_n --log-file $work/coturn.log --simple-log";;
+  esac
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+json_field() { sed -n "s/^  \"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1"; }
+json_latency() { sed -n "s/^    \"$2\": \([0-9.]*\),\{0,1\}$/\1/p" "$1"; }
+hz=$(getconf CLK_TCK)
+
+# run_one SERVER OUT [extra generator args]: start, load, stop; writes OUT (JSON) and OUT.cpu.
+run_one() {
+  local name=$1 out=$2; shift 2
+  local port cmd pid t0 t1
+  port=$(port_of "$name"); cmd=$(server_cmd "$name")
+  # shellcheck disable=SC2086
+  taskset -c "$SERVER_CPUS" $cmd > "$work/$name.log" 2>&1 &
+  pid=$!; started+=("$pid")
+  # Wait until it answers (up to 10 s).
+  local i
+  for i in $(seq 50); do
+    if "$BIN/stunedge-bench" -s "127.0.0.1:$port" --sockets 1 --window 1 -d 0.05 --timeout-ms 100 -q >/dev/null 2>&1; then break; fi
+    sleep 0.2
+  done
+  t0=$(cpu_ticks "$pid")
+  # shellcheck disable=SC2086
+  taskset -c "$GEN_CPUS" "$BIN/stunedge-bench" -s "127.0.0.1:$port" --cpus "$GEN_CPUS" -d "$DURATION" --json -q $GEN_ARGS "$@" > "$out" || true
+  t1=$(cpu_ticks "$pid")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  started=("${started[@]/$pid}")
+  echo $(( t1 - t0 )) > "$out.cpu"
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }'; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+minmax() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
+
+echo "== $REPS × {$SERVERS}, ${DURATION}s each; server CPUs $SERVER_CPUS, generator CPUs $GEN_CPUS"
+echo "   generator: stunedge-bench --cpus $GEN_CPUS -d $DURATION $GEN_ARGS"
+for rep in $(seq "$REPS"); do
+  for s in $SERVERS; do
+    run_one "$s" "$work/$s.$rep.json"
+    printf '   rep %d %-9s %10.0f valid/s  lost %s  invalid %s  p99 %s µs  generator idle %s\n' "$rep" "$s" \
+      "$(json_field "$work/$s.$rep.json" rate)" "$(json_field "$work/$s.$rep.json" lost)" \
+      "$(json_field "$work/$s.$rep.json" invalid)" "$(json_latency "$work/$s.$rep.json" p99_us)" \
+      "$(json_field "$work/$s.$rep.json" generator_idle)"
+  done
+done
+
+declare -A med spread cpu_us cpu_pct p99 invalid lost
+for s in $SERVERS; do
+  cpu_pct[$s]=$(for r in $(seq "$REPS"); do
+    awk -v t="$(cat "$work/$s.$r.json.cpu")" -v hz="$hz" -v d="$DURATION" -v n="$server_n" \
+      'BEGIN { printf "%.0f\n", 100 * t / hz / d / n }'; done | median)
+  med[$s]=$(for r in $(seq "$REPS"); do json_field "$work/$s.$r.json" rate; done | median)
+  spread[$s]=$(for r in $(seq "$REPS"); do printf '%.0f\n' "$(json_field "$work/$s.$r.json" rate)"; done | minmax)
+  p99[$s]=$(for r in $(seq "$REPS"); do json_latency "$work/$s.$r.json" p99_us; done | median)
+  invalid[$s]=$(for r in $(seq "$REPS"); do json_field "$work/$s.$r.json" invalid; done | awk '{s+=$1} END {print s+0}')
+  lost[$s]=$(for r in $(seq "$REPS"); do json_field "$work/$s.$r.json" lost; done | awk '{s+=$1} END {print s+0}')
+  cpu_us[$s]=$(for r in $(seq "$REPS"); do
+    awk -v t="$(cat "$work/$s.$r.json.cpu")" -v v="$(json_field "$work/$s.$r.json" valid)" -v hz="$hz" \
+      'BEGIN { if (v > 0) printf "%.3f\n", t * 1e6 / hz / v }'; done | median)
+done
+
+# Is the generator the bottleneck? With several generator CPUs, run stunedge once more with half
+# the generator threads: the same rate means the full generator has room to spare.
+half_text=""
+if [[ " $SERVERS " == *" stunedge "* ]] && (( gen_n >= 2 )); then
+  half_args=$(sed "s/--threads [0-9]*/--threads $(( gen_n / 2 ))/" <<< "$GEN_ARGS")
+  echo "== generator check: stunedge with $(( gen_n / 2 )) generator threads instead of $gen_n"
+  GEN_ARGS_SAVED=$GEN_ARGS; GEN_ARGS=$half_args
+  run_one stunedge "$work/stunedge.half.json"
+  GEN_ARGS=$GEN_ARGS_SAVED
+  half_text="With half the generator threads ($(( gen_n / 2 ))) stunedge answered $(printf '%.0f' "$(json_field "$work/stunedge.half.json" rate)")/s, against a median of $(printf '%.0f' "${med[stunedge]}")/s with all $gen_n: $(ratio "$(json_field "$work/stunedge.half.json" rate)" "${med[stunedge]}")."
+fi
+
+# Zero loss at 80 % of stunedge's median peak (open loop, paced).
+zl_rate=0; zl_file=""
+if [[ " $SERVERS " == *" stunedge "* ]]; then
+  zl_rate=$(awk -v m="${med[stunedge]}" 'BEGIN { printf "%d", m * 0.8 }')
+  zl_file=$work/stunedge.zeroloss.json
+  echo "== zero-loss run: stunedge at $zl_rate req/s (80 % of its median peak), open loop"
+  snmp_before=$(grep '^Udp: [0-9]' /proc/net/snmp)
+  run_one stunedge "$zl_file" --rate "$zl_rate"
+  snmp_after=$(grep '^Udp: [0-9]' /proc/net/snmp)
+fi
+
+table=$work/table.md
+{
+  echo "| server | median valid/s | min–max | p99 µs (median) | server CPU µs / request | server CPU busy | invalid | lost |"
+  echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+  for s in $SERVERS; do
+    printf '| %s | %.0f | %s | %s | %s | %s %% | %s | %s |\n' "$s" "${med[$s]}" "${spread[$s]}" "${p99[$s]}" "${cpu_us[$s]}" "${cpu_pct[$s]}" "${invalid[$s]}" "${lost[$s]}"
+  done
+  echo
+  echo "| ratio | value |"
+  echo "| --- | ---: |"
+  if [[ -n "${med[baseline]:-}" ]]; then
+    for s in $SERVERS; do [[ $s == baseline ]] || echo "| $s ÷ baseline | $(ratio "${med[$s]}" "${med[baseline]}") |"; done
+  fi
+  if [[ -n "${med[stunedge]:-}" && -n "${med[coturn]:-}" ]]; then
+    echo "| stunedge ÷ coturn | $(ratio "${med[stunedge]}" "${med[coturn]}") |"
+  fi
+} > "$table"
+
+zl_text=""
+if [[ -n "$zl_file" ]]; then
+  read -r -a b <<< "${snmp_before#Udp: }"; read -r -a a <<< "${snmp_after#Udp: }"
+  # Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors …
+  zl_text=$(printf '%s\n' \
+    "Open loop at $zl_rate req/s for ${DURATION}s: sent $(json_field "$zl_file" sent), valid $(json_field "$zl_file" valid), invalid $(json_field "$zl_file" invalid), **lost $(json_field "$zl_file" lost)**, late $(json_field "$zl_file" late), not sent $(json_field "$zl_file" not_sent); latency p50 $(json_latency "$zl_file" p50_us) µs, p99 $(json_latency "$zl_file" p99_us) µs, p99.9 $(json_latency "$zl_file" p999_us) µs, max $(json_latency "$zl_file" max_us) µs; generator idle $(json_field "$zl_file" generator_idle)." \
+    "" \
+    "Kernel cross-check over that run (/proc/net/snmp, whole host, includes the readiness probe): InDatagrams +$(( a[0] - b[0] )), OutDatagrams +$(( a[3] - b[3] )), RcvbufErrors +$(( a[4] - b[4] )), SndbufErrors +$(( a[5] - b[5] )), InErrors +$(( a[2] - b[2] )). On loopback every request and every answer is both sent and received on this host, so both should be 2 × sent + 2 × valid of the probe, i.e. about $(( 2 * $(json_field "$zl_file" sent) )) plus a few thousand.")
+fi
+
+echo
+cat "$table"
+[[ -n "$half_text" ]] && { echo; echo "$half_text"; }
+[[ -n "$zl_text" ]] && { echo; echo "$zl_text"; }
+
+host=$(hostname -s 2>/dev/null || hostname)
+RESULTS=${RESULTS:-bench/results/$(date +%F)-$host.md}
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with uncommitted changes)" || true)
+{
+  echo "# Load benchmark — $(date +%F), host \`$host\`"
+  echo
+  echo "- Commit: \`$commit\`$dirty"
+  echo "- Kernel: \`$(uname -r)\`"
+  echo "- CPU: \`$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\`, $ncpu CPUs"
+  echo "- Core split: server on CPUs \`$SERVER_CPUS\`, generator on CPUs \`$GEN_CPUS\`"
+  echo "- Command: \`REPS=$REPS DURATION=$DURATION SERVER_CPUS=$SERVER_CPUS GEN_CPUS=$GEN_CPUS scripts/bench.sh\`"
+  echo "- Generator: \`taskset -c $GEN_CPUS stunedge-bench -s 127.0.0.1:PORT --cpus $GEN_CPUS -d $DURATION --json -q $GEN_ARGS\` (closed loop)"
+  echo "- Servers (each under \`taskset -c $SERVER_CPUS\`):"
+  for s in $SERVERS; do echo "  - $s: \`$(server_cmd "$s" | sed "s#$work#TMP#g")\`"; done
+  echo "- Order: alternating, $REPS repetitions: $(for r in $(seq "$REPS"); do printf '%s ' $SERVERS; done)"
+  echo
+  echo "## Peak rate (closed loop)"
+  echo
+  cat "$table"
+  echo
+  echo "Server CPU µs / request: the server process's user+system CPU time over the run (from"
+  echo "/proc/PID/stat) divided by the valid answers. On loopback part of the receive path runs"
+  echo "in the sender's context, so this undercounts the kernel's share for every server alike."
+  echo "Server CPU busy: that time over the run's wall time and the server CPUs; near 100 % means"
+  echo "the server, not the generator, set the rate."
+  if [[ -n "$half_text" ]]; then echo; echo "$half_text"; fi
+  if [[ -n "$zl_text" ]]; then
+    echo
+    echo "## Zero loss at 80 % of peak"
+    echo
+    echo "$zl_text"
+  fi
+  echo
+  echo "## Each run"
+  echo
+  echo "| rep | server | valid/s | p99 µs | lost | invalid | generator idle |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+  for r in $(seq "$REPS"); do for s in $SERVERS; do
+    f=$work/$s.$r.json
+    printf '| %s | %s | %.0f | %s | %s | %s | %s |\n' "$r" "$s" "$(json_field "$f" rate)" "$(json_latency "$f" p99_us)" "$(json_field "$f" lost)" "$(json_field "$f" invalid)" "$(json_field "$f" generator_idle)"
+  done; done
+} > "$RESULTS"
+echo
+echo "results written to $RESULTS"
