@@ -14,6 +14,7 @@
 #   BIN_DIR      use prebuilt stunedge, stunedge-bench, stunedge-baseline from here (no cargo)
 #   SERVERS      which servers, space-separated (default "stunedge baseline coturn")
 #   RESULTS      results file (default bench/results/<date>-<host>.md)
+#   COMMIT       commit to name in the results (default: git rev-parse --short HEAD)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,7 @@ done
 
 if [[ " $SERVERS " == *" coturn "* ]] && ! command -v turnserver >/dev/null 2>&1; then
   echo "== coturn missing: installing it (apt-get install coturn)"
-  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends coturn; } >/dev/null 2>&1; then
+  if ! { timeout 120 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends coturn; } >/dev/null 2>&1; then
     echo "SKIPPED coturn: not installed and apt-get could not install it on this machine"
     SERVERS=${SERVERS//coturn/}
   fi
@@ -198,7 +199,7 @@ cat "$table"
 
 host=$(hostname -s 2>/dev/null || hostname)
 RESULTS=${RESULTS:-bench/results/$(date +%F)-$host.md}
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with uncommitted changes)" || true)
 {
   echo "# Load benchmark — $(date +%F), host \`$host\`"
