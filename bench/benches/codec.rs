@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the sans-IO path: parse only, and parse + answer in place (the whole
-//! handler decision), for the request kinds that matter. Run: `cargo bench -p stunedge-bench`.
+//! Micro-benchmarks of the sans-IO path: parse only, parse + answer in place (the whole handler
+//! decision) for the request kinds that matter, and FINGERPRINT / MESSAGE-INTEGRITY(-SHA256). Run: `cargo bench -p stunedge-bench`.
 //! Results are recorded in bench/results/ with commit, CPU and kernel.
 
 use std::hint::black_box;
@@ -7,9 +7,18 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stunedge::handler::{BUFFER_SIZE, HandlerConfig, Meta, handle};
 use stunedge::metrics::Stats;
-use stunedge::stun::Message;
-use stunedge::stun::integrity::check_fingerprint;
-use stunedge_bench::{Kind, request};
+use stunedge::stun::attr::XorMappedAddress;
+use stunedge::stun::integrity::{self, check_fingerprint, check_integrity_sha1};
+use stunedge::stun::registry::{ATTR_MESSAGE_INTEGRITY, MAGIC_COOKIE};
+use stunedge::stun::{Message, MessageType, MessageWriter};
+use stunedge_bench::{Credentials, Kind, request};
+
+fn cookie_and_id(tid: [u8; 12]) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    key[4..].copy_from_slice(&tid);
+    key
+}
 
 fn parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");
@@ -58,5 +67,37 @@ fn respond(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, respond);
+fn integrity(c: &mut Criterion) {
+    let mut group = c.benchmark_group("integrity");
+    group.throughput(Throughput::Elements(1));
+    // FINGERPRINT over a 32-byte answer (header + XOR-MAPPED-ADDRESS), as the handler computes it.
+    let answer = {
+        let mut buf = [0u8; 64];
+        let mut w = MessageWriter::new(&mut buf, MessageType::BINDING_SUCCESS, &cookie_and_id([7; 12])).unwrap();
+        w.add(&XorMappedAddress("203.0.113.9:40000".parse().unwrap())).unwrap();
+        w.add_fingerprint().unwrap();
+        let n = w.finish();
+        buf[..n].to_vec()
+    };
+    group.bench_function("fingerprint_compute_32_bytes", |b| {
+        b.iter(|| black_box(integrity::fingerprint(black_box(&answer), answer.len() - 8)))
+    });
+    // MESSAGE-INTEGRITY (HMAC-SHA1) and -SHA256 over an ICE-sized request, compute and verify.
+    let ice = request(Kind::Ice, [7; 12]);
+    let msg = Message::parse(&ice).unwrap();
+    let mi = msg.attribute(ATTR_MESSAGE_INTEGRITY).unwrap();
+    let key = Credentials::default().password.into_bytes();
+    group.bench_function("message_integrity_sha1_compute", |b| {
+        b.iter(|| black_box(integrity::integrity_sha1(black_box(&key), black_box(&ice), mi.offset)))
+    });
+    group.bench_function("message_integrity_sha1_verify", |b| {
+        b.iter(|| black_box(check_integrity_sha1(&Message::parse(black_box(&ice)).unwrap(), &key)))
+    });
+    group.bench_function("message_integrity_sha256_compute", |b| {
+        b.iter(|| black_box(integrity::integrity_sha256(black_box(&key), black_box(&ice), mi.offset, 32)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, respond, integrity);
 criterion_main!(benches);
