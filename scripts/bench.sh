@@ -198,7 +198,11 @@ cat "$table"
 [[ -n "$zl_text" ]] && { echo; echo "$zl_text"; }
 
 host=$(hostname -s 2>/dev/null || hostname)
-RESULTS=${RESULTS:-bench/results/$(date +%F)-$host.md}
+if [[ -z "${RESULTS:-}" ]]; then
+  RESULTS=bench/results/$(date +%F)-$host.md
+  # Never overwrite an earlier run of the same day (it may carry notes added by hand).
+  [[ -e "$RESULTS" ]] && RESULTS=bench/results/$(date +%F-%H%M)-$host.md
+fi
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with uncommitted changes)" || true)
 {
