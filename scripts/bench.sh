@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side STUN benchmark: stunedge (mmsg backend), the bare recvmmsg/sendmmsg baseline and
+# Side-by-side STUN benchmark: stunedge (io_uring and mmsg backends), the bare recvmmsg/sendmmsg baseline and
 # coturn's STUN-only mode, each pinned to the server CPUs and driven by stunedge-bench pinned to
 # the other CPUs, alternating A B C A B C…, then a zero-loss run at 80 % of stunedge's peak and a
 # cross-check against the kernel's /proc/net/snmp. Prints medians, spreads and ratios and writes
@@ -12,7 +12,7 @@
 #   DURATION     seconds per run (default 5)
 #   GEN_ARGS     extra stunedge-bench arguments (default: sockets/window/batch scaled to GEN_CPUS)
 #   BIN_DIR      use prebuilt stunedge, stunedge-bench, stunedge-baseline from here (no cargo)
-#   SERVERS      which servers, space-separated (default "stunedge baseline coturn")
+#   SERVERS      which servers, space-separated (default "stunedge-uring stunedge-mmsg baseline coturn")
 #   RESULTS      results file (default bench/results/<date>-<host>.md)
 #   COMMIT       commit to name in the results (default: git rev-parse --short HEAD)
 set -euo pipefail
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 REPS=${REPS:-3}
 DURATION=${DURATION:-5}
-SERVERS=${SERVERS:-"stunedge baseline coturn"}
+SERVERS=${SERVERS:-"stunedge-uring stunedge-mmsg baseline coturn"}
 (( REPS >= 3 )) || { echo "bench.sh: REPS must be at least 3" >&2; exit 2; }
 
 ncpu=$(nproc)
@@ -64,19 +64,20 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port_of() { case $1 in stunedge) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; esac; }
+port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; esac; }
 
 server_cmd() {
   local port; port=$(port_of "$1")
   case $1 in
-    stunedge)
+    stunedge-uring|stunedge-mmsg)
       # Build the CPU list in TOML from SERVER_CPUS.
-      local list="" part
+      local list="" part backend=io_uring
+      [[ $1 == stunedge-mmsg ]] && backend=mmsg
       for part in ${SERVER_CPUS//,/ }; do
         if [[ $part == *-* ]]; then list+=$(seq -s, "${part%-*}" "${part#*-}"),; else list+=$part,; fi
       done
-      printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "${list%,}" > "$work/stunedge.toml"
-      echo "$BIN/stunedge serve -c $work/stunedge.toml";;
+      printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\nbackend = "%s"\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "$backend" "${list%,}" > "$work/$1.toml"
+      echo "$BIN/stunedge serve -c $work/$1.toml";;
     baseline) echo "$BIN/stunedge-baseline --listen 127.0.0.1:$port --cpus $SERVER_CPUS";;
     coturn) echo "turnserver -n --stun-only --no-auth -L 127.0.0.1 -p $port --no-cli --no-tls --no-dtls -m $server_n --log-file $work/coturn.log --simple-log";;
   esac
@@ -141,26 +142,30 @@ for s in $SERVERS; do
       'BEGIN { if (v > 0) printf "%.3f\n", t * 1e6 / hz / v }'; done | median)
 done
 
+# The stunedge variant the extra checks use: io_uring when benchmarked, else mmsg.
+primary=""
+for s in $SERVERS; do [[ -z "$primary" && $s == stunedge-* ]] && primary=$s; done
+
 # Is the generator the bottleneck? With several generator CPUs, run stunedge once more with half
 # the generator threads: the same rate means the full generator has room to spare.
 half_text=""
-if [[ " $SERVERS " == *" stunedge "* ]] && (( gen_n >= 2 )); then
+if [[ -n "$primary" ]] && (( gen_n >= 2 )); then
   half_args=$(sed "s/--threads [0-9]*/--threads $(( gen_n / 2 ))/" <<< "$GEN_ARGS")
   echo "== generator check: stunedge with $(( gen_n / 2 )) generator threads instead of $gen_n"
   GEN_ARGS_SAVED=$GEN_ARGS; GEN_ARGS=$half_args
-  run_one stunedge "$work/stunedge.half.json"
+  run_one "$primary" "$work/stunedge.half.json"
   GEN_ARGS=$GEN_ARGS_SAVED
-  half_text="With half the generator threads ($(( gen_n / 2 ))) stunedge answered $(printf '%.0f' "$(json_field "$work/stunedge.half.json" rate)")/s, against a median of $(printf '%.0f' "${med[stunedge]}")/s with all $gen_n: $(ratio "$(json_field "$work/stunedge.half.json" rate)" "${med[stunedge]}")."
+  half_text="With half the generator threads ($(( gen_n / 2 ))) $primary answered $(printf '%.0f' "$(json_field "$work/stunedge.half.json" rate)")/s, against a median of $(printf '%.0f' "${med[$primary]}")/s with all $gen_n: $(ratio "$(json_field "$work/stunedge.half.json" rate)" "${med[$primary]}")."
 fi
 
 # Zero loss at 80 % of stunedge's median peak (open loop, paced).
 zl_rate=0; zl_file=""
-if [[ " $SERVERS " == *" stunedge "* ]]; then
-  zl_rate=$(awk -v m="${med[stunedge]}" 'BEGIN { printf "%d", m * 0.8 }')
+if [[ -n "$primary" ]]; then
+  zl_rate=$(awk -v m="${med[$primary]}" 'BEGIN { printf "%d", m * 0.8 }')
   zl_file=$work/stunedge.zeroloss.json
-  echo "== zero-loss run: stunedge at $zl_rate req/s (80 % of its median peak), open loop"
+  echo "== zero-loss run: $primary at $zl_rate req/s (80 % of its median peak), open loop"
   snmp_before=$(grep '^Udp: [0-9]' /proc/net/snmp)
-  run_one stunedge "$zl_file" --rate "$zl_rate"
+  run_one "$primary" "$zl_file" --rate "$zl_rate"
   snmp_after=$(grep '^Udp: [0-9]' /proc/net/snmp)
 fi
 
@@ -177,8 +182,11 @@ table=$work/table.md
   if [[ -n "${med[baseline]:-}" ]]; then
     for s in $SERVERS; do [[ $s == baseline ]] || echo "| $s ÷ baseline | $(ratio "${med[$s]}" "${med[baseline]}") |"; done
   fi
-  if [[ -n "${med[stunedge]:-}" && -n "${med[coturn]:-}" ]]; then
-    echo "| stunedge ÷ coturn | $(ratio "${med[stunedge]}" "${med[coturn]}") |"
+  if [[ -n "${med[coturn]:-}" ]]; then
+    for s in $SERVERS; do [[ $s == stunedge-* ]] && echo "| $s ÷ coturn | $(ratio "${med[$s]}" "${med[coturn]}") |"; done
+  fi
+  if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-mmsg]:-}" ]]; then
+    echo "| stunedge-uring ÷ stunedge-mmsg | $(ratio "${med[stunedge-uring]}" "${med[stunedge-mmsg]}") |"
   fi
 } > "$table"
 
@@ -187,7 +195,7 @@ if [[ -n "$zl_file" ]]; then
   read -r -a b <<< "${snmp_before#Udp: }"; read -r -a a <<< "${snmp_after#Udp: }"
   # Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors …
   zl_text=$(printf '%s\n' \
-    "Open loop at $zl_rate req/s for ${DURATION}s: sent $(json_field "$zl_file" sent), valid $(json_field "$zl_file" valid), invalid $(json_field "$zl_file" invalid), **lost $(json_field "$zl_file" lost)**, late $(json_field "$zl_file" late), not sent $(json_field "$zl_file" not_sent); latency p50 $(json_latency "$zl_file" p50_us) µs, p99 $(json_latency "$zl_file" p99_us) µs, p99.9 $(json_latency "$zl_file" p999_us) µs, max $(json_latency "$zl_file" max_us) µs; generator idle $(json_field "$zl_file" generator_idle)." \
+    "$primary, open loop at $zl_rate req/s for ${DURATION}s: sent $(json_field "$zl_file" sent), valid $(json_field "$zl_file" valid), invalid $(json_field "$zl_file" invalid), **lost $(json_field "$zl_file" lost)**, late $(json_field "$zl_file" late), not sent $(json_field "$zl_file" not_sent); latency p50 $(json_latency "$zl_file" p50_us) µs, p99 $(json_latency "$zl_file" p99_us) µs, p99.9 $(json_latency "$zl_file" p999_us) µs, max $(json_latency "$zl_file" max_us) µs; generator idle $(json_field "$zl_file" generator_idle)." \
     "" \
     "Kernel cross-check over that run (/proc/net/snmp, whole host, includes the readiness probe): InDatagrams +$(( a[0] - b[0] )), OutDatagrams +$(( a[3] - b[3] )), RcvbufErrors +$(( a[4] - b[4] )), SndbufErrors +$(( a[5] - b[5] )), InErrors +$(( a[2] - b[2] )). On loopback every request and every answer is both sent and received on this host, so both should be 2 × sent + 2 × valid of the probe, i.e. about $(( 2 * $(json_field "$zl_file" sent) )) plus a few thousand.")
 fi

@@ -23,23 +23,26 @@ cargo test -p stunedge-bench --benches --locked
 
 step "load generator smoke: 2 s against a real stunedge (correctness only: zero invalid, something answered)"
 cargo build --locked -p stunedge -p stunedge-bench
-smoke=$(mktemp -d)
-printf '[server]\nlisten = ["127.0.0.1:0"]\n[log]\nlevel = "info"\n' > "$smoke/stunedge.toml"
-target/debug/stunedge serve -c "$smoke/stunedge.toml" 2> "$smoke/server.log" &
-server_pid=$!
-trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$smoke"' EXIT
-port=""
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listen="127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$smoke/server.log")
-  [[ -n "$port" ]] && break
-  sleep 0.1
+for backend in auto mmsg; do
+  smoke=$(mktemp -d)
+  printf '[server]\nlisten = ["127.0.0.1:0"]\n[io]\nbackend = "%s"\n[log]\nlevel = "info"\n' "$backend" > "$smoke/stunedge.toml"
+  target/debug/stunedge serve -c "$smoke/stunedge.toml" 2> "$smoke/server.log" &
+  server_pid=$!
+  trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$smoke"' EXIT
+  port=""
+  for _ in $(seq 100); do
+    port=$(sed -n 's/.*listen="127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$smoke/server.log")
+    [[ -n "$port" ]] && break
+    sleep 0.1
+  done
+  [[ -n "$port" ]] || { echo "stunedge did not start:"; cat "$smoke/server.log"; exit 1; }
+  echo "--- io.backend = $backend: $(grep -o 'backend="[a-z_]*"' "$smoke/server.log")"
+  target/debug/stunedge-bench -s "127.0.0.1:$port" -d 2 --sockets 4 --mix plain=4,fingerprint=2,software=1,integrity=1,ice=1,classic=1 -q
+  kill "$server_pid"
+  wait "$server_pid" || { echo "stunedge did not stop cleanly"; exit 1; }
+  trap - EXIT
+  rm -rf "$smoke"
 done
-[[ -n "$port" ]] || { echo "stunedge did not start:"; cat "$smoke/server.log"; exit 1; }
-target/debug/stunedge-bench -s "127.0.0.1:$port" -d 2 --sockets 4 --mix plain=4,fingerprint=2,software=1,integrity=1,ice=1,classic=1 -q
-kill "$server_pid"
-wait "$server_pid" || { echo "stunedge did not stop cleanly"; exit 1; }
-trap - EXIT
-rm -rf "$smoke"
 
 step "fuzz target builds (bench/fuzz)"
 cargo build --manifest-path bench/fuzz/Cargo.toml --locked

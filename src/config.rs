@@ -73,6 +73,10 @@ section! {
 section! {
     /// The data plane: worker threads, batching and socket buffers.
     Io "io" {
+        /// Data-plane backend: "auto" (io_uring where this kernel and sandbox allow it,
+        /// otherwise mmsg, with one log line saying why), "io_uring" (refuse to start without
+        /// it), or "mmsg" (recvmmsg/sendmmsg, works everywhere).
+        backend: String = "auto".into(),
         /// CPUs to run one pinned worker each on. Empty: every CPU this process may run on
         /// (its affinity mask, as `nproc` counts them, so taskset and cpusets are respected).
         cpus: Vec<usize> = Vec::new(),
@@ -140,11 +144,24 @@ fn invalid(field: impl Into<String>, value: impl fmt::Display, reason: impl Into
     ConfigError { location: String::new(), field: field.into(), value: value.to_string(), reason: reason.into() }
 }
 
+/// Which data-plane backend to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring when [`crate::io::uring::probe`] succeeds, else mmsg.
+    Auto,
+    /// io_uring or nothing.
+    IoUring,
+    /// recvmmsg / sendmmsg.
+    Mmsg,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Listen addresses, in order, without duplicates.
     pub listen: Vec<SocketAddr>,
+    /// Data-plane backend.
+    pub backend: BackendChoice,
     /// CPUs to pin one worker each to.
     pub cpus: Vec<usize>,
     /// Datagrams per receive/send batch.
@@ -224,6 +241,14 @@ impl Config {
             }
             self.io.cpus.clone()
         };
+        let backend = match self.io.backend.as_str() {
+            "auto" => BackendChoice::Auto,
+            "io_uring" => BackendChoice::IoUring,
+            "mmsg" => BackendChoice::Mmsg,
+            other => {
+                return Err(invalid("io.backend", format!("{other:?}"), "must be \"auto\", \"io_uring\" or \"mmsg\""));
+            }
+        };
         if !(1..=1024).contains(&self.io.batch_size) {
             return Err(invalid("io.batch_size", self.io.batch_size, "must be between 1 and 1024"));
         }
@@ -240,6 +265,7 @@ impl Config {
         })?;
         Ok(Settings {
             listen,
+            backend,
             cpus,
             batch_size: self.io.batch_size,
             socket_recv_buffer: self.io.socket_recv_buffer,
@@ -363,6 +389,9 @@ mod tests {
         assert_eq!(e.to_string(), "io.cpus[1] = 9: not a CPU this process may run on (allowed: 0-3)");
         let e = check("[io]\ncpus = [1, 1]\n").unwrap_err();
         assert_eq!(e.field, "io.cpus[1]");
+        let e = check("[io]\nbackend = \"dpdk\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "io.backend = \"dpdk\": must be \"auto\", \"io_uring\" or \"mmsg\"");
+        assert_eq!(check("[io]\nbackend = \"mmsg\"\n").unwrap().backend, BackendChoice::Mmsg);
         let e = check("[log]\nlevel = \"loud\"\n").unwrap_err();
         assert_eq!(e.field, "log.level");
         let e = check("[io]\nsocket_recv_buffer = 1\n").unwrap_err();

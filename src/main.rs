@@ -118,7 +118,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     tracing::info!(
         listen = addrs.join(", "),
         workers = server.cpus().len(),
-        backend = "mmsg",
+        backend = server.backend().name(),
         "stunedge {} serving",
         env!("CARGO_PKG_VERSION")
     );

@@ -44,8 +44,16 @@ counters! {
     SendErrors => "send_errors",
     /// Receive calls that failed with an error other than "would block".
     RecvErrors => "recv_errors",
-    /// Batches processed (one receive call that returned datagrams).
+    /// Batches processed (one receive call, or one io_uring turn, that returned datagrams).
     Batches => "batches",
+    /// io_uring: answers dropped because every send slot was in flight.
+    SendSlotsFull => "send_slots_full",
+    /// io_uring: multishot receives re-armed after the kernel ended them.
+    MultishotRearms => "multishot_rearms",
+    /// io_uring: multishot receives ended because the buffer ring was empty.
+    BufferRingExhausted => "buffer_ring_exhausted",
+    /// io_uring: completions the completion queue could not hold at once.
+    CqOverflow => "cq_overflow",
     /// Binding requests (RFC 8489/5389 and classic).
     RequestsBinding => "requests_binding",
     /// Requests of other methods (answered 400).

@@ -11,10 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use crate::config::Settings;
+use std::sync::mpsc;
+
+use crate::config::{BackendChoice, Settings};
 use crate::handler::{self, Action, DropReason, HandlerConfig, Meta};
 use crate::io::mmsg::{MmsgBatch, wait_readable};
 use crate::io::socket::{self, Listener, SocketOptions};
+use crate::io::uring::{self, Driver, Unavailable};
 use crate::metrics::{self, Counter, Stats, WorkerSlot};
 
 /// How long an idle worker sleeps in poll(2) before looking at the stop flag again.
@@ -48,11 +51,15 @@ pub struct Server {
     slots: Arc<[WorkerSlot]>,
     local_addrs: Vec<SocketAddr>,
     cpus: Vec<usize>,
+    backend: Backend,
 }
 
 impl Server {
-    /// Binds every socket, then starts one pinned worker per CPU.
+    /// Picks the backend (probing io_uring), binds every socket, then starts one pinned worker
+    /// per CPU and waits until each has set up its backend.
     pub fn start(settings: &Settings) -> Result<Server, StartError> {
+        let backend = select_backend(settings.backend, uring::probe)
+            .map_err(|why| StartError { what: "io.backend".into(), error: std::io::Error::other(why) })?;
         let options = SocketOptions {
             reuse_port: true,
             recv_buffer: settings.socket_recv_buffer,
@@ -93,18 +100,22 @@ impl Server {
             slots: slots.clone(),
             local_addrs: resolved,
             cpus: settings.cpus.clone(),
+            backend,
         };
+        let (ready_tx, ready_rx) = mpsc::channel();
         for (index, (cpu, listeners)) in settings.cpus.iter().copied().zip(per_worker).enumerate() {
             let worker = Worker {
                 cpu,
                 index,
                 listeners,
                 batch_size: settings.batch_size,
+                backend,
                 handler: handler_config.clone(),
                 stop: stop.clone(),
                 slots: slots.clone(),
             };
-            let spawned = std::thread::Builder::new().name(format!("stunedge-w{cpu}")).spawn(move || worker.run());
+            let ready = ready_tx.clone();
+            let spawned = std::thread::Builder::new().name(format!("stunedge-w{cpu}")).spawn(move || worker.run(ready));
             match spawned {
                 Ok(handle) => server.threads.push(handle),
                 Err(error) => {
@@ -114,7 +125,22 @@ impl Server {
                 }
             }
         }
+        // Nothing half-started: every worker reports its backend set-up before we return.
+        for cpu in &settings.cpus {
+            let outcome =
+                ready_rx.recv().unwrap_or_else(|_| Err(std::io::Error::other("worker ended during start-up")));
+            if let Err(error) = outcome {
+                server.stop();
+                server.join();
+                return Err(StartError { what: format!("{} backend on a worker (CPU {cpu})", backend.name()), error });
+            }
+        }
         Ok(server)
+    }
+
+    /// The backend the workers run.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The addresses listened on (ports resolved).
@@ -169,43 +195,113 @@ fn bind_error(addr: SocketAddr, error: std::io::Error) -> StartError {
     StartError { what: format!("cannot listen on {addr}"), error }
 }
 
+/// The backend a server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// recvmmsg / sendmmsg batches.
+    Mmsg,
+    /// io_uring: multishot receive into a provided-buffer ring, batched sendmsg SQEs.
+    IoUring,
+}
+
+impl Backend {
+    /// The config spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Mmsg => "mmsg",
+            Backend::IoUring => "io_uring",
+        }
+    }
+}
+
+/// Picks the backend for `choice` given the io_uring probe's verdict. `auto` falls back to
+/// mmsg with one log line; an explicit `io_uring` that cannot work is an error.
+pub fn select_backend(
+    choice: BackendChoice,
+    probe: impl FnOnce() -> Result<(), Unavailable>,
+) -> Result<Backend, String> {
+    match choice {
+        BackendChoice::Mmsg => Ok(Backend::Mmsg),
+        BackendChoice::IoUring => probe()
+            .map(|()| Backend::IoUring)
+            .map_err(|why| format!("io.backend = \"io_uring\", but io_uring is unavailable: {why}")),
+        BackendChoice::Auto => Ok(match probe() {
+            Ok(()) => Backend::IoUring,
+            Err(why) => {
+                tracing::warn!("io_uring unavailable ({why}); using the mmsg backend");
+                Backend::Mmsg
+            }
+        }),
+    }
+}
+
 /// Everything one worker owns.
 struct Worker {
     cpu: usize,
     index: usize,
     listeners: Vec<Listener>,
     batch_size: usize,
+    backend: Backend,
     handler: Arc<HandlerConfig>,
     stop: Arc<AtomicBool>,
     slots: Arc<[WorkerSlot]>,
 }
 
 impl Worker {
-    fn run(self) {
+    fn run(self, ready: mpsc::Sender<Result<(), std::io::Error>>) {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: self.cpu }) {
             tracing::warn!(cpu = self.cpu, "could not pin worker to its CPU; running unpinned");
         }
+        let mut stats = Stats::default();
+        tracing::debug!(
+            cpu = self.cpu,
+            sockets = self.listeners.len(),
+            backend = self.backend.name(),
+            "worker starting"
+        );
+        match self.backend {
+            Backend::Mmsg => {
+                let _ = ready.send(Ok(()));
+                self.run_mmsg(&mut stats);
+            }
+            Backend::IoUring => {
+                let fds: Vec<_> = self.listeners.iter().map(|l| l.socket.as_raw_fd()).collect();
+                match Driver::new(&fds) {
+                    Ok(driver) => {
+                        let _ = ready.send(Ok(()));
+                        self.run_uring(driver, &mut stats);
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        }
+        self.slots[self.index].publish(&stats);
+        tracing::debug!(cpu = self.cpu, %stats, "worker stopped");
+    }
+
+    fn run_mmsg(&self, stats: &mut Stats) {
         let slot = &self.slots[self.index];
         let mut batch = MmsgBatch::new(self.batch_size);
-        let mut stats = Stats::default();
         let mut pollfds: Vec<libc::pollfd> = self
             .listeners
             .iter()
             .map(|l| libc::pollfd { fd: l.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 })
             .collect();
-        tracing::debug!(cpu = self.cpu, sockets = self.listeners.len(), "worker started");
         while !self.stop.load(Ordering::Relaxed) {
             let mut busy = false;
             for listener in &self.listeners {
                 for _ in 0..BATCHES_PER_TURN {
-                    let n = self.serve_batch(listener, &mut batch, &mut stats);
+                    let n = self.serve_batch(listener, &mut batch, stats);
                     busy |= n > 0;
                     if n < self.batch_size {
                         break;
                     }
                 }
             }
-            slot.publish(&stats);
+            slot.publish(stats);
             if !busy {
                 if let Err(e) = wait_readable(&mut pollfds, IDLE_POLL_MS) {
                     tracing::error!(cpu = self.cpu, error = %e, "poll failed");
@@ -213,8 +309,72 @@ impl Worker {
                 }
             }
         }
-        slot.publish(&stats);
-        tracing::debug!(cpu = self.cpu, %stats, "worker stopped");
+    }
+
+    fn run_uring(&self, mut driver: Driver, stats: &mut Stats) {
+        let slot = &self.slots[self.index];
+        let timeout = std::time::Duration::from_millis(IDLE_POLL_MS as u64);
+        while !self.stop.load(Ordering::Relaxed) {
+            let turn = driver.turn(timeout, |d| {
+                let listener = &self.listeners[d.socket];
+                self.answer(listener, d.buf, d.len, d.truncated, d.src, d.dst, stats)
+                    .map(|(len, from)| uring::Reply { len, from })
+            });
+            match turn {
+                Ok(t) => {
+                    if t.datagrams_in > 0 {
+                        stats.bump(Counter::Batches);
+                    }
+                    stats.add(Counter::DatagramsIn, t.datagrams_in);
+                    stats.add(Counter::BytesIn, t.bytes_in);
+                    stats.add(Counter::DatagramsOut, t.datagrams_out);
+                    stats.add(Counter::BytesOut, t.bytes_out);
+                    stats.add(Counter::SendErrors, t.send_errors);
+                    stats.add(Counter::SendSlotsFull, t.send_slots_full);
+                    stats.add(Counter::MultishotRearms, t.rearms);
+                    stats.add(Counter::BufferRingExhausted, t.buffer_exhausted);
+                    stats.add(Counter::RecvErrors, t.recv_errors);
+                    stats.add(Counter::CqOverflow, t.cq_overflow);
+                }
+                Err(e) => {
+                    stats.bump(Counter::RecvErrors);
+                    tracing::error!(cpu = self.cpu, error = %e, "io_uring wait failed");
+                    std::thread::sleep(timeout);
+                }
+            }
+            slot.publish(stats);
+        }
+    }
+
+    /// Runs the handler on one received datagram; returns the answer's length and the PKTINFO
+    /// source to send it from, or `None` when it is dropped (counted in `stats`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn answer(
+        &self,
+        listener: &Listener,
+        buf: &mut [u8],
+        len: usize,
+        truncated: bool,
+        src: Option<SocketAddr>,
+        dst: Option<(std::net::IpAddr, u32)>,
+        stats: &mut Stats,
+    ) -> Option<(usize, Option<(std::net::IpAddr, u32)>)> {
+        if truncated {
+            stats.dropped(DropReason::Truncated);
+            return None;
+        }
+        let Some(src) = src else {
+            // A UDP socket only reports IPv4/IPv6 senders; anything else is not ours to answer.
+            stats.dropped(DropReason::NotStun);
+            return None;
+        };
+        let local_ip = dst.map_or(listener.local.ip(), |(ip, _)| ip);
+        let meta = Meta { src, local: SocketAddr::new(local_ip, listener.local.port()) };
+        match handler::handle(buf, len, &meta, &self.handler, stats) {
+            Action::Reply { len } => Some((len, if listener.wildcard { dst } else { None })),
+            Action::Drop(_) => None,
+        }
     }
 
     /// Receives one batch from `listener`, answers it, sends the replies. Returns the number
@@ -237,19 +397,9 @@ impl Worker {
             let packet = batch.received(i);
             stats.bump(Counter::DatagramsIn);
             stats.add(Counter::BytesIn, packet.len as u64);
-            if packet.truncated {
-                stats.dropped(DropReason::Truncated);
-                continue;
-            }
-            let Some(src) = packet.src else {
-                // A UDP socket only reports IPv4/IPv6 senders; anything else is not ours to answer.
-                stats.dropped(DropReason::NotStun);
-                continue;
-            };
-            let local_ip = packet.dst.map_or(listener.local.ip(), |(ip, _)| ip);
-            let meta = Meta { src, local: SocketAddr::new(local_ip, listener.local.port()) };
-            if let Action::Reply { len } = handler::handle(packet.buf, packet.len, &meta, &self.handler, stats) {
-                let from = if listener.wildcard { packet.dst } else { None };
+            if let Some((len, from)) =
+                self.answer(listener, packet.buf, packet.len, packet.truncated, packet.src, packet.dst, stats)
+            {
                 batch.queue_reply(i, len, from);
             }
         }
@@ -258,5 +408,22 @@ impl Worker {
         stats.add(Counter::BytesOut, sent.bytes);
         stats.add(Counter::SendErrors, sent.errors);
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_selection() {
+        let ok = || Ok(());
+        let no = || Err(Unavailable("io_uring_setup: EPERM".into()));
+        assert_eq!(select_backend(BackendChoice::Auto, ok), Ok(Backend::IoUring));
+        assert_eq!(select_backend(BackendChoice::Auto, no), Ok(Backend::Mmsg));
+        assert_eq!(select_backend(BackendChoice::Mmsg, ok), Ok(Backend::Mmsg));
+        assert_eq!(select_backend(BackendChoice::IoUring, ok), Ok(Backend::IoUring));
+        let err = select_backend(BackendChoice::IoUring, no).unwrap_err();
+        assert_eq!(err, "io.backend = \"io_uring\", but io_uring is unavailable: io_uring_setup: EPERM");
     }
 }

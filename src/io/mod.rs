@@ -7,6 +7,8 @@
 #![allow(unsafe_code)]
 
 pub mod mmsg;
+mod msg;
 pub mod socket;
+pub mod uring;
 
 pub use socket::{Listener, SocketOptions};

@@ -228,3 +228,54 @@ fn no_arguments_prints_help_and_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: stunedge"));
 }
+
+#[test]
+fn io_uring_forced_unavailable_falls_back_or_refuses() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let auto = write_config("auto.toml", &format!("[server]\nlisten = [\"{addr}\"]\n[io]\nbackend = \"auto\"\n"));
+    let child = Command::new(BIN)
+        .args(["serve", "-c", auto.to_str().unwrap()])
+        .env("STUNEDGE_DISABLE_IO_URING", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Running { child };
+    server.wait_ready(addr);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(1)), 0);
+    let log = server.stderr();
+    assert!(log.contains("io_uring unavailable (disabled by the STUNEDGE_DISABLE_IO_URING environment variable); using the mmsg backend"), "{log}");
+    assert!(log.contains("backend=\"mmsg\""), "{log}");
+
+    let forced =
+        write_config("forced.toml", &format!("[server]\nlisten = [\"{addr}\"]\n[io]\nbackend = \"io_uring\"\n"));
+    let out = Command::new(BIN)
+        .args(["serve", "-c", forced.to_str().unwrap()])
+        .env("STUNEDGE_DISABLE_IO_URING", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("io.backend = \"io_uring\", but io_uring is unavailable"), "{err}");
+}
+
+#[test]
+fn auto_picks_io_uring_where_the_kernel_has_it() {
+    if let Err(why) = stunedge::io::uring::probe() {
+        assert!(std::env::var_os("CI").is_none(), "io_uring unavailable in CI: {why}");
+        eprintln!("SKIPPED: io_uring unavailable here: {why}");
+        return;
+    }
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = write_config("auto-uring.toml", &format!("[server]\nlisten = [\"{addr}\"]\n"));
+    let mut server = Running::start(&["serve", "-c", config.to_str().unwrap()]);
+    server.wait_ready(addr);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(1)), 0);
+    let log = server.stderr();
+    assert!(log.contains("backend=\"io_uring\""), "{log}");
+}

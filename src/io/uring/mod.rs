@@ -1,0 +1,446 @@
+//! The io_uring backend: one ring per worker, created on the worker's pinned thread; a
+//! multishot IORING_OP_RECVMSG per socket receiving into a provided-buffer ring; each answer
+//! written in place in its receive buffer by the handler (through the worker's callback — no
+//! protocol logic here) and sent with an IORING_OP_SENDMSG from a fixed send slot, all the turn's
+//! sends submitted together with the next wait; a buffer goes back to the ring only when its send
+//! has completed.
+//!
+//! Kernel floors of what is used: io_uring (5.1), IORING_ENTER_EXT_ARG wait timeouts (5.11),
+//! io_uring_register_buf_ring (5.19), multishot IORING_OP_RECVMSG (6.0), SINGLE_ISSUER (6.0)
+//! and DEFER_TASKRUN (6.1, used when present). [`probe`] checks them at start.
+
+mod buf_ring;
+mod send;
+
+use std::io;
+use std::mem::{ManuallyDrop, size_of};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+
+use self::buf_ring::{BUFFERS, BufRing};
+use self::send::SendSlots;
+use super::msg::{Control, pktinfo, socket_addr};
+use crate::handler::BUFFER_SIZE;
+
+/// Buffer group id of the provided-buffer ring.
+const BGID: u16 = 0;
+/// Room for the source address in each receive buffer (sockaddr_in6 is 28 bytes).
+const NAME_LEN: usize = 32;
+/// Room for control messages (PKTINFO) in each receive buffer.
+const CONTROL_LEN: usize = size_of::<Control>();
+/// `struct io_uring_recvmsg_out`: namelen, controllen, payloadlen, flags.
+const RECVMSG_OUT_LEN: usize = 16;
+/// Where the datagram starts in a receive buffer.
+const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN;
+/// Sends in flight at once.
+const SEND_SLOTS: usize = 512;
+/// Submission queue entries; the completion queue gets four times as many.
+const SQ_ENTRIES: u32 = 1024;
+
+/// user_data tags: the top byte says what completed, the rest which socket or slot.
+const TAG_RECV: u64 = 1 << 56;
+const TAG_SEND: u64 = 2 << 56;
+const TAG_CANCEL: u64 = 3 << 56;
+const TAG_MASK: u64 = 0xFF << 56;
+
+/// Why io_uring cannot be used here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The environment variable that makes [`probe`] report io_uring unavailable (tests, and
+/// operators who want to rule it out without editing the config).
+pub const DISABLE_ENV: &str = "STUNEDGE_DISABLE_IO_URING";
+
+/// Checks that this kernel and sandbox allow everything the backend uses.
+pub fn probe() -> Result<(), Unavailable> {
+    if std::env::var_os(DISABLE_ENV).is_some() {
+        return Err(Unavailable(format!("disabled by the {DISABLE_ENV} environment variable")));
+    }
+    let ring = IoUring::new(8).map_err(|e| {
+        Unavailable(match e.raw_os_error() {
+            Some(libc::ENOSYS) => "io_uring_setup: ENOSYS (kernel without io_uring)".into(),
+            Some(libc::EPERM) => {
+                "io_uring_setup: EPERM (blocked by seccomp, e.g. Docker's default profile, or by the kernel.io_uring_disabled sysctl)".into()
+            }
+            _ => format!("io_uring_setup: {e}"),
+        })
+    })?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| Unavailable(format!("IORING_REGISTER_PROBE: {e}")))?;
+    for (code, name) in [(opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"), (opcode::SendMsg::CODE, "IORING_OP_SENDMSG")] {
+        if !probe.is_supported(code) {
+            return Err(Unavailable(format!("{name} not supported by this kernel")));
+        }
+    }
+    let release = kernel_release();
+    if release < (6, 0) {
+        return Err(Unavailable(format!(
+            "kernel {}.{} lacks multishot IORING_OP_RECVMSG (needs 6.0)",
+            release.0, release.1
+        )));
+    }
+    let bufs = BufRing::new(64).map_err(|e| Unavailable(format!("buffer ring: {e}")))?;
+    // SAFETY: the ring memory lives in `bufs`, which outlives the registration (unregistered
+    // just below, before `bufs` is dropped).
+    unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring_addr(), BUFFERS, BGID, 0) }
+        .map_err(|e| Unavailable(format!("io_uring_register_buf_ring: {e} (needs 5.19)")))?;
+    let _ = ring.submitter().unregister_buf_ring(BGID);
+    Ok(())
+}
+
+/// (major, minor) of the running kernel, (0, 0) when unknown.
+fn kernel_release() -> (u32, u32) {
+    let text = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = text.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// One received datagram lent to the worker's callback.
+#[derive(Debug)]
+pub struct Datagram<'a> {
+    /// Index of the socket (in the order given to [`Driver::new`]).
+    pub socket: usize,
+    /// The receive buffer from the datagram on: `buf[..len]` is the datagram, the answer is
+    /// written over it (the buffer holds `BUFFER_SIZE` bytes).
+    pub buf: &'a mut [u8],
+    /// Datagram length.
+    pub len: usize,
+    /// The kernel cut the datagram to fit (MSG_TRUNC).
+    pub truncated: bool,
+    /// Sender.
+    pub src: Option<SocketAddr>,
+    /// Destination address and interface from PKTINFO (wildcard listeners).
+    pub dst: Option<(IpAddr, u32)>,
+}
+
+/// The callback's answer: send the first `len` bytes back, from `from` when given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// Answer length.
+    pub len: usize,
+    /// PKTINFO source address (wildcard listeners).
+    pub from: Option<(IpAddr, u32)>,
+}
+
+/// What one [`Driver::turn`] did, for the worker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Turn {
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Answers the kernel sent.
+    pub datagrams_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Answers lost to send errors (EAGAIN, ENOBUFS, EPERM…).
+    pub send_errors: u64,
+    /// Answers dropped because every send slot was in flight.
+    pub send_slots_full: u64,
+    /// Multishot receives re-armed because the kernel ended them.
+    pub rearms: u64,
+    /// Of those, ended because the buffer ring was empty (ENOBUFS).
+    pub buffer_exhausted: u64,
+    /// Receive completions with another error.
+    pub recv_errors: u64,
+    /// Completions the kernel had to drop or buffer because the completion queue was full.
+    pub cq_overflow: u64,
+}
+
+/// A worker's ring, buffers and send slots. Created and used on one thread.
+pub struct Driver {
+    // Field order is drop order: the ring goes first, so the kernel is done with the memory
+    // below before it is freed (Drop also cancels and drains outstanding operations).
+    ring: IoUring,
+    /// Freed in Drop, only once the kernel is done with them.
+    bufs: ManuallyDrop<BufRing>,
+    slots: ManuallyDrop<SendSlots>,
+    fds: Vec<RawFd>,
+    /// One msghdr per socket for its multishot receive; the kernel reads namelen and
+    /// controllen from it at every completion, so it must not move: boxed.
+    recv_hdrs: Box<[libc::msghdr]>,
+    armed: Vec<bool>,
+    overflow_seen: u32,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("sockets", &self.fds.len()).field("bufs", &self.bufs).finish()
+    }
+}
+
+impl Driver {
+    /// Sets up a ring for `fds` (non-blocking UDP sockets) and arms a multishot receive on each.
+    pub fn new(fds: &[RawFd]) -> io::Result<Driver> {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(SQ_ENTRIES * 4).setup_single_issuer().setup_defer_taskrun();
+        let ring = match builder.build(SQ_ENTRIES) {
+            Ok(ring) => ring,
+            // DEFER_TASKRUN needs 6.1; COOP_TASKRUN (5.19) is the next best.
+            Err(_) => IoUring::builder().setup_cqsize(SQ_ENTRIES * 4).setup_coop_taskrun().build(SQ_ENTRIES)?,
+        };
+        let bufs = BufRing::new(PAYLOAD_OFFSET + BUFFER_SIZE)?;
+        // SAFETY: the ring entries live in `bufs`, which the Driver owns and drops after the
+        // ring (field order, and Drop drains operations first).
+        unsafe { ring.submitter().register_buf_ring_with_flags(bufs.ring_addr(), BUFFERS, BGID, 0)? };
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+        let mut template: libc::msghdr = unsafe { std::mem::zeroed() };
+        template.msg_namelen = NAME_LEN as libc::socklen_t;
+        template.msg_controllen = CONTROL_LEN;
+        let mut driver = Driver {
+            ring,
+            bufs: ManuallyDrop::new(bufs),
+            slots: ManuallyDrop::new(SendSlots::new(SEND_SLOTS)),
+            fds: fds.to_vec(),
+            recv_hdrs: vec![template; fds.len()].into_boxed_slice(),
+            armed: vec![false; fds.len()],
+            overflow_seen: 0,
+        };
+        driver.bufs.commit();
+        for socket in 0..fds.len() {
+            driver.arm(socket)?;
+        }
+        driver.ring.submit()?;
+        Ok(driver)
+    }
+
+    /// Queues a multishot receive on `socket`.
+    fn arm(&mut self, socket: usize) -> io::Result<()> {
+        let sqe = opcode::RecvMsgMulti::new(types::Fd(self.fds[socket]), &raw const self.recv_hdrs[socket], BGID)
+            .build()
+            .user_data(TAG_RECV | socket as u64);
+        self.push(&sqe)?;
+        self.armed[socket] = true;
+        Ok(())
+    }
+
+    /// Pushes an SQE, submitting first when the queue is full.
+    fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every SQE we build points only at memory the Driver owns and keeps in
+            // place until its completion: boxed msghdrs, send slots, ring buffers.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    /// Submits what is queued, waits up to `timeout` for completions, and handles them:
+    /// datagrams go to `on_datagram`, whose answers are queued as sends (submitted with the next
+    /// wait), other buffers return to the ring.
+    pub fn turn(
+        &mut self,
+        timeout: Duration,
+        mut on_datagram: impl FnMut(Datagram<'_>) -> Option<Reply>,
+    ) -> io::Result<Turn> {
+        let mut t = Turn::default();
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e) => return Err(e),
+        }
+        // Take the completions in chunks into a stack array so new SQEs can be pushed while
+        // handling them (no allocation).
+        let mut chunk = [const { None::<cqueue::Entry> }; 64];
+        loop {
+            let mut n = 0;
+            {
+                let mut cq = self.ring.completion();
+                for (slot, cqe) in chunk.iter_mut().zip(&mut cq) {
+                    *slot = Some(cqe);
+                    n += 1;
+                }
+                let overflow = cq.overflow();
+                t.cq_overflow += u64::from(overflow.wrapping_sub(self.overflow_seen));
+                self.overflow_seen = overflow;
+            }
+            if n == 0 {
+                break;
+            }
+            for cqe in chunk[..n].iter_mut().filter_map(Option::take) {
+                self.complete(&cqe, &mut t, &mut on_datagram)?;
+            }
+        }
+        for socket in 0..self.fds.len() {
+            if !self.armed[socket] {
+                self.arm(socket)?;
+                t.rearms += 1;
+            }
+        }
+        self.bufs.commit();
+        Ok(t)
+    }
+
+    fn complete(
+        &mut self,
+        cqe: &cqueue::Entry,
+        t: &mut Turn,
+        on_datagram: &mut impl FnMut(Datagram<'_>) -> Option<Reply>,
+    ) -> io::Result<()> {
+        let data = cqe.user_data();
+        let index = (data & !TAG_MASK) as usize;
+        match data & TAG_MASK {
+            TAG_RECV => {
+                if !cqueue::more(cqe.flags()) {
+                    // Multishot ended (ENOBUFS, an error, or the kernel's choice): re-arm at the
+                    // end of the turn, after buffers have gone back to the ring.
+                    self.armed[index] = false;
+                }
+                let result = cqe.result();
+                if result < 0 {
+                    if result == -libc::ENOBUFS {
+                        t.buffer_exhausted += 1;
+                    } else {
+                        t.recv_errors += 1;
+                    }
+                    return Ok(());
+                }
+                let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
+                    t.recv_errors += 1;
+                    return Ok(());
+                };
+                self.datagram(index, bid, result as usize, t, on_datagram)?;
+            }
+            TAG_SEND => {
+                let (bid, len) = self.slots.release(index);
+                self.bufs.recycle(bid);
+                if cqe.result() >= 0 {
+                    t.datagrams_out += 1;
+                    t.bytes_out += len as u64;
+                } else {
+                    t.send_errors += 1;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn datagram(
+        &mut self,
+        socket: usize,
+        bid: u16,
+        filled: usize,
+        t: &mut Turn,
+        on_datagram: &mut impl FnMut(Datagram<'_>) -> Option<Reply>,
+    ) -> io::Result<()> {
+        // SAFETY: the completion lent us buffer `bid`; it goes back to the ring (recycle) or
+        // to a send slot before this function returns, and no other reference to it exists.
+        let buf = unsafe { self.bufs.buffer_mut(bid) };
+        if filled < PAYLOAD_OFFSET {
+            t.recv_errors += 1;
+            self.bufs.recycle(bid);
+            return Ok(());
+        }
+        let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+        let (name_len, control_len, payload_len, flags) = (word(0), word(4), word(8), word(12));
+        let len = payload_len.min(filled - PAYLOAD_OFFSET);
+        let truncated = flags & (libc::MSG_TRUNC as usize) != 0 || len < payload_len;
+        let src = (name_len <= NAME_LEN).then(|| {
+            // Copy the name bytes into an aligned sockaddr_storage to read them.
+            let mut storage = sockaddr_storage_zeroed();
+            let bytes = &buf[RECVMSG_OUT_LEN..RECVMSG_OUT_LEN + name_len];
+            storage_bytes(&mut storage)[..name_len].copy_from_slice(bytes);
+            socket_addr(&storage)
+        });
+        let dst = {
+            let control = &mut buf[RECVMSG_OUT_LEN + NAME_LEN..PAYLOAD_OFFSET];
+            // SAFETY: an all-zero msghdr is valid; we point it at the control bytes the kernel
+            // wrote (control_len ≤ CONTROL_LEN) only for parsing.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_control = control.as_mut_ptr().cast();
+            hdr.msg_controllen = control_len.min(CONTROL_LEN);
+            pktinfo(&hdr)
+        };
+        t.datagrams_in += 1;
+        t.bytes_in += len as u64;
+        let name_len = name_len.min(NAME_LEN);
+        let reply =
+            on_datagram(Datagram { socket, buf: &mut buf[PAYLOAD_OFFSET..], len, truncated, src: src.flatten(), dst });
+        let Some(reply) = reply else {
+            self.bufs.recycle(bid);
+            return Ok(());
+        };
+        let Some(slot) = self.slots.acquire() else {
+            t.send_slots_full += 1;
+            self.bufs.recycle(bid);
+            return Ok(());
+        };
+        let base = self.bufs.buffer_ptr(bid);
+        // SAFETY: base points at buffer `bid`, which the slot now owns until the send
+        // completes; the name field starts RECVMSG_OUT_LEN bytes in and the payload
+        // PAYLOAD_OFFSET bytes in, both within the buffer.
+        let (name, payload) = unsafe { (base.add(RECVMSG_OUT_LEN), base.add(PAYLOAD_OFFSET)) };
+        let hdr = self.slots.prepare(slot, bid, name, name_len, payload, reply.len.min(BUFFER_SIZE), reply.from);
+        let sqe = opcode::SendMsg::new(types::Fd(self.fds[socket]), hdr).build().user_data(TAG_SEND | slot as u64);
+        self.push(&sqe)
+    }
+}
+
+fn sockaddr_storage_zeroed() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn storage_bytes(storage: &mut libc::sockaddr_storage) -> &mut [u8] {
+    // SAFETY: sockaddr_storage is plain old data of exactly this size, borrowed exclusively.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            (storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            size_of::<libc::sockaddr_storage>(),
+        )
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Cancel the multishot receives and wait (bounded) until the kernel has completed every
+        // operation that may touch our memory; if it does not in time, leak the memory rather
+        // than free what the kernel might still write.
+        for socket in 0..self.fds.len() {
+            let cancel = opcode::AsyncCancel::new(TAG_RECV | socket as u64).build().user_data(TAG_CANCEL);
+            let _ = self.push(&cancel);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut recv_live = self.armed.iter().filter(|a| **a).count();
+        while (recv_live > 0 || self.slots.in_flight() > 0) && std::time::Instant::now() < deadline {
+            let ts = types::Timespec::from(Duration::from_millis(50));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let completed: Vec<(u64, u32)> = self.ring.completion().map(|c| (c.user_data(), c.flags())).collect();
+            for (data, flags) in completed {
+                match data & TAG_MASK {
+                    TAG_RECV if !cqueue::more(flags) => recv_live = recv_live.saturating_sub(1),
+                    TAG_SEND => {
+                        self.slots.release((data & !TAG_MASK) as usize);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if recv_live > 0 || self.slots.in_flight() > 0 {
+            // Memory the kernel might still write is never freed.
+            tracing::error!("io_uring operations still pending at shutdown; leaking their buffers");
+            return;
+        }
+        let _ = self.ring.submitter().unregister_buf_ring(BGID);
+        // SAFETY: every operation has completed and the buffer ring is unregistered, so the
+        // kernel holds no reference to this memory; each field is dropped exactly once, here.
+        unsafe {
+            ManuallyDrop::drop(&mut self.bufs);
+            ManuallyDrop::drop(&mut self.slots);
+        }
+    }
+}

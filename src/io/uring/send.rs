@@ -1,0 +1,97 @@
+//! Send slots: the msghdr, iovec and control buffer of each in-flight IORING_OP_SENDMSG, in a
+//! boxed slice whose addresses never change, plus the receive buffer the reply lives in (held
+//! by the slot until the send completes, then returned to the buffer ring by the driver).
+//! No raw pointer to a stack local ever reaches an SQE: the kernel reads these slots.
+
+use std::mem::size_of;
+use std::net::IpAddr;
+use std::ptr::null_mut;
+
+use super::super::msg::{Control, write_pktinfo};
+
+struct Slot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    control: Control,
+    /// The receive buffer holding the reply.
+    bid: u16,
+    /// Reply length.
+    len: usize,
+}
+
+/// A fixed set of send slots and the list of free ones.
+pub(super) struct SendSlots {
+    slots: Box<[Slot]>,
+    free: Vec<usize>,
+}
+
+impl SendSlots {
+    /// `n` free slots.
+    pub(super) fn new(n: usize) -> SendSlots {
+        let slots = (0..n)
+            .map(|_| Slot {
+                // SAFETY: all-zero msghdr and iovec are valid (null pointers, zero lengths).
+                hdr: unsafe { std::mem::zeroed() },
+                // SAFETY: as above.
+                iov: unsafe { std::mem::zeroed() },
+                control: Control([0; 64]),
+                bid: 0,
+                len: 0,
+            })
+            .collect();
+        SendSlots { slots, free: (0..n).rev().collect() }
+    }
+
+    /// Sends in flight.
+    pub(super) fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// A free slot, if any.
+    pub(super) fn acquire(&mut self) -> Option<usize> {
+        self.free.pop()
+    }
+
+    /// Fills slot `index` to send `len` bytes at `payload` to the `name_len`-byte address at
+    /// `name` (both inside receive buffer `bid`), from `from` when given; returns the msghdr
+    /// for the SQE. The slot keeps `bid` until [`SendSlots::release`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn prepare(
+        &mut self,
+        index: usize,
+        bid: u16,
+        name: *mut u8,
+        name_len: usize,
+        payload: *mut u8,
+        len: usize,
+        from: Option<(IpAddr, u32)>,
+    ) -> *const libc::msghdr {
+        let slot = &mut self.slots[index];
+        slot.bid = bid;
+        slot.len = len;
+        slot.iov = libc::iovec { iov_base: payload.cast(), iov_len: len };
+        slot.hdr.msg_name = name.cast();
+        slot.hdr.msg_namelen = name_len as libc::socklen_t;
+        slot.hdr.msg_iov = &raw mut slot.iov;
+        slot.hdr.msg_iovlen = 1;
+        slot.hdr.msg_flags = 0;
+        match from {
+            Some(from) => {
+                slot.hdr.msg_control = slot.control.0.as_mut_ptr().cast();
+                slot.hdr.msg_controllen = size_of::<Control>();
+                slot.hdr.msg_controllen = write_pktinfo(&mut slot.hdr, from);
+            }
+            None => {
+                slot.hdr.msg_control = null_mut();
+                slot.hdr.msg_controllen = 0;
+            }
+        }
+        &raw const slot.hdr
+    }
+
+    /// Frees slot `index` after its send completed; returns its buffer id and reply length.
+    pub(super) fn release(&mut self, index: usize) -> (u16, usize) {
+        self.free.push(index);
+        (self.slots[index].bid, self.slots[index].len)
+    }
+}
