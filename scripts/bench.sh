@@ -12,7 +12,8 @@
 #   DURATION     seconds per run (default 5)
 #   GEN_ARGS     extra stunedge-bench arguments (default: sockets/window/batch scaled to GEN_CPUS)
 #   BIN_DIR      use prebuilt stunedge, stunedge-bench, stunedge-baseline from here (no cargo)
-#   SERVERS      which servers, space-separated (default "stunedge-uring stunedge-mmsg baseline coturn")
+#   SERVERS      which servers, space-separated (default "stunedge-uring stunedge-mmsg baseline coturn";
+#                also stunedge-uring-sqe: io_uring sending one SENDMSG SQE per answer)
 #   RESULTS      results file (default bench/results/<date>-<host>.md)
 #   COMMIT       commit to name in the results (default: git rev-parse --short HEAD)
 set -euo pipefail
@@ -64,19 +65,20 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; esac; }
+port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; esac; }
 
 server_cmd() {
   local port; port=$(port_of "$1")
   case $1 in
-    stunedge-uring|stunedge-mmsg)
+    stunedge-uring|stunedge-uring-sqe|stunedge-mmsg)
       # Build the CPU list in TOML from SERVER_CPUS.
-      local list="" part backend=io_uring
+      local list="" part backend=io_uring send=sendmmsg
       [[ $1 == stunedge-mmsg ]] && backend=mmsg
+      [[ $1 == stunedge-uring-sqe ]] && send=sqe
       for part in ${SERVER_CPUS//,/ }; do
         if [[ $part == *-* ]]; then list+=$(seq -s, "${part%-*}" "${part#*-}"),; else list+=$part,; fi
       done
-      printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\nbackend = "%s"\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "$backend" "${list%,}" > "$work/$1.toml"
+      printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\nbackend = "%s"\nuring_send = "%s"\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "$backend" "$send" "${list%,}" > "$work/$1.toml"
       echo "$BIN/stunedge serve -c $work/$1.toml";;
     baseline) echo "$BIN/stunedge-baseline --listen 127.0.0.1:$port --cpus $SERVER_CPUS";;
     coturn) echo "turnserver -n --stun-only --no-auth -L 127.0.0.1 -p $port --no-cli --no-tls --no-dtls -m $server_n --log-file $work/coturn.log --simple-log";;

@@ -77,6 +77,10 @@ section! {
         /// otherwise mmsg, with one log line saying why), "io_uring" (refuse to start without
         /// it), or "mmsg" (recvmmsg/sendmmsg, works everywhere).
         backend: String = "auto".into(),
+        /// How the io_uring backend sends answers: "sqe" (one SENDMSG submission per answer,
+        /// submitted with the next wait) or "sendmmsg" (one sendmmsg(2) per socket per loop
+        /// turn). See bench/results for the measurements behind the default.
+        uring_send: String = "sendmmsg".into(),
         /// CPUs to run one pinned worker each on. Empty: every CPU this process may run on
         /// (its affinity mask, as `nproc` counts them, so taskset and cpusets are respected).
         cpus: Vec<usize> = Vec::new(),
@@ -162,6 +166,8 @@ pub struct Settings {
     pub listen: Vec<SocketAddr>,
     /// Data-plane backend.
     pub backend: BackendChoice,
+    /// How the io_uring backend sends.
+    pub uring_send: crate::io::uring::SendMode,
     /// CPUs to pin one worker each to.
     pub cpus: Vec<usize>,
     /// Datagrams per receive/send batch.
@@ -249,6 +255,11 @@ impl Config {
                 return Err(invalid("io.backend", format!("{other:?}"), "must be \"auto\", \"io_uring\" or \"mmsg\""));
             }
         };
+        let uring_send = match self.io.uring_send.as_str() {
+            "sqe" => crate::io::uring::SendMode::Sqe,
+            "sendmmsg" => crate::io::uring::SendMode::Sendmmsg,
+            other => return Err(invalid("io.uring_send", format!("{other:?}"), "must be \"sqe\" or \"sendmmsg\"")),
+        };
         if !(1..=1024).contains(&self.io.batch_size) {
             return Err(invalid("io.batch_size", self.io.batch_size, "must be between 1 and 1024"));
         }
@@ -266,6 +277,7 @@ impl Config {
         Ok(Settings {
             listen,
             backend,
+            uring_send,
             cpus,
             batch_size: self.io.batch_size,
             socket_recv_buffer: self.io.socket_recv_buffer,

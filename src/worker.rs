@@ -110,6 +110,7 @@ impl Server {
                 listeners,
                 batch_size: settings.batch_size,
                 backend,
+                uring_send: settings.uring_send,
                 handler: handler_config.clone(),
                 stop: stop.clone(),
                 slots: slots.clone(),
@@ -242,6 +243,7 @@ struct Worker {
     listeners: Vec<Listener>,
     batch_size: usize,
     backend: Backend,
+    uring_send: uring::SendMode,
     handler: Arc<HandlerConfig>,
     stop: Arc<AtomicBool>,
     slots: Arc<[WorkerSlot]>,
@@ -266,7 +268,7 @@ impl Worker {
             }
             Backend::IoUring => {
                 let fds: Vec<_> = self.listeners.iter().map(|l| l.socket.as_raw_fd()).collect();
-                match Driver::new(&fds) {
+                match Driver::new(&fds, self.uring_send) {
                     Ok(driver) => {
                         let _ = ready.send(Ok(()));
                         self.run_uring(driver, &mut stats);

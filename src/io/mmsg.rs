@@ -188,42 +188,52 @@ impl MmsgBatch {
 
     /// Sends every queued reply with as few sendmmsg calls as the kernel allows.
     pub fn flush(&mut self, fd: RawFd) -> Sent {
-        let mut sent = Sent::default();
-        let mut at = 0;
-        while at < self.queued {
-            let rest = &mut self.out_hdrs[at..self.queued];
-            // SAFETY: `rest` holds initialised mmsghdrs built by `queue_reply`: each name points
-            // at a sockaddr_storage in `names` with its received length, each iov at a buffer in
-            // `bufs` with a length ≤ BUFFER_SIZE, each control (if any) at a filled `Control`.
-            // All are owned by `self` and outlive the call.
-            let n = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, libc::MSG_DONTWAIT) };
-            if n > 0 {
-                for h in &rest[..n as usize] {
-                    sent.datagrams += 1;
-                    sent.bytes += u64::from(h.msg_len);
-                }
-                at += n as usize;
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => {}
-                // The socket's send queue is full: the rest of the batch would fail the same way.
-                Some(libc::EAGAIN | libc::ENOBUFS) => {
-                    sent.errors += (self.queued - at) as u64;
-                    break;
-                }
-                // This one reply is refused (EPERM from a firewall, EINVAL, unreachable…):
-                // count it and carry on with the next.
-                _ => {
-                    sent.errors += 1;
-                    at += 1;
-                }
-            }
-        }
+        // SAFETY: out_hdrs[..queued] were built by `queue_reply`: each name points at a
+        // sockaddr_storage in `names` with its length, each iov at a buffer in `bufs` with a
+        // length ≤ BUFFER_SIZE, each control (if any) at a filled `Control`; all are owned by
+        // `self` and outlive the call.
+        let sent = unsafe { send_all(fd, &mut self.out_hdrs[..self.queued]) };
         self.queued = 0;
         sent
     }
+}
+
+/// Sends `hdrs` on `fd` with as few sendmmsg calls as the kernel allows. A reply the kernel
+/// refuses (EPERM from a firewall, EINVAL, unreachable…) is counted and skipped; a full send
+/// queue (EAGAIN, ENOBUFS) ends the batch, counting the rest as errors.
+///
+/// # Safety
+/// Every header's name, iov and control pointers must address live memory of the lengths they
+/// state for the duration of the call.
+pub unsafe fn send_all(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> Sent {
+    let mut sent = Sent::default();
+    let mut at = 0;
+    while at < hdrs.len() {
+        let rest = &mut hdrs[at..];
+        // SAFETY: per this function's contract the headers are valid; `rest` is a live slice
+        // and its length is passed as vlen.
+        let n = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        if n > 0 {
+            for h in &rest[..n as usize] {
+                sent.datagrams += 1;
+                sent.bytes += u64::from(h.msg_len);
+            }
+            at += n as usize;
+            continue;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN | libc::ENOBUFS) => {
+                sent.errors += (hdrs.len() - at) as u64;
+                break;
+            }
+            _ => {
+                sent.errors += 1;
+                at += 1;
+            }
+        }
+    }
+    sent
 }
 
 /// Waits until one of `fds` is readable or `timeout_ms` passes.

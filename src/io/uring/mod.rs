@@ -46,6 +46,27 @@ const TAG_SEND: u64 = 2 << 56;
 const TAG_CANCEL: u64 = 3 << 56;
 const TAG_MASK: u64 = 0xFF << 56;
 
+/// How the io_uring backend sends answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendMode {
+    /// One IORING_OP_SENDMSG SQE per answer, submitted together with the next wait; the
+    /// receive buffer returns to the ring when the send completes.
+    Sqe,
+    /// One sendmmsg(2) per socket per turn over the turn's answers; buffers return to the ring
+    /// right after the call (the kernel has copied the data).
+    Sendmmsg,
+}
+
+/// An answer waiting for the turn's sendmmsg.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    socket: u16,
+    bid: u16,
+    len: u16,
+    name_len: u8,
+    from: Option<(IpAddr, u32)>,
+}
+
 /// Why io_uring cannot be used here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unavailable(pub String);
@@ -170,6 +191,13 @@ pub struct Driver {
     recv_hdrs: Box<[libc::msghdr]>,
     armed: Vec<bool>,
     overflow_seen: u32,
+    mode: SendMode,
+    /// Sendmmsg mode: this turn's answers, and the kernel-facing arrays to send them from
+    /// (allocated once, `BUFFERS` entries: there can be no more answers than buffers).
+    pending: Vec<Pending>,
+    out_hdrs: Box<[libc::mmsghdr]>,
+    out_iovs: Box<[libc::iovec]>,
+    out_controls: Box<[Control]>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -180,7 +208,7 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     /// Sets up a ring for `fds` (non-blocking UDP sockets) and arms a multishot receive on each.
-    pub fn new(fds: &[RawFd]) -> io::Result<Driver> {
+    pub fn new(fds: &[RawFd], mode: SendMode) -> io::Result<Driver> {
         let mut builder = IoUring::builder();
         builder.setup_cqsize(SQ_ENTRIES * 4).setup_single_issuer().setup_defer_taskrun();
         let ring = match builder.build(SQ_ENTRIES) {
@@ -204,6 +232,13 @@ impl Driver {
             recv_hdrs: vec![template; fds.len()].into_boxed_slice(),
             armed: vec![false; fds.len()],
             overflow_seen: 0,
+            mode,
+            pending: Vec::with_capacity(usize::from(BUFFERS)),
+            // SAFETY: all-zero mmsghdr and iovec are valid (null pointers, zero lengths).
+            out_hdrs: vec![unsafe { std::mem::zeroed::<libc::mmsghdr>() }; usize::from(BUFFERS)].into_boxed_slice(),
+            // SAFETY: as above.
+            out_iovs: vec![unsafe { std::mem::zeroed::<libc::iovec>() }; usize::from(BUFFERS)].into_boxed_slice(),
+            out_controls: vec![Control([0; 64]); usize::from(BUFFERS)].into_boxed_slice(),
         };
         driver.bufs.commit();
         for socket in 0..fds.len() {
@@ -273,6 +308,9 @@ impl Driver {
                 self.complete(&cqe, &mut t, &mut on_datagram)?;
             }
         }
+        if !self.pending.is_empty() {
+            self.send_pending(&mut t);
+        }
         for socket in 0..self.fds.len() {
             if !self.armed[socket] {
                 self.arm(socket)?;
@@ -281,6 +319,53 @@ impl Driver {
         }
         self.bufs.commit();
         Ok(t)
+    }
+
+    /// Sendmmsg mode: sends this turn's answers, one sendmmsg per socket, then returns their
+    /// buffers to the ring.
+    fn send_pending(&mut self, t: &mut Turn) {
+        for socket in 0..self.fds.len() {
+            let mut n = 0;
+            for p in self.pending.iter().filter(|p| usize::from(p.socket) == socket) {
+                let base = self.bufs.buffer_ptr(p.bid);
+                // SAFETY: the name field and the payload lie inside buffer `p.bid`, which stays
+                // out of the ring (pending) until after the sendmmsg below.
+                let (name, payload) = unsafe { (base.add(RECVMSG_OUT_LEN), base.add(PAYLOAD_OFFSET)) };
+                self.out_iovs[n] = libc::iovec { iov_base: payload.cast(), iov_len: usize::from(p.len) };
+                let h = &mut self.out_hdrs[n];
+                h.msg_len = 0;
+                h.msg_hdr.msg_name = name.cast();
+                h.msg_hdr.msg_namelen = libc::socklen_t::from(p.name_len);
+                h.msg_hdr.msg_iov = &raw mut self.out_iovs[n];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_flags = 0;
+                match p.from {
+                    Some(from) => {
+                        h.msg_hdr.msg_control = self.out_controls[n].0.as_mut_ptr().cast();
+                        h.msg_hdr.msg_controllen = size_of::<Control>();
+                        h.msg_hdr.msg_controllen = super::msg::write_pktinfo(&mut h.msg_hdr, from);
+                    }
+                    None => {
+                        h.msg_hdr.msg_control = std::ptr::null_mut();
+                        h.msg_hdr.msg_controllen = 0;
+                    }
+                }
+                n += 1;
+            }
+            if n == 0 {
+                continue;
+            }
+            // SAFETY: out_hdrs[..n] were just filled: names and payloads point into receive
+            // buffers held out of the ring until after this call, iovs and controls into our
+            // boxed arrays.
+            let sent = unsafe { super::mmsg::send_all(self.fds[socket], &mut self.out_hdrs[..n]) };
+            t.datagrams_out += sent.datagrams;
+            t.bytes_out += sent.bytes;
+            t.send_errors += sent.errors;
+        }
+        for p in self.pending.drain(..) {
+            self.bufs.recycle(p.bid);
+        }
     }
 
     fn complete(
@@ -373,6 +458,16 @@ impl Driver {
             self.bufs.recycle(bid);
             return Ok(());
         };
+        if self.mode == SendMode::Sendmmsg {
+            self.pending.push(Pending {
+                socket: socket as u16,
+                bid,
+                len: reply.len.min(BUFFER_SIZE) as u16,
+                name_len: name_len as u8,
+                from: reply.from,
+            });
+            return Ok(());
+        }
         let Some(slot) = self.slots.acquire() else {
             t.send_slots_full += 1;
             self.bufs.recycle(bid);
