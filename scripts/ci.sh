@@ -15,6 +15,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests (unit, property, integration, interop)"
 cargo test --workspace --locked
 
+step "steady state allocates nothing (whole server on loopback, alone in its process)"
+cargo test --locked --test integration -- --ignored --test-threads=1
+
 step "docs (rustdoc -D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 

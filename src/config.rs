@@ -81,6 +81,12 @@ section! {
         /// submitted with the next wait) or "sendmmsg" (one sendmmsg(2) per socket per loop
         /// turn). See bench/results for the measurements behind the default.
         uring_send: String = "sendmmsg".into(),
+        /// Steer each datagram to the worker on the CPU that received it (an
+        /// SO_ATTACH_REUSEPORT_CBPF program), instead of SO_REUSEPORT's hash of the addresses.
+        /// Use it when NIC queues (RSS) and their IRQs are pinned to the same CPUs as the
+        /// workers, one queue per worker CPU: each packet then stays on one CPU from the NIC to
+        /// the answer. Without that alignment it can pile the load onto few workers.
+        cpu_steering: bool = false,
         /// CPUs to run one pinned worker each on. Empty: every CPU this process may run on
         /// (its affinity mask, as `nproc` counts them, so taskset and cpusets are respected).
         cpus: Vec<usize> = Vec::new(),
@@ -168,6 +174,8 @@ pub struct Settings {
     pub backend: BackendChoice,
     /// How the io_uring backend sends.
     pub uring_send: crate::io::uring::SendMode,
+    /// Attach the CPU-steering reuseport program.
+    pub cpu_steering: bool,
     /// CPUs to pin one worker each to.
     pub cpus: Vec<usize>,
     /// Datagrams per receive/send batch.
@@ -278,6 +286,7 @@ impl Config {
             listen,
             backend,
             uring_send,
+            cpu_steering: self.io.cpu_steering,
             cpus,
             batch_size: self.io.batch_size,
             socket_recv_buffer: self.io.socket_recv_buffer,

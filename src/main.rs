@@ -5,7 +5,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -97,14 +98,9 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         .with_target(false)
         .init();
 
-    let mut server = match Server::start(&settings) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("stunedge: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let stop = server.stop_flag();
+    // Signal handlers first: a SIGTERM that arrives while (or just after) workers start must
+    // stop them cleanly, not kill the process.
+    let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while stopping ends the process at once.
         let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
@@ -114,6 +110,13 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
+    let mut server = match Server::start(&settings) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("stunedge: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
     tracing::info!(
         listen = addrs.join(", "),

@@ -79,6 +79,14 @@ impl Server {
                 .collect::<Result<_, _>>()?;
             per_worker.push(listeners);
         }
+        if settings.cpu_steering {
+            if let Some(first) = per_worker.first() {
+                for l in first {
+                    socket::attach_cpu_steering(&l.socket, &settings.cpus)
+                        .map_err(|error| StartError { what: format!("io.cpu_steering on {}", l.local), error })?;
+                }
+            }
+        }
         if let Some(first) = per_worker.first() {
             for l in first {
                 // The kernel reports twice the payload it grants (socket(7)).
@@ -162,11 +170,6 @@ impl Server {
     /// Each worker's last published counters, in worker order.
     pub fn worker_stats(&self) -> Vec<Stats> {
         self.slots.iter().map(WorkerSlot::read).collect()
-    }
-
-    /// The flag that stops every worker when set (for signal handlers).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
     }
 
     /// Asks every worker to stop; idle workers notice within 200 ms (their poll timeout).

@@ -112,6 +112,43 @@ fn set_int(socket: &Socket, level: libc::c_int, name: libc::c_int, value: libc::
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// The classic BPF program for SO_ATTACH_REUSEPORT_CBPF that picks, for each datagram, the
+/// socket of the worker pinned to the CPU that is processing it: socket `k` of the reuseport
+/// group belongs to the worker on `cpus[k]` (sockets join the group in worker order). A CPU
+/// without a worker falls back to `cpu % workers`.
+pub fn steering_program(cpus: &[usize]) -> Vec<libc::sock_filter> {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter { code: code as u16, jt, jf, k };
+    // A = the current CPU (an ancillary load, SKF_AD_CPU).
+    let mut program =
+        vec![op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32)];
+    for (index, cpu) in cpus.iter().enumerate() {
+        // if A == cpu { return index }
+        program.push(op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, *cpu as u32));
+        program.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, index as u32));
+    }
+    program.push(op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, 0, 0, cpus.len().max(1) as u32));
+    program.push(op(libc::BPF_RET | libc::BPF_A, 0, 0, 0));
+    program
+}
+
+/// Attaches [`steering_program`] to the reuseport group `socket` belongs to (Linux 4.5+).
+pub fn attach_cpu_steering(socket: &UdpSocket, cpus: &[usize]) -> io::Result<()> {
+    let mut program = steering_program(cpus);
+    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
+    // SAFETY: setsockopt on a socket we own; optval points at a sock_fprog on our stack whose
+    // filter points at `program`, both alive for the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast::<libc::c_void>(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +174,21 @@ mod tests {
         let addr = plain.local_addr().unwrap();
         assert_eq!(claim(addr).unwrap_err().kind(), io::ErrorKind::AddrInUse);
         assert!(bind(addr, &OPTS).is_err());
+    }
+
+    #[test]
+    fn steering_program_maps_cpus_to_group_indices() {
+        let program = steering_program(&[2, 5]);
+        assert_eq!(program.len(), 1 + 2 * 2 + 2);
+        assert_eq!(program[1].k, 2);
+        assert_eq!(program[2].k, 0, "CPU 2 → socket 0");
+        assert_eq!(program[3].k, 5);
+        assert_eq!(program[4].k, 1, "CPU 5 → socket 1");
+        assert_eq!(program[5].k, 2, "otherwise cpu % 2");
+        let addr = claim("127.0.0.1:0".parse().unwrap()).unwrap();
+        let a = bind(addr, &OPTS).unwrap();
+        let _b = bind(addr, &OPTS).unwrap();
+        attach_cpu_steering(&a.socket, &[0, 1]).unwrap();
     }
 
     #[test]

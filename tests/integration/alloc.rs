@@ -6,10 +6,14 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use stunedge::config::Config;
 use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
 use stunedge::metrics::Stats;
+use stunedge::worker::Server;
 
 use crate::support::{binding_request, hex};
 
@@ -19,21 +23,30 @@ thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Every allocation in the process, on any thread (for the steady-state server test, which runs
+/// alone so that no other test's allocations count).
+static ALL_THREADS: AtomicU64 = AtomicU64::new(0);
+
+fn count() {
+    ALLOCATIONS.with(|c| c.set(c.get() + 1));
+    ALL_THREADS.fetch_add(1, Ordering::Relaxed);
+}
+
 // SAFETY: every method forwards to the system allocator unchanged; the counter is a
 // const-initialised thread-local Cell, which never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        count();
         // SAFETY: the caller upholds GlobalAlloc::alloc's contract, which we pass on.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        count();
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        count();
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -113,4 +126,46 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// The whole server on loopback, both backends: once warmed up, answering 20,000 requests
+/// allocates nothing anywhere in the process. It must run alone (other tests allocate):
+/// `scripts/ci.sh` runs it with `-- --ignored --test-threads=1`.
+#[test]
+#[ignore = "needs the process to itself; scripts/ci.sh runs it alone with --ignored --test-threads=1"]
+fn server_steady_state_never_allocates() {
+    let mut backends = vec!["mmsg"];
+    match stunedge::io::uring::probe() {
+        Ok(()) => backends.extend(["io_uring\"\nuring_send = \"sendmmsg", "io_uring\"\nuring_send = \"sqe"]),
+        Err(why) => eprintln!("SKIPPED io_uring backend: {why}"),
+    }
+    let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
+    for backend in backends {
+        let text = format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[io]\nbackend = \"{backend}\"\n");
+        let server = Server::start(&Config::from_toml(&text, "test").unwrap().validate(&allowed).unwrap()).unwrap();
+        let addr = server.local_addrs()[0];
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let requests: Vec<Vec<u8>> = (0..64u8).map(|i| binding_request([i; 12], &[])).collect();
+        let mut buf = [0u8; 512];
+        let mut exchange = |n: usize| {
+            for k in 0..n {
+                client.send_to(&requests[k % requests.len()], addr).unwrap();
+                let len = loop {
+                    match client.recv_from(&mut buf) {
+                        Ok((len, _)) => break len,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => panic!("{backend}: request {k} not answered: {e}"),
+                    }
+                };
+                assert_eq!(len, 32);
+            }
+        };
+        exchange(2000);
+        let before = ALL_THREADS.load(Ordering::Relaxed);
+        exchange(20_000);
+        let after = ALL_THREADS.load(Ordering::Relaxed);
+        assert_eq!(after - before, 0, "{backend}: allocations while serving");
+        drop(server);
+    }
 }

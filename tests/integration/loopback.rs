@@ -40,7 +40,8 @@ fn settings_listening(listen: &str, server: &str, backend: &str) -> Settings {
         "io_uring-sqe" => ("io_uring", "sqe"),
         other => (other, "sendmmsg"),
     };
-    let text = format!("[server]\nlisten = {listen}\n{server}\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n");
+    let text =
+        format!("[server]\nlisten = {listen}\n{server}\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n");
     let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
     Config::from_toml(&text, "test").unwrap().validate(&allowed).unwrap()
 }
@@ -271,4 +272,45 @@ fn burst(backend: &str) {
     assert!(stats.get(Counter::DatagramsIn) > 1024, "{stats}");
     eprintln!("burst: {stats}");
     assert!(!server.any_worker_exited());
+}
+
+#[test]
+fn cpu_steering_sends_each_datagram_to_the_worker_on_its_cpu() {
+    let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
+    if allowed.len() < 2 {
+        eprintln!("SKIPPED: CPU steering needs two CPUs to tell workers apart; this process has {}", allowed.len());
+        return;
+    }
+    for backend in backends() {
+        let (backend, send) = if backend == "io_uring-sqe" { ("io_uring", "sqe") } else { (backend, "sendmmsg") };
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\ncpu_steering = true\ncpus = [{}, {}]\n",
+            allowed[0], allowed[1]
+        );
+        let server = Server::start(&Config::from_toml(&text, "test").unwrap().validate(&allowed).unwrap()).unwrap();
+        let addr = server.local_addrs()[0];
+        // On loopback the receive path runs on the sending CPU, so pinning this thread picks
+        // the CPU each datagram is processed on; without steering the 4-tuple hash would spread
+        // these 20 source ports over both workers.
+        for (index, cpu) in server.cpus().to_vec().into_iter().enumerate() {
+            let before = server.worker_stats()[index].get(Counter::DatagramsIn);
+            assert!(core_affinity::set_for_current(core_affinity::CoreId { id: cpu }));
+            for i in 0..20u8 {
+                let client = client_for(addr);
+                let answer = exchange(&client, addr, &binding_request([i; 12], &[]));
+                assert_eq!(answer, expected_answer(client.local_addr().unwrap(), [i; 12]));
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while server.worker_stats()[index].get(Counter::DatagramsIn) < before + 20 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(
+                server.worker_stats()[index].get(Counter::DatagramsIn),
+                before + 20,
+                "{backend}: worker on CPU {cpu}"
+            );
+        }
+        let total: u64 = server.worker_stats().iter().map(|s| s.get(Counter::DatagramsIn)).sum();
+        assert_eq!(total, 40, "{backend}: nothing went to the other worker");
+    }
 }
