@@ -29,6 +29,18 @@ fn backends() -> Vec<&'static str> {
     }
 }
 
+/// A test that runs `$each(backend)` for every backend of [`backends`].
+macro_rules! every_backend {
+    ($name:ident, $each:ident) => {
+        #[test]
+        fn $name() {
+            for backend in backends() {
+                $each(backend);
+            }
+        }
+    };
+}
+
 /// Settings listening on 127.0.0.1 and ::1 (ephemeral ports) with `server` lines added to
 /// `[server]` and the given backend.
 fn settings(server: &str, backend: &str) -> Settings {
@@ -58,12 +70,7 @@ fn wait_for(server: &Server, done: impl Fn(&Stats) -> bool) -> Stats {
     }
 }
 
-#[test]
-fn answers_byte_exact_on_ipv4_and_ipv6() {
-    for backend in backends() {
-        answers_byte_exact(backend);
-    }
-}
+every_backend!(answers_byte_exact_on_ipv4_and_ipv6, answers_byte_exact);
 
 fn answers_byte_exact(backend: &str) {
     let server = Server::start(&settings("", backend)).unwrap();
@@ -86,12 +93,7 @@ fn answers_byte_exact(backend: &str) {
     assert_eq!(stats.total_drops(), 0);
 }
 
-#[test]
-fn classic_fingerprint_software_and_origin() {
-    for backend in backends() {
-        classic_fingerprint_software_and_origin_on(backend);
-    }
-}
+every_backend!(classic_fingerprint_software_and_origin, classic_fingerprint_software_and_origin_on);
 
 fn classic_fingerprint_software_and_origin_on(backend: &str) {
     let server = Server::start(&settings("software = \"edge\"\nresponse_origin = true\n", backend)).unwrap();
@@ -123,12 +125,7 @@ fn classic_fingerprint_software_and_origin_on(backend: &str) {
     assert_eq!(answer.len(), 20 + 12 + 12 + 8 + 8);
 }
 
-#[test]
-fn wildcard_listener_replies_from_the_address_asked() {
-    for backend in backends() {
-        wildcard_replies(backend);
-    }
-}
+every_backend!(wildcard_listener_replies_from_the_address_asked, wildcard_replies);
 
 fn wildcard_replies(backend: &str) {
     // 0.0.0.0: the reply must leave from 127.0.0.2 when the request went to 127.0.0.2.
@@ -146,12 +143,7 @@ fn wildcard_replies(backend: &str) {
     }
 }
 
-#[test]
-fn junk_is_counted_by_reason_and_never_costs_an_answer() {
-    for backend in backends() {
-        junk_flood(backend);
-    }
-}
+every_backend!(junk_is_counted_by_reason_and_never_costs_an_answer, junk_flood);
 
 fn junk_flood(backend: &str) {
     let server = Server::start(&settings("", backend)).unwrap();
