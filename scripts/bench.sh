@@ -169,6 +169,12 @@ if [[ -n "$primary" ]]; then
   snmp_before=$(grep '^Udp: [0-9]' /proc/net/snmp)
   run_one "$primary" "$zl_file" --rate "$zl_rate"
   snmp_after=$(grep '^Udp: [0-9]' /proc/net/snmp)
+  # Junk interleaved with valid requests must not cost a valid answer below saturation: half the
+  # peak rate of requests plus one junk datagram (five kinds, all dropped) per two requests.
+  junk_rate=$(awk -v m="${med[$primary]}" 'BEGIN { printf "%d", m * 0.5 }')
+  junk_file=$work/stunedge.junk.json
+  echo "== junk run: $primary at $junk_rate req/s plus 50 junk datagrams per 100 requests"
+  run_one "$primary" "$junk_file" --rate "$junk_rate" --junk 50
 fi
 
 table=$work/table.md
@@ -199,7 +205,9 @@ if [[ -n "$zl_file" ]]; then
   zl_text=$(printf '%s\n' \
     "$primary, open loop at $zl_rate req/s for ${DURATION}s: sent $(json_field "$zl_file" sent), valid $(json_field "$zl_file" valid), invalid $(json_field "$zl_file" invalid), **lost $(json_field "$zl_file" lost)**, late $(json_field "$zl_file" late), not sent $(json_field "$zl_file" not_sent); latency p50 $(json_latency "$zl_file" p50_us) µs, p99 $(json_latency "$zl_file" p99_us) µs, p99.9 $(json_latency "$zl_file" p999_us) µs, max $(json_latency "$zl_file" max_us) µs; generator idle $(json_field "$zl_file" generator_idle)." \
     "" \
-    "Kernel cross-check over that run (/proc/net/snmp, whole host, includes the readiness probe): InDatagrams +$(( a[0] - b[0] )), OutDatagrams +$(( a[3] - b[3] )), RcvbufErrors +$(( a[4] - b[4] )), SndbufErrors +$(( a[5] - b[5] )), InErrors +$(( a[2] - b[2] )). On loopback every request and every answer is both sent and received on this host, so both should be 2 × sent + 2 × valid of the probe, i.e. about $(( 2 * $(json_field "$zl_file" sent) )) plus a few thousand.")
+    "Junk interleaved: $primary at $junk_rate req/s (50 % of peak) plus $(json_field "$junk_file" junk_sent) junk datagrams (not STUN, too short, bad length, a response, bad FINGERPRINT; 50 per 100 requests): sent $(json_field "$junk_file" sent), valid $(json_field "$junk_file" valid), invalid $(json_field "$junk_file" invalid), **lost $(json_field "$junk_file" lost)**; p99 $(json_latency "$junk_file" p99_us) µs." \
+    "" \
+    "Kernel cross-check over the 80 % run (/proc/net/snmp, whole host, includes the readiness probe): InDatagrams +$(( a[0] - b[0] )), OutDatagrams +$(( a[3] - b[3] )), RcvbufErrors +$(( a[4] - b[4] )), SndbufErrors +$(( a[5] - b[5] )), InErrors +$(( a[2] - b[2] )). On loopback every request and every answer is both sent and received on this host, so both should be 2 × sent + 2 × valid of the probe, i.e. about $(( 2 * $(json_field "$zl_file" sent) )) plus a few thousand.")
 fi
 
 echo

@@ -60,6 +60,45 @@ pub struct Config {
     pub credentials: Credentials,
     /// Unanswered after this long: lost.
     pub timeout: Duration,
+    /// Junk datagrams sent per 100 requests, interleaved with them on the same sockets (never
+    /// answered by a correct server; any answer to one counts as invalid).
+    pub junk_percent: u32,
+}
+
+/// Junk the generator interleaves with requests, one kind after the other: not STUN (top bits
+/// set), too short, a valid header whose length overruns the datagram, a Binding success
+/// response, and a Binding request whose FINGERPRINT is wrong. A server drops every one.
+fn write_junk(which: u64, buf: &mut [u8]) -> usize {
+    let request = |buf: &mut [u8]| {
+        buf[..8].copy_from_slice(&[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42]);
+        buf[8..20].copy_from_slice(&[0xEE; 12]);
+        buf[20..28].copy_from_slice(&[0x80, 0x28, 0x00, 0x04, 0xDE, 0xAD, 0xBE, 0xEF]);
+    };
+    match which % 5 {
+        0 => {
+            buf[..40].fill(0xC3);
+            40
+        }
+        1 => {
+            buf[..10].fill(0x00);
+            10
+        }
+        2 => {
+            request(buf);
+            buf[3] = 0x40; // says 64 bytes of attributes, carries 8
+            28
+        }
+        3 => {
+            request(buf);
+            buf[0..2].copy_from_slice(&[0x01, 0x01]);
+            buf[3] = 0;
+            20
+        }
+        _ => {
+            request(buf);
+            28
+        }
+    }
 }
 
 /// Why an answer is invalid.
@@ -211,6 +250,8 @@ pub struct Report {
     pub send_errors: u64,
     /// Open loop: requests due but not sent because the socket had `RING` outstanding.
     pub not_sent: u64,
+    /// Junk datagrams sent (`--junk`).
+    pub junk_sent: u64,
     /// Valid answers per second.
     pub rate: f64,
     /// Latency of valid answers.
@@ -269,6 +310,7 @@ struct Tally {
     late: u64,
     send_errors: u64,
     not_sent: u64,
+    junk_sent: u64,
     histogram: Histogram<u64>,
     idle_ns: u64,
     busy_ns: u64,
@@ -349,6 +391,7 @@ fn report(config: &Config, tallies: &[Tally]) -> Report {
         r.late += t.late;
         r.send_errors += t.send_errors;
         r.not_sent += t.not_sent;
+        r.junk_sent += t.junk_sent;
         for (a, b) in invalid.iter_mut().zip(t.invalid) {
             *a += b;
         }
@@ -385,6 +428,10 @@ struct Worker {
     window: usize,
     pattern: Vec<Kind>,
     credentials: Credentials,
+    batch: usize,
+    junk_percent: u64,
+    /// Requests sent so far (all sockets), to interleave junk evenly.
+    requests_so_far: u64,
     send: MmsgBatch,
     recv: MmsgBatch,
     tally: Tally,
@@ -418,7 +465,11 @@ impl Worker {
             window: config.window.clamp(1, RING),
             pattern,
             credentials: config.credentials.clone(),
-            send: MmsgBatch::new(config.batch),
+            batch: config.batch.max(1),
+            junk_percent: u64::from(config.junk_percent),
+            requests_so_far: 0,
+            // Room for the junk interleaved with a full batch of requests.
+            send: MmsgBatch::new(config.batch * (100 + config.junk_percent as usize).div_ceil(100)),
             recv: MmsgBatch::new(config.batch),
             tally: Tally {
                 sent: 0,
@@ -429,6 +480,7 @@ impl Worker {
                 late: 0,
                 send_errors: 0,
                 not_sent: 0,
+                junk_sent: 0,
                 histogram: new_histogram(),
                 idle_ns: 0,
                 busy_ns: 0,
@@ -507,7 +559,7 @@ impl Worker {
 
     /// Sends what is due now; returns the number of requests sent.
     fn send_due(&mut self, now: u64) -> usize {
-        let batch = self.send.capacity();
+        let batch = self.batch;
         let mut sent = 0;
         if self.rate > 0 {
             let due = (u128::from(now) * u128::from(self.rate) / 1_000_000_000) as u64;
@@ -558,10 +610,20 @@ impl Worker {
             self.send.queue_to(k, len, self.server);
             sock.ring[(seq % RING as u64) as usize] = Slot { seq, sent_ns: sent_at(k), state: SlotState::Outstanding };
         }
+        // Junk after the requests, in proportion to the requests sent so far.
+        let due_junk = (self.requests_so_far + n as u64) * self.junk_percent / 100
+            - self.requests_so_far * self.junk_percent / 100;
+        let junk = (due_junk as usize).min(self.send.capacity() - n);
+        for j in 0..junk {
+            let len = write_junk(self.tally.junk_sent + j as u64, self.send.buffer_mut(n + j));
+            self.send.queue_to(n + j, len, self.server);
+        }
+        self.requests_so_far += n as u64;
         let result = self.send.flush(sock.listener.socket.as_raw_fd());
         // Requests the kernel refused are not outstanding: they were never sent. sendmmsg
-        // sends in order, so the refused ones are the last.
-        let ok = result.datagrams as usize;
+        // sends in order, so the refused ones are the last (junk goes after the requests).
+        let ok = (result.datagrams as usize).min(n);
+        self.tally.junk_sent += (result.datagrams as usize - ok) as u64;
         for k in ok..n {
             sock.ring[((sock.tail + k as u64) % RING as u64) as usize].state = SlotState::Free;
         }

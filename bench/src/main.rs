@@ -57,6 +57,10 @@ struct Args {
     /// Short-term password (MESSAGE-INTEGRITY key) for the integrity and ice kinds.
     #[arg(long)]
     password: Option<String>,
+    /// Junk datagrams per 100 requests, interleaved with them (not STUN, too short, bad
+    /// length, a response, a bad FINGERPRINT); a correct server answers none of them.
+    #[arg(long, default_value_t = 0)]
+    junk: u32,
     /// Milliseconds after which an unanswered request counts as lost.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
@@ -130,6 +134,9 @@ fn config(args: &Args) -> Result<Config, String> {
     if args.sources > 1 && args.server.is_ipv6() {
         return Err("--sources: several source addresses need an IPv4 server (127.0.0.0/8)".into());
     }
+    if args.junk > 1000 {
+        return Err(format!("--junk {}: at most 1000 junk datagrams per 100 requests", args.junk));
+    }
     if args.timeout_ms == 0 {
         return Err("--timeout-ms 0: must be above 0".into());
     }
@@ -156,6 +163,7 @@ fn config(args: &Args) -> Result<Config, String> {
             password: args.password.clone().unwrap_or(defaults.password),
         },
         timeout: Duration::from_millis(args.timeout_ms),
+        junk_percent: args.junk,
     })
 }
 
@@ -186,6 +194,9 @@ fn print_table(r: &Report) {
     );
     let _ = writeln!(out, "late            {}", r.late);
     let _ = writeln!(out, "send errors     {}", r.send_errors);
+    if r.junk_sent > 0 {
+        let _ = writeln!(out, "junk sent       {} (interleaved; none may be answered)", r.junk_sent);
+    }
     if r.not_sent > 0 {
         let _ = writeln!(out, "not sent        {} (sockets full: the server is far behind)", r.not_sent);
     }
