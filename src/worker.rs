@@ -29,7 +29,7 @@ const BATCHES_PER_TURN: usize = 8;
 /// Why the server could not start. Nothing is left running when this is returned.
 #[derive(Debug)]
 pub struct StartError {
-    /// The listen address (or, for thread errors, the worker's CPU as 0.0.0.0:cpu).
+    /// What failed: a listen address, `io.backend`, or a worker thread or its backend.
     pub what: String,
     /// The cause.
     pub error: std::io::Error,
