@@ -271,7 +271,7 @@ impl Worker {
             }
             Backend::IoUring => {
                 let fds: Vec<_> = self.listeners.iter().map(|l| l.socket.as_raw_fd()).collect();
-                match Driver::new(&fds, self.uring_send) {
+                match Driver::new(&fds, self.uring_send, std::time::Duration::from_millis(IDLE_POLL_MS as u64)) {
                     Ok(driver) => {
                         let _ = ready.send(Ok(()));
                         self.run_uring(driver, &mut stats);
@@ -318,9 +318,9 @@ impl Worker {
 
     fn run_uring(&self, mut driver: Driver, stats: &mut Stats) {
         let slot = &self.slots[self.index];
-        let timeout = std::time::Duration::from_millis(IDLE_POLL_MS as u64);
+        let pause = std::time::Duration::from_millis(IDLE_POLL_MS as u64);
         while !self.stop.load(Ordering::Relaxed) {
-            let turn = driver.turn(timeout, |d| {
+            let turn = driver.turn(|d: uring::Datagram<'_>| {
                 let listener = &self.listeners[d.socket];
                 self.answer(listener, d.buf, d.len, d.truncated, d.src, d.dst, stats)
                     .map(|(len, from)| uring::Reply { len, from })
@@ -344,7 +344,7 @@ impl Worker {
                 Err(e) => {
                     stats.bump(Counter::RecvErrors);
                     tracing::error!(cpu = self.cpu, error = %e, "io_uring wait failed");
-                    std::thread::sleep(timeout);
+                    std::thread::sleep(pause);
                 }
             }
             slot.publish(stats);

@@ -44,6 +44,7 @@ const SQ_ENTRIES: u32 = 1024;
 const TAG_RECV: u64 = 1 << 56;
 const TAG_SEND: u64 = 2 << 56;
 const TAG_CANCEL: u64 = 3 << 56;
+const TAG_HEARTBEAT: u64 = 4 << 56;
 const TAG_MASK: u64 = 0xFF << 56;
 
 /// How the io_uring backend sends answers.
@@ -190,6 +191,11 @@ pub struct Driver {
     /// controllen from it at every completion, so it must not move: boxed.
     recv_hdrs: Box<[libc::msghdr]>,
     armed: Vec<bool>,
+    /// An IORING_OP_TIMEOUT that completes every heartbeat interval, so a wait never outlasts
+    /// it (the worker looks at its stop flag then) without a timer set up on every wait. Boxed:
+    /// the kernel reads the timespec when it takes the SQE.
+    heartbeat: Box<types::Timespec>,
+    heartbeat_armed: bool,
     overflow_seen: u32,
     mode: SendMode,
     /// Sendmmsg mode: this turn's answers, and the kernel-facing arrays to send them from
@@ -207,8 +213,9 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    /// Sets up a ring for `fds` (non-blocking UDP sockets) and arms a multishot receive on each.
-    pub fn new(fds: &[RawFd], mode: SendMode) -> io::Result<Driver> {
+    /// Sets up a ring for `fds` (non-blocking UDP sockets) and arms a multishot receive on each;
+    /// [`Driver::turn`] returns at least every `heartbeat`.
+    pub fn new(fds: &[RawFd], mode: SendMode, heartbeat: Duration) -> io::Result<Driver> {
         let mut builder = IoUring::builder();
         builder.setup_cqsize(SQ_ENTRIES * 4).setup_single_issuer().setup_defer_taskrun();
         let ring = match builder.build(SQ_ENTRIES) {
@@ -231,6 +238,8 @@ impl Driver {
             fds: fds.to_vec(),
             recv_hdrs: vec![template; fds.len()].into_boxed_slice(),
             armed: vec![false; fds.len()],
+            heartbeat: Box::new(types::Timespec::from(heartbeat)),
+            heartbeat_armed: false,
             overflow_seen: 0,
             mode,
             pending: Vec::with_capacity(usize::from(BUFFERS)),
@@ -244,8 +253,17 @@ impl Driver {
         for socket in 0..fds.len() {
             driver.arm(socket)?;
         }
+        driver.arm_heartbeat()?;
         driver.ring.submit()?;
         Ok(driver)
+    }
+
+    /// Queues the heartbeat timeout.
+    fn arm_heartbeat(&mut self) -> io::Result<()> {
+        let sqe = opcode::Timeout::new(&raw const *self.heartbeat).build().user_data(TAG_HEARTBEAT);
+        self.push(&sqe)?;
+        self.heartbeat_armed = true;
+        Ok(())
     }
 
     /// Queues a multishot receive on `socket`.
@@ -270,18 +288,12 @@ impl Driver {
         }
     }
 
-    /// Submits what is queued, waits up to `timeout` for completions, and handles them:
-    /// datagrams go to `on_datagram`, whose answers are queued as sends (submitted with the next
-    /// wait), other buffers return to the ring.
-    pub fn turn(
-        &mut self,
-        timeout: Duration,
-        mut on_datagram: impl FnMut(Datagram<'_>) -> Option<Reply>,
-    ) -> io::Result<Turn> {
+    /// Submits what is queued, waits for at least one completion (the heartbeat bounds the
+    /// wait), and handles them: datagrams go to `on_datagram`, whose answers are sent (sendmmsg
+    /// mode) or queued as SQEs submitted with the next wait, other buffers return to the ring.
+    pub fn turn(&mut self, mut on_datagram: impl FnMut(Datagram<'_>) -> Option<Reply>) -> io::Result<Turn> {
         let mut t = Turn::default();
-        let ts = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        match self.ring.submitter().submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
             Err(e) => return Err(e),
@@ -316,6 +328,9 @@ impl Driver {
                 self.arm(socket)?;
                 t.rearms += 1;
             }
+        }
+        if !self.heartbeat_armed {
+            self.arm_heartbeat()?;
         }
         self.bufs.commit();
         Ok(t)
@@ -398,6 +413,7 @@ impl Driver {
                 };
                 self.datagram(index, bid, result as usize, t, on_datagram)?;
             }
+            TAG_HEARTBEAT => self.heartbeat_armed = false,
             TAG_SEND => {
                 let (bid, len) = self.slots.release(index);
                 self.bufs.recycle(bid);
@@ -508,6 +524,7 @@ impl Drop for Driver {
             let cancel = opcode::AsyncCancel::new(TAG_RECV | socket as u64).build().user_data(TAG_CANCEL);
             let _ = self.push(&cancel);
         }
+        let _ = self.push(&opcode::TimeoutRemove::new(TAG_HEARTBEAT).build().user_data(TAG_CANCEL));
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
         let mut recv_live = self.armed.iter().filter(|a| **a).count();
         while (recv_live > 0 || self.slots.in_flight() > 0) && std::time::Instant::now() < deadline {
