@@ -194,8 +194,9 @@ mod tests {
     #[test]
     fn sockets_without_reuseport_get_their_own_ports() {
         let opts = SocketOptions { reuse_port: false, ..OPTS };
-        let ports: std::collections::HashSet<u16> =
-            (0..64).map(|_| bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap().local.port()).collect();
+        // All 64 stay open while their ports are compared.
+        let sockets: Vec<Listener> = (0..64).map(|_| bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap()).collect();
+        let ports: std::collections::HashSet<u16> = sockets.iter().map(|l| l.local.port()).collect();
         assert_eq!(ports.len(), 64);
     }
 }
