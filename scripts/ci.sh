@@ -47,6 +47,25 @@ for backend in auto mmsg; do
   rm -rf "$smoke"
 done
 
+# The bare baseline too (plain requests: it answers nothing else correctly, by design).
+smoke=$(mktemp -d)
+target/debug/stunedge-baseline --listen 127.0.0.1:0 --cpus 0 2> "$smoke/baseline.log" &
+server_pid=$!
+trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$smoke"' EXIT
+port=""
+for _ in $(seq 100); do
+  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$smoke/baseline.log")
+  [[ -n "$port" ]] && break
+  sleep 0.1
+done
+[[ -n "$port" ]] || { echo "stunedge-baseline did not start:"; cat "$smoke/baseline.log"; exit 1; }
+echo "--- stunedge-baseline"
+target/debug/stunedge-bench -s "127.0.0.1:$port" -d 1 --sockets 4 -q
+kill "$server_pid"
+wait "$server_pid" || { echo "stunedge-baseline did not stop cleanly"; exit 1; }
+trap - EXIT
+rm -rf "$smoke"
+
 step "fuzz target builds (bench/fuzz)"
 cargo build --manifest-path bench/fuzz/Cargo.toml --locked
 

@@ -15,7 +15,7 @@ use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
 use stunedge::metrics::Stats;
 use stunedge::worker::Server;
 
-use crate::support::{binding_request, hex};
+use crate::support::{binding_request, hex, recv_from};
 
 struct Counting;
 
@@ -151,12 +151,9 @@ fn server_steady_state_never_allocates() {
         let mut exchange = |n: usize| {
             for k in 0..n {
                 client.send_to(&requests[k % requests.len()], addr).unwrap();
-                let len = loop {
-                    match client.recv_from(&mut buf) {
-                        Ok((len, _)) => break len,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => panic!("{backend}: request {k} not answered: {e}"),
-                    }
+                let len = match recv_from(&client, &mut buf) {
+                    Ok((len, _)) => len,
+                    Err(e) => panic!("{backend}: request {k} not answered: {e}"),
                 };
                 assert_eq!(len, 32);
             }

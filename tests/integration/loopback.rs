@@ -10,7 +10,7 @@ use stunedge::handler::DropReason;
 use stunedge::metrics::{Counter, Stats};
 use stunedge::worker::Server;
 
-use crate::support::{binding_request, client_for, exchange, expected_answer, hex};
+use crate::support::{binding_request, client_for, exchange, expected_answer, hex, recv_from};
 
 /// The backends every loopback test runs on: mmsg always, io_uring where this kernel allows it
 /// (otherwise the test says why it skips that backend).
@@ -199,7 +199,7 @@ fn junk_flood(backend: &str) {
     let mut answer = answer;
     while answer.get(8..20) != Some(&tid[..]) {
         let mut buf = [0u8; 2048];
-        let (n, _) = client.recv_from(&mut buf).expect("the valid request is answered");
+        let (n, _) = recv_from(&client, &mut buf).expect("the valid request is answered");
         answer = buf[..n].to_vec();
     }
     assert_eq!(answer, expected_answer(client.local_addr().unwrap(), tid));

@@ -38,19 +38,15 @@ fn answer(buf: &mut [u8], src: SocketAddr) -> usize {
     buf[20..24].copy_from_slice(&[0x00, 0x20, 0x00, attr_len as u8]);
     buf[24..26].copy_from_slice(&[0, family]);
     buf[26..28].copy_from_slice(&(src.port() ^ 0x2112).to_be_bytes());
+    // Address XOR the magic cookie (IPv4) or cookie + transaction ID (IPv6), as whole words.
     let mut key = [0u8; 16];
     key.copy_from_slice(&buf[4..20]);
     match src.ip() {
         IpAddr::V4(ip) => {
-            for (i, b) in ip.octets().iter().enumerate() {
-                buf[28 + i] = b ^ key[i];
-            }
+            let cookie = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+            buf[28..32].copy_from_slice(&(u32::from(ip) ^ cookie).to_be_bytes());
         }
-        IpAddr::V6(ip) => {
-            for (i, b) in ip.octets().iter().enumerate() {
-                buf[28 + i] = b ^ key[i];
-            }
-        }
+        IpAddr::V6(ip) => buf[28..44].copy_from_slice(&(u128::from(ip) ^ u128::from_be_bytes(key)).to_be_bytes()),
     }
     24 + usize::from(attr_len)
 }
