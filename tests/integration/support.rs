@@ -65,9 +65,12 @@ pub(crate) fn exchange(socket: &UdpSocket, server: SocketAddr, request: &[u8]) -
     buf[..n].to_vec()
 }
 
-/// `recv_from`, retried when interrupted (EINTR), as any robust client does. Seen in this test
-/// process, now and then, while io_uring servers run on other threads; the cause was not
-/// pinned down, and std's `recv_from` does not retry by itself.
+/// `recv_from`, retried when interrupted (EINTR), as any robust client does; std's `recv_from`
+/// does not retry by itself. Seen now and then in this test process, with no signal delivered
+/// (strace shows none): most likely the io_uring probe that `Server::start` runs on the test
+/// thread, whose ring teardown leaves task work for that thread, which interrupts its next
+/// blocking call (SO_RCVTIMEO sockets return EINTR rather than restarting). The server's own
+/// loops retry EINTR everywhere.
 pub(crate) fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
     loop {
         match socket.recv_from(buf) {
