@@ -10,6 +10,22 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
 
+/// A receive buffer lent to user space by a completion. It is the only handle to that buffer
+/// while the kernel does not own it, and it must go back with [`BufRing::recycle`], at once or
+/// after the send that carries the answer from it has completed. It cannot be copied; dropping
+/// it instead would lose the buffer from the ring for good, which is a bug (debug builds panic).
+#[must_use = "a lent buffer must go back to the ring"]
+#[derive(Debug)]
+pub(super) struct Lease {
+    bid: u16,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        debug_assert!(std::thread::panicking(), "buffer {} dropped instead of returned to the ring", self.bid);
+    }
+}
+
 /// Buffers in the ring, and so the most datagrams received but not yet answered or dropped.
 pub(super) const BUFFERS: u16 = 1024;
 
@@ -48,7 +64,7 @@ impl BufRing {
         }
         let mut ring = BufRing { entries, entries_layout, buffers, buffers_layout, buf_len, tail: 0 };
         for bid in 0..BUFFERS {
-            ring.recycle(bid);
+            ring.push(bid);
         }
         Ok(ring)
     }
@@ -59,31 +75,47 @@ impl BufRing {
     }
 
     /// Start of buffer `bid`.
-    pub(super) fn buffer_ptr(&self, bid: u16) -> *mut u8 {
-        debug_assert!(bid < BUFFERS);
-        // SAFETY: bid < BUFFERS, so the offset stays inside the buffers allocation.
+    fn ptr(&self, bid: u16) -> *mut u8 {
+        // SAFETY: bid % BUFFERS < BUFFERS, so the offset stays inside the buffers allocation.
         unsafe { self.buffers.add(usize::from(bid % BUFFERS) * self.buf_len) }
     }
 
-    /// Buffer `bid`, lent to user space by a completion. The caller must hold that completion's
-    /// lease on it (it is not in the ring) and not alias it.
+    /// Takes buffer `bid` out of the kernel's hands, as a completion reports.
     ///
     /// # Safety
-    /// `bid` must have come from a completion and not been recycled since; no other reference to
-    /// the same buffer may be alive.
-    pub(super) unsafe fn buffer_mut(&mut self, bid: u16) -> &mut [u8] {
-        // SAFETY: per the contract the kernel does not own this buffer now and no other
-        // reference to it exists; it is buf_len bytes inside our allocation.
-        unsafe { std::slice::from_raw_parts_mut(self.buffer_ptr(bid), self.buf_len) }
+    /// `bid` must come from a completion that selected it, and not be lent already: the kernel
+    /// has finished writing it and will not touch it until it is recycled.
+    pub(super) unsafe fn lend(&self, bid: u16) -> Lease {
+        Lease { bid: bid % BUFFERS }
     }
 
-    /// Puts buffer `bid` back in the ring (visible to the kernel after [`BufRing::commit`]).
-    pub(super) fn recycle(&mut self, bid: u16) {
+    /// Start of a lent buffer, for the pointers a send needs.
+    pub(super) fn buffer_ptr(&self, lease: &Lease) -> *mut u8 {
+        self.ptr(lease.bid)
+    }
+
+    /// A lent buffer's bytes.
+    pub(super) fn buffer_mut(&mut self, lease: &Lease) -> &mut [u8] {
+        // SAFETY: a Lease exists only for a buffer the kernel has handed back (see `lend`) and
+        // is unique per buffer; the slice is buf_len bytes inside our allocation, borrowed as
+        // long as `self` is, so no second reference can be made meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(lease.bid), self.buf_len) }
+    }
+
+    /// Gives a lent buffer back to the ring (visible to the kernel after [`BufRing::commit`]).
+    pub(super) fn recycle(&mut self, lease: Lease) {
+        let bid = lease.bid;
+        std::mem::forget(lease);
+        self.push(bid);
+    }
+
+    /// Puts buffer `bid` in the ring.
+    fn push(&mut self, bid: u16) {
         let index = usize::from(self.tail % BUFFERS);
         // SAFETY: index < BUFFERS, inside the entries allocation; the kernel reads entries only
         // up to the published tail, and this one is past it until commit.
         let entry = unsafe { &mut *self.entries.add(index) };
-        entry.set_addr(self.buffer_ptr(bid) as u64);
+        entry.set_addr(self.ptr(bid) as u64);
         entry.set_len(self.buf_len as u32);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
-use self::buf_ring::{BUFFERS, BufRing};
+use self::buf_ring::{BUFFERS, BufRing, Lease};
 use self::send::SendSlots;
 use super::msg::{Control, pktinfo, socket_addr};
 use crate::handler::BUFFER_SIZE;
@@ -59,10 +59,10 @@ pub enum SendMode {
 }
 
 /// An answer waiting for the turn's sendmmsg.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Pending {
     socket: u16,
-    bid: u16,
+    lease: Lease,
     len: u16,
     name_len: u8,
     from: Option<(IpAddr, u32)>,
@@ -342,9 +342,9 @@ impl Driver {
         for socket in 0..self.fds.len() {
             let mut n = 0;
             for p in self.pending.iter().filter(|p| usize::from(p.socket) == socket) {
-                let base = self.bufs.buffer_ptr(p.bid);
-                // SAFETY: the name field and the payload lie inside buffer `p.bid`, which stays
-                // out of the ring (pending) until after the sendmmsg below.
+                let base = self.bufs.buffer_ptr(&p.lease);
+                // SAFETY: the name field and the payload lie inside the leased buffer, which
+                // stays out of the ring (pending) until after the sendmmsg below.
                 let (name, payload) = unsafe { (base.add(RECVMSG_OUT_LEN), base.add(PAYLOAD_OFFSET)) };
                 self.out_iovs[n] = libc::iovec { iov_base: payload.cast(), iov_len: usize::from(p.len) };
                 let h = &mut self.out_hdrs[n];
@@ -379,7 +379,7 @@ impl Driver {
             t.send_errors += sent.errors;
         }
         for p in self.pending.drain(..) {
-            self.bufs.recycle(p.bid);
+            self.bufs.recycle(p.lease);
         }
     }
 
@@ -411,12 +411,16 @@ impl Driver {
                     t.recv_errors += 1;
                     return Ok(());
                 };
-                self.datagram(index, bid, result as usize, t, on_datagram)?;
+                // SAFETY: this completion selected `bid`: the kernel is done with it.
+                let lease = unsafe { self.bufs.lend(bid) };
+                self.datagram(index, lease, result as usize, t, on_datagram)?;
             }
             TAG_HEARTBEAT => self.heartbeat_armed = false,
             TAG_SEND => {
-                let (bid, len) = self.slots.release(index);
-                self.bufs.recycle(bid);
+                let (lease, len) = self.slots.release(index);
+                if let Some(lease) = lease {
+                    self.bufs.recycle(lease);
+                }
                 if cqe.result() >= 0 {
                     t.datagrams_out += 1;
                     t.bytes_out += len as u64;
@@ -432,17 +436,15 @@ impl Driver {
     fn datagram(
         &mut self,
         socket: usize,
-        bid: u16,
+        lease: Lease,
         filled: usize,
         t: &mut Turn,
         on_datagram: &mut impl FnMut(Datagram<'_>) -> Option<Reply>,
     ) -> io::Result<()> {
-        // SAFETY: the completion lent us buffer `bid`; it goes back to the ring (recycle) or
-        // to a send slot before this function returns, and no other reference to it exists.
-        let buf = unsafe { self.bufs.buffer_mut(bid) };
+        let buf = self.bufs.buffer_mut(&lease);
         if filled < PAYLOAD_OFFSET {
             t.recv_errors += 1;
-            self.bufs.recycle(bid);
+            self.bufs.recycle(lease);
             return Ok(());
         }
         let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
@@ -471,13 +473,13 @@ impl Driver {
         let reply =
             on_datagram(Datagram { socket, buf: &mut buf[PAYLOAD_OFFSET..], len, truncated, src: src.flatten(), dst });
         let Some(reply) = reply else {
-            self.bufs.recycle(bid);
+            self.bufs.recycle(lease);
             return Ok(());
         };
         if self.mode == SendMode::Sendmmsg {
             self.pending.push(Pending {
                 socket: socket as u16,
-                bid,
+                lease,
                 len: reply.len.min(BUFFER_SIZE) as u16,
                 name_len: name_len as u8,
                 from: reply.from,
@@ -486,15 +488,15 @@ impl Driver {
         }
         let Some(slot) = self.slots.acquire() else {
             t.send_slots_full += 1;
-            self.bufs.recycle(bid);
+            self.bufs.recycle(lease);
             return Ok(());
         };
-        let base = self.bufs.buffer_ptr(bid);
-        // SAFETY: base points at buffer `bid`, which the slot now owns until the send
+        let base = self.bufs.buffer_ptr(&lease);
+        // SAFETY: base points at the leased buffer, which the slot owns until the send
         // completes; the name field starts RECVMSG_OUT_LEN bytes in and the payload
         // PAYLOAD_OFFSET bytes in, both within the buffer.
         let (name, payload) = unsafe { (base.add(RECVMSG_OUT_LEN), base.add(PAYLOAD_OFFSET)) };
-        let hdr = self.slots.prepare(slot, bid, name, name_len, payload, reply.len.min(BUFFER_SIZE), reply.from);
+        let hdr = self.slots.prepare(slot, lease, name, name_len, payload, reply.len.min(BUFFER_SIZE), reply.from);
         let sqe = opcode::SendMsg::new(types::Fd(self.fds[socket]), hdr).build().user_data(TAG_SEND | slot as u64);
         self.push(&sqe)
     }
@@ -517,6 +519,10 @@ fn storage_bytes(storage: &mut libc::sockaddr_storage) -> &mut [u8] {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Answers a failed turn left unsent still hold their buffers.
+        for p in std::mem::take(&mut self.pending) {
+            self.bufs.recycle(p.lease);
+        }
         // Cancel the multishot receives and wait (bounded) until the kernel has completed every
         // operation that may touch our memory; if it does not in time, leak the memory rather
         // than free what the kernel might still write.
@@ -536,7 +542,9 @@ impl Drop for Driver {
                 match data & TAG_MASK {
                     TAG_RECV if !cqueue::more(flags) => recv_live = recv_live.saturating_sub(1),
                     TAG_SEND => {
-                        self.slots.release((data & !TAG_MASK) as usize);
+                        if let (Some(lease), _) = self.slots.release((data & !TAG_MASK) as usize) {
+                            self.bufs.recycle(lease);
+                        }
                     }
                     _ => {}
                 }

@@ -8,13 +8,14 @@ use std::net::IpAddr;
 use std::ptr::null_mut;
 
 use super::super::msg::{Control, write_pktinfo};
+use super::buf_ring::Lease;
 
 struct Slot {
     hdr: libc::msghdr,
     iov: libc::iovec,
     control: Control,
-    /// The receive buffer holding the reply.
-    bid: u16,
+    /// The receive buffer holding the reply, until the send completes.
+    lease: Option<Lease>,
     /// Reply length.
     len: usize,
 }
@@ -35,7 +36,7 @@ impl SendSlots {
                 // SAFETY: as above.
                 iov: unsafe { std::mem::zeroed() },
                 control: Control([0; 64]),
-                bid: 0,
+                lease: None,
                 len: 0,
             })
             .collect();
@@ -53,13 +54,13 @@ impl SendSlots {
     }
 
     /// Fills slot `index` to send `len` bytes at `payload` to the `name_len`-byte address at
-    /// `name` (both inside receive buffer `bid`), from `from` when given; returns the msghdr
-    /// for the SQE. The slot keeps `bid` until [`SendSlots::release`].
+    /// `name` (both inside the leased receive buffer), from `from` when given; returns the
+    /// msghdr for the SQE. The slot keeps the lease until [`SendSlots::release`].
     #[allow(clippy::too_many_arguments)]
     pub(super) fn prepare(
         &mut self,
         index: usize,
-        bid: u16,
+        lease: Lease,
         name: *mut u8,
         name_len: usize,
         payload: *mut u8,
@@ -67,7 +68,7 @@ impl SendSlots {
         from: Option<(IpAddr, u32)>,
     ) -> *const libc::msghdr {
         let slot = &mut self.slots[index];
-        slot.bid = bid;
+        slot.lease = Some(lease);
         slot.len = len;
         slot.iov = libc::iovec { iov_base: payload.cast(), iov_len: len };
         slot.hdr.msg_name = name.cast();
@@ -89,9 +90,13 @@ impl SendSlots {
         &raw const slot.hdr
     }
 
-    /// Frees slot `index` after its send completed; returns its buffer id and reply length.
-    pub(super) fn release(&mut self, index: usize) -> (u16, usize) {
-        self.free.push(index);
-        (self.slots[index].bid, self.slots[index].len)
+    /// Frees slot `index` after its send completed; returns its buffer lease (None for a slot
+    /// that was not in use) and the reply length.
+    pub(super) fn release(&mut self, index: usize) -> (Option<Lease>, usize) {
+        let lease = self.slots[index].lease.take();
+        if lease.is_some() {
+            self.free.push(index);
+        }
+        (lease, self.slots[index].len)
     }
 }
