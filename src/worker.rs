@@ -58,8 +58,6 @@ impl Server {
     /// Picks the backend (probing io_uring), binds every socket, then starts one pinned worker
     /// per CPU and waits until each has set up its backend.
     pub fn start(settings: &Settings) -> Result<Server, StartError> {
-        let backend = select_backend(settings.backend, uring::probe)
-            .map_err(|why| StartError { what: "io.backend".into(), error: std::io::Error::other(why) })?;
         let options = SocketOptions {
             reuse_port: true,
             recv_buffer: settings.socket_recv_buffer,
@@ -71,6 +69,9 @@ impl Server {
             .iter()
             .map(|addr| socket::claim(*addr).map_err(|error| bind_error(*addr, error)))
             .collect::<Result<_, _>>()?;
+        // After the addresses, so a port in use is reported alone, not after a fallback notice.
+        let backend = select_backend(settings.backend, uring::probe)
+            .map_err(|why| StartError { what: "io.backend".into(), error: std::io::Error::other(why) })?;
         let mut per_worker: Vec<Vec<Listener>> = Vec::with_capacity(settings.cpus.len());
         for _ in &settings.cpus {
             let listeners = resolved
