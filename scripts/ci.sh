@@ -26,45 +26,47 @@ cargo test -p stunedge-bench --benches --locked
 
 step "load generator smoke: 2 s against a real stunedge (correctness only: zero invalid, something answered)"
 cargo build --locked -p stunedge -p stunedge-bench
-for backend in auto mmsg; do
-  smoke=$(mktemp -d)
-  printf '[server]\nlisten = ["127.0.0.1:0"]\n[io]\nbackend = "%s"\n[log]\nlevel = "info"\n' "$backend" > "$smoke/stunedge.toml"
-  target/debug/stunedge serve -c "$smoke/stunedge.toml" 2> "$smoke/server.log" &
-  server_pid=$!
-  trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$smoke"' EXIT
-  port=""
+
+# smoke NAME PORT_PATTERN GENERATOR_ARGS... -- SERVER_COMMAND...: starts the server on an
+# ephemeral port, reads the port from its log with the sed pattern, runs the generator against
+# it (which exits non-zero on any invalid answer or when nothing answers), stops the server and
+# requires a clean exit.
+smoke() {
+  local name=$1 pattern=$2; shift 2
+  local gen=()
+  while [[ $1 != -- ]]; do gen+=("$1"); shift; done
+  shift
+  local port=""
+  # Globals, so the EXIT trap still sees them if a check below exits.
+  smoke_dir=$(mktemp -d)
+  "$@" 2> "$smoke_dir/server.log" &
+  smoke_pid=$!
+  trap 'kill "$smoke_pid" 2>/dev/null || true; rm -rf "$smoke_dir"' EXIT
   for _ in $(seq 100); do
-    port=$(sed -n 's/.*listen="127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$smoke/server.log")
+    port=$(sed -n "s/$pattern/\\1/p" "$smoke_dir/server.log")
     [[ -n "$port" ]] && break
     sleep 0.1
   done
-  [[ -n "$port" ]] || { echo "stunedge did not start:"; cat "$smoke/server.log"; exit 1; }
-  echo "--- io.backend = $backend: $(grep -o 'backend="[a-z_]*"' "$smoke/server.log")"
-  target/debug/stunedge-bench -s "127.0.0.1:$port" -d 2 --sockets 4 --mix plain=4,fingerprint=2,software=1,integrity=1,ice=1,classic=1 -q
-  kill "$server_pid"
-  wait "$server_pid" || { echo "stunedge did not stop cleanly"; exit 1; }
+  [[ -n "$port" ]] || { echo "$name did not start:"; cat "$smoke_dir/server.log"; exit 1; }
+  echo "--- $name $(grep -o 'backend="[a-z_]*"' "$smoke_dir/server.log" || true)"
+  target/debug/stunedge-bench -s "127.0.0.1:$port" -q "${gen[@]}"
+  kill "$smoke_pid"
+  wait "$smoke_pid" || { echo "$name did not stop cleanly"; exit 1; }
   trap - EXIT
-  rm -rf "$smoke"
-done
+  rm -rf "$smoke_dir"
+}
 
-# The bare baseline too (plain requests: it answers nothing else correctly, by design).
-smoke=$(mktemp -d)
-target/debug/stunedge-baseline --listen 127.0.0.1:0 --cpus 0 2> "$smoke/baseline.log" &
-server_pid=$!
-trap 'kill "$server_pid" 2>/dev/null || true; rm -rf "$smoke"' EXIT
-port=""
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$smoke/baseline.log")
-  [[ -n "$port" ]] && break
-  sleep 0.1
+for backend in auto mmsg; do
+  config=$(mktemp)
+  printf '[server]\nlisten = ["127.0.0.1:0"]\n[io]\nbackend = "%s"\n[log]\nlevel = "info"\n' "$backend" > "$config"
+  smoke "stunedge (io.backend = $backend)" '.*listen="127\.0\.0\.1:\([0-9]*\)".*' \
+    -d 2 --sockets 4 --mix plain=4,fingerprint=2,software=1,integrity=1,ice=1,classic=1 -- \
+    target/debug/stunedge serve -c "$config"
+  rm -f "$config"
 done
-[[ -n "$port" ]] || { echo "stunedge-baseline did not start:"; cat "$smoke/baseline.log"; exit 1; }
-echo "--- stunedge-baseline"
-target/debug/stunedge-bench -s "127.0.0.1:$port" -d 1 --sockets 4 -q
-kill "$server_pid"
-wait "$server_pid" || { echo "stunedge-baseline did not stop cleanly"; exit 1; }
-trap - EXIT
-rm -rf "$smoke"
+# The bare baseline too (plain requests: it answers nothing else correctly, by design).
+smoke stunedge-baseline '.*listening on 127\.0\.0\.1:\([0-9]*\).*' -d 1 --sockets 4 -- \
+  target/debug/stunedge-baseline --listen 127.0.0.1:0 --cpus 0
 
 step "fuzz target builds (bench/fuzz)"
 cargo build --manifest-path bench/fuzz/Cargo.toml --locked
