@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::ptr::null_mut;
 
-use super::msg::{Control, pktinfo, socket_addr, write_pktinfo, write_sockaddr};
+use super::msg::{Control, pktinfo, prepare_send, socket_addr, write_sockaddr};
 use crate::handler::BUFFER_SIZE;
 
 /// One received datagram, borrowed from the batch.
@@ -151,22 +151,14 @@ impl MmsgBatch {
         let name_len = self.hdrs[i].msg_hdr.msg_namelen;
         let out = &mut self.out_hdrs[k];
         out.msg_len = 0;
-        out.msg_hdr.msg_name = (&raw mut self.names[i]).cast();
-        out.msg_hdr.msg_namelen = name_len;
-        out.msg_hdr.msg_iov = &raw mut self.out_iovs[k];
-        out.msg_hdr.msg_iovlen = 1;
-        out.msg_hdr.msg_flags = 0;
-        match from {
-            Some(from) => {
-                out.msg_hdr.msg_control = self.out_controls[k].0.as_mut_ptr().cast();
-                out.msg_hdr.msg_controllen = size_of::<Control>();
-                out.msg_hdr.msg_controllen = write_pktinfo(&mut out.msg_hdr, from);
-            }
-            None => {
-                out.msg_hdr.msg_control = null_mut();
-                out.msg_hdr.msg_controllen = 0;
-            }
-        }
+        prepare_send(
+            &mut out.msg_hdr,
+            (&raw mut self.names[i]).cast(),
+            name_len,
+            &raw mut self.out_iovs[k],
+            &mut self.out_controls[k],
+            from,
+        );
     }
 
     /// The number of buffers.

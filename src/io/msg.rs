@@ -106,7 +106,7 @@ pub(crate) fn pktinfo(hdr: &libc::msghdr) -> Option<(IpAddr, u32)> {
 
 /// Writes a PKTINFO control message into `hdr`'s control buffer (a `Control`) and returns the
 /// control length to send.
-pub(crate) fn write_pktinfo(hdr: &mut libc::msghdr, (ip, ifindex): (IpAddr, u32)) -> usize {
+fn write_pktinfo(hdr: &mut libc::msghdr, (ip, ifindex): (IpAddr, u32)) -> usize {
     match ip {
         // ipi_spec_dst picks the source address; ifindex 0 lets routing pick the interface.
         IpAddr::V4(ip) => write_cmsg(
@@ -145,5 +145,36 @@ fn write_cmsg<T: Copy>(hdr: &mut libc::msghdr, level: libc::c_int, kind: libc::c
         (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<T>() as u32) as usize;
         write_unaligned(libc::CMSG_DATA(cmsg).cast::<T>(), payload);
         libc::CMSG_SPACE(size_of::<T>() as u32) as usize
+    }
+}
+
+/// Points a send `msghdr` at a destination name and one iovec, with a PKTINFO control message
+/// written into `control` when `from` is given, so the datagram leaves from that local address.
+/// Only stores pointers: the caller keeps the name, the iovec, its buffer and `control` alive
+/// and in place until the send is done. Shared by every send path (mmsg batches, io_uring send
+/// slots, io_uring sendmmsg).
+pub(crate) fn prepare_send(
+    hdr: &mut libc::msghdr,
+    name: *mut libc::c_void,
+    name_len: libc::socklen_t,
+    iov: *mut libc::iovec,
+    control: &mut Control,
+    from: Option<(IpAddr, u32)>,
+) {
+    hdr.msg_name = name;
+    hdr.msg_namelen = name_len;
+    hdr.msg_iov = iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_flags = 0;
+    match from {
+        Some(from) => {
+            hdr.msg_control = control.0.as_mut_ptr().cast();
+            hdr.msg_controllen = size_of::<Control>();
+            hdr.msg_controllen = write_pktinfo(hdr, from);
+        }
+        None => {
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+        }
     }
 }

@@ -22,7 +22,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 use self::buf_ring::{BUFFERS, BufRing, Lease};
 use self::send::SendSlots;
-use super::msg::{Control, pktinfo, socket_addr};
+use super::msg::{Control, pktinfo, prepare_send, socket_addr};
 use crate::handler::BUFFER_SIZE;
 
 /// Buffer group id of the provided-buffer ring.
@@ -295,7 +295,8 @@ impl Driver {
         let mut t = Turn::default();
         match self.ring.submitter().submit_and_wait(1) {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            // EBUSY: the completion queue is backed up; draining it below is the remedy.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
             Err(e) => return Err(e),
         }
         // Take the completions in chunks into a stack array so new SQEs can be pushed while
@@ -349,22 +350,14 @@ impl Driver {
                 self.out_iovs[n] = libc::iovec { iov_base: payload.cast(), iov_len: usize::from(p.len) };
                 let h = &mut self.out_hdrs[n];
                 h.msg_len = 0;
-                h.msg_hdr.msg_name = name.cast();
-                h.msg_hdr.msg_namelen = libc::socklen_t::from(p.name_len);
-                h.msg_hdr.msg_iov = &raw mut self.out_iovs[n];
-                h.msg_hdr.msg_iovlen = 1;
-                h.msg_hdr.msg_flags = 0;
-                match p.from {
-                    Some(from) => {
-                        h.msg_hdr.msg_control = self.out_controls[n].0.as_mut_ptr().cast();
-                        h.msg_hdr.msg_controllen = size_of::<Control>();
-                        h.msg_hdr.msg_controllen = super::msg::write_pktinfo(&mut h.msg_hdr, from);
-                    }
-                    None => {
-                        h.msg_hdr.msg_control = std::ptr::null_mut();
-                        h.msg_hdr.msg_controllen = 0;
-                    }
-                }
+                prepare_send(
+                    &mut h.msg_hdr,
+                    name.cast(),
+                    libc::socklen_t::from(p.name_len),
+                    &raw mut self.out_iovs[n],
+                    &mut self.out_controls[n],
+                    p.from,
+                );
                 n += 1;
             }
             if n == 0 {

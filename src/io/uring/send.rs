@@ -3,11 +3,9 @@
 //! by the slot until the send completes, then returned to the buffer ring by the driver).
 //! No raw pointer to a stack local ever reaches an SQE: the kernel reads these slots.
 
-use std::mem::size_of;
 use std::net::IpAddr;
-use std::ptr::null_mut;
 
-use super::super::msg::{Control, write_pktinfo};
+use super::super::msg::{Control, prepare_send};
 use super::buf_ring::Lease;
 
 struct Slot {
@@ -71,22 +69,14 @@ impl SendSlots {
         slot.lease = Some(lease);
         slot.len = len;
         slot.iov = libc::iovec { iov_base: payload.cast(), iov_len: len };
-        slot.hdr.msg_name = name.cast();
-        slot.hdr.msg_namelen = name_len as libc::socklen_t;
-        slot.hdr.msg_iov = &raw mut slot.iov;
-        slot.hdr.msg_iovlen = 1;
-        slot.hdr.msg_flags = 0;
-        match from {
-            Some(from) => {
-                slot.hdr.msg_control = slot.control.0.as_mut_ptr().cast();
-                slot.hdr.msg_controllen = size_of::<Control>();
-                slot.hdr.msg_controllen = write_pktinfo(&mut slot.hdr, from);
-            }
-            None => {
-                slot.hdr.msg_control = null_mut();
-                slot.hdr.msg_controllen = 0;
-            }
-        }
+        prepare_send(
+            &mut slot.hdr,
+            name.cast(),
+            name_len as libc::socklen_t,
+            &raw mut slot.iov,
+            &mut slot.control,
+            from,
+        );
         &raw const slot.hdr
     }
 
