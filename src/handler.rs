@@ -166,9 +166,7 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let mut request = Request { method: message_type.method, classic, fingerprint: false };
     let Ok(message) = Message::parse(datagram) else {
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.
-        return reply(buf, stats, Counter::Responses400, |b| {
-            error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config)
-        });
+        return bad_request(buf, &request, config, stats);
     };
     let mut unknown = UnknownAttributes::new();
     let mut too_many_unknown = false;
@@ -185,9 +183,7 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
 
     if too_many_unknown {
         // More than MAX_UNKNOWN distinct unknown types: a 420 could not list them all.
-        return reply(buf, stats, Counter::Responses400, |b| {
-            error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config)
-        });
+        return bad_request(buf, &request, config, stats);
     }
     if !unknown.is_empty() {
         return reply(buf, stats, Counter::Responses420, |b| {
@@ -195,9 +191,7 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
         });
     }
     if request.method != METHOD_BINDING {
-        return reply(buf, stats, Counter::Responses400, |b| {
-            error(b, &request, ERR_BAD_REQUEST, "Bad Request", None, config)
-        });
+        return bad_request(buf, &request, config, stats);
     }
     reply(buf, stats, Counter::ResponsesSuccess, |b| binding_success(b, &request, meta, config))
 }
@@ -216,6 +210,12 @@ fn reply(
         }
         Err(_) => Action::Drop(DropReason::ResponseTooLarge),
     }
+}
+
+/// 400 Bad Request: broken attribute framing, a method this edge does not serve, or more
+/// unknown attributes than a 420 can list.
+fn bad_request(buf: &mut [u8], request: &Request, config: &HandlerConfig, stats: &mut Stats) -> Action {
+    reply(buf, stats, Counter::Responses400, |b| error(b, request, ERR_BAD_REQUEST, "Bad Request", None, config))
 }
 
 #[inline]

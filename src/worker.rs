@@ -9,9 +9,8 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use crate::config::{BackendChoice, Settings};
 use crate::handler::{self, Action, DropReason, HandlerConfig, Meta};
@@ -55,8 +54,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Picks the backend (probing io_uring), binds every socket, then starts one pinned worker
-    /// per CPU and waits until each has set up its backend.
+    /// Claims every listen address, picks the backend (probing io_uring), binds every worker's
+    /// sockets, then starts one pinned worker per CPU and waits until each has set up its
+    /// backend.
     pub fn start(settings: &Settings) -> Result<Server, StartError> {
         let options = SocketOptions {
             reuse_port: true,
