@@ -603,8 +603,7 @@ impl Worker {
         for k in 0..n {
             let seq = sock.tail + k as u64;
             let kind = self.pattern[(seq as usize) % self.pattern.len()];
-            let kind_index = Kind::ALL.iter().position(|x| *x == kind).unwrap_or(0) as u8;
-            let tag = Tag { thread: self.thread as u8, socket: s as u16, seq, kind: kind_index };
+            let tag = Tag { thread: self.thread as u8, socket: s as u16, seq, kind: kind.index() };
             let len = write_request(kind, tag.to_tid(), &self.credentials, self.send.buffer_mut(k))
                 .expect("requests fit the buffer");
             self.send.queue_to(k, len, self.server);
@@ -728,7 +727,7 @@ mod tests {
     use stunedge::metrics::Stats;
 
     fn answered(kind: Kind, local: SocketAddr, edit: impl Fn(&mut [u8], usize)) -> Result<Tag, Invalid> {
-        let tag = Tag { thread: 0, socket: 7, seq: 42, kind: Kind::ALL.iter().position(|k| *k == kind).unwrap() as u8 };
+        let tag = Tag { thread: 0, socket: 7, seq: 42, kind: kind.index() };
         let mut buf = [0u8; BUFFER_SIZE];
         let n = write_request(kind, tag.to_tid(), &Credentials::default(), &mut buf).unwrap();
         let meta = Meta { src: local, local: "127.0.0.1:3478".parse().unwrap() };

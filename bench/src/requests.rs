@@ -29,6 +29,18 @@ impl Kind {
     pub const ALL: [Kind; 6] =
         [Kind::Plain, Kind::Fingerprint, Kind::Software, Kind::Integrity, Kind::Ice, Kind::Classic];
 
+    /// Position in [`Kind::ALL`], the kind byte of a [`Tag`].
+    pub const fn index(self) -> u8 {
+        match self {
+            Kind::Plain => 0,
+            Kind::Fingerprint => 1,
+            Kind::Software => 2,
+            Kind::Integrity => 3,
+            Kind::Ice => 4,
+            Kind::Classic => 5,
+        }
+    }
+
     /// The `--mix` name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -166,6 +178,7 @@ mod tests {
             let msg = Message::parse(&bytes).unwrap();
             assert_eq!(msg.is_classic(), kind == Kind::Classic);
             assert_eq!(Kind::from_name(kind.name()), Some(kind));
+            assert_eq!(Kind::ALL[usize::from(kind.index())], kind);
         }
     }
 
