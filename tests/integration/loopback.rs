@@ -41,18 +41,23 @@ macro_rules! every_backend {
 /// Settings listening on 127.0.0.1 and ::1 (ephemeral ports) with `server` lines added to
 /// `[server]` and the given backend.
 fn settings(server: &str, backend: &str) -> Settings {
-    settings_listening("[\"127.0.0.1:0\", \"[::1]:0\"]", server, backend)
+    settings_full("[\"127.0.0.1:0\", \"[::1]:0\"]", server, backend, "")
 }
 
-fn settings_listening(listen: &str, server: &str, backend: &str) -> Settings {
+/// Settings with the given listen list, `[server]` lines, backend name of [`backends`] and extra
+/// `[io]` lines, validated against this thread's CPU mask.
+fn settings_full(listen: &str, server: &str, backend: &str, io: &str) -> Settings {
+    let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
+    Config::from_toml(&settings_text(listen, server, backend, io), "test").unwrap().validate(&allowed).unwrap()
+}
+
+/// The TOML for [`settings_full`].
+fn settings_text(listen: &str, server: &str, backend: &str, io: &str) -> String {
     let (backend, send) = match backend {
         "io_uring-sqe" => ("io_uring", "sqe"),
         other => (other, "sendmmsg"),
     };
-    let text =
-        format!("[server]\nlisten = {listen}\n{server}\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n");
-    let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
-    Config::from_toml(&text, "test").unwrap().validate(&allowed).unwrap()
+    format!("[server]\nlisten = {listen}\n{server}\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n{io}\n")
 }
 
 /// Polls the published counters until `done` holds (workers publish once per loop turn).
@@ -126,7 +131,7 @@ every_backend!(wildcard_listener_replies_from_the_address_asked, wildcard_replie
 
 fn wildcard_replies(backend: &str) {
     // 0.0.0.0: the reply must leave from 127.0.0.2 when the request went to 127.0.0.2.
-    let server = Server::start(&settings_listening("[\"0.0.0.0:0\"]", "response_origin = true", backend)).unwrap();
+    let server = Server::start(&settings_full("[\"0.0.0.0:0\"]", "response_origin = true", backend, "")).unwrap();
     let port = server.local_addrs()[0].port();
     for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
         let target: SocketAddr = format!("{ip}:{port}").parse().unwrap();
@@ -271,11 +276,9 @@ fn cpu_steering_sends_each_datagram_to_the_worker_on_its_cpu() {
         return;
     }
     for backend in backends() {
-        let (backend, send) = if backend == "io_uring-sqe" { ("io_uring", "sqe") } else { (backend, "sendmmsg") };
-        let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\ncpu_steering = true\ncpus = [{}, {}]\n",
-            allowed[0], allowed[1]
-        );
+        // The mask read before this thread pinned itself below.
+        let io = format!("cpu_steering = true\ncpus = [{}, {}]", allowed[0], allowed[1]);
+        let text = settings_text("[\"127.0.0.1:0\"]", "", backend, &io);
         let server = Server::start(&Config::from_toml(&text, "test").unwrap().validate(&allowed).unwrap()).unwrap();
         let addr = server.local_addrs()[0];
         // On loopback the receive path runs on the sending CPU, so pinning this thread picks
