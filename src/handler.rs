@@ -213,7 +213,9 @@ fn reply(
 }
 
 /// 400 Bad Request: broken attribute framing, a method this edge does not serve, or more
-/// unknown attributes than a 420 can list.
+/// unknown attributes than a 420 can list. Cold: kept out of the Binding path's code.
+#[cold]
+#[inline(never)]
 fn bad_request(buf: &mut [u8], request: &Request, config: &HandlerConfig, stats: &mut Stats) -> Action {
     reply(buf, stats, Counter::Responses400, |b| error(b, request, ERR_BAD_REQUEST, "Bad Request", None, config))
 }
