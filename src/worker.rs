@@ -17,6 +17,7 @@ use crate::handler::{self, Action, DropReason, HandlerConfig, Meta};
 use crate::io::mmsg::{MmsgBatch, wait_readable};
 use crate::io::socket::{self, Listener, SocketOptions};
 use crate::io::uring::{self, Driver, Unavailable};
+use crate::io::{Received, Reply};
 use crate::metrics::{self, Counter, Stats, WorkerSlot};
 
 /// How long an idle worker sleeps in poll(2) before looking at the stop flag again.
@@ -321,11 +322,7 @@ impl Worker {
         let slot = &self.slots[self.index];
         let pause = std::time::Duration::from_millis(IDLE_POLL_MS as u64);
         while !self.stop.load(Ordering::Relaxed) {
-            let turn = driver.turn(|d: uring::Datagram<'_>| {
-                let listener = &self.listeners[d.socket];
-                self.answer(listener, d.buf, d.len, d.truncated, d.src, d.dst, stats)
-                    .map(|(len, from)| uring::Reply { len, from })
-            });
+            let turn = driver.turn(|socket, packet| self.answer(&self.listeners[socket], packet, stats));
             match turn {
                 Ok(t) => {
                     if t.datagrams_in > 0 {
@@ -352,33 +349,23 @@ impl Worker {
         }
     }
 
-    /// Runs the handler on one received datagram; returns the answer's length and the PKTINFO
-    /// source to send it from, or `None` when it is dropped (counted in `stats`).
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the handler on one received datagram; returns the answer to send, or `None` when
+    /// the datagram is dropped (counted in `stats`).
     #[inline]
-    fn answer(
-        &self,
-        listener: &Listener,
-        buf: &mut [u8],
-        len: usize,
-        truncated: bool,
-        src: Option<SocketAddr>,
-        dst: Option<(std::net::IpAddr, u32)>,
-        stats: &mut Stats,
-    ) -> Option<(usize, Option<(std::net::IpAddr, u32)>)> {
-        if truncated {
+    fn answer(&self, listener: &Listener, packet: Received<'_>, stats: &mut Stats) -> Option<Reply> {
+        if packet.truncated {
             stats.dropped(DropReason::Truncated);
             return None;
         }
-        let Some(src) = src else {
+        let Some(src) = packet.src else {
             // A UDP socket only reports IPv4/IPv6 senders; anything else is not ours to answer.
             stats.dropped(DropReason::NotStun);
             return None;
         };
-        let local_ip = dst.map_or(listener.local.ip(), |(ip, _)| ip);
+        let local_ip = packet.dst.map_or(listener.local.ip(), |(ip, _)| ip);
         let meta = Meta { src, local: SocketAddr::new(local_ip, listener.local.port()) };
-        match handler::handle(buf, len, &meta, &self.handler, stats) {
-            Action::Reply { len } => Some((len, if listener.wildcard { dst } else { None })),
+        match handler::handle(packet.buf, packet.len, &meta, &self.handler, stats) {
+            Action::Reply { len } => Some(Reply { len, from: if listener.wildcard { packet.dst } else { None } }),
             Action::Drop(_) => None,
         }
     }
@@ -403,10 +390,8 @@ impl Worker {
             let packet = batch.received(i);
             stats.bump(Counter::DatagramsIn);
             stats.add(Counter::BytesIn, packet.len as u64);
-            if let Some((len, from)) =
-                self.answer(listener, packet.buf, packet.len, packet.truncated, packet.src, packet.dst, stats)
-            {
-                batch.queue_reply(i, len, from);
+            if let Some(reply) = self.answer(listener, packet, stats) {
+                batch.queue_reply(i, reply.len, reply.from);
             }
         }
         let sent = batch.flush(fd);

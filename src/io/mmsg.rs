@@ -14,23 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::ptr::null_mut;
 
+use super::Received;
 use super::msg::{Control, pktinfo, prepare_send, socket_addr, write_sockaddr};
 use crate::handler::BUFFER_SIZE;
-
-/// One received datagram, borrowed from the batch.
-#[derive(Debug)]
-pub struct Received<'a> {
-    /// The whole receive buffer: the datagram is `buf[..len]`, the reply is written over it.
-    pub buf: &'a mut [u8],
-    /// Datagram length.
-    pub len: usize,
-    /// The kernel cut the datagram to fit the buffer (MSG_TRUNC).
-    pub truncated: bool,
-    /// Sender; `None` for an address family other than IPv4/IPv6 (never seen on UDP sockets).
-    pub src: Option<SocketAddr>,
-    /// The destination address from PKTINFO, with the interface it arrived on.
-    pub dst: Option<(IpAddr, u32)>,
-}
 
 /// What one flush sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

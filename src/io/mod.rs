@@ -12,3 +12,31 @@ pub mod socket;
 pub mod uring;
 
 pub use socket::{Listener, SocketOptions};
+
+use std::net::{IpAddr, SocketAddr};
+
+/// One received datagram, lent by a backend: its receive buffer, where the answer is written.
+#[derive(Debug)]
+pub struct Received<'a> {
+    /// The whole receive buffer (at least `BUFFER_SIZE` bytes): the datagram is `buf[..len]`,
+    /// the answer is written over it.
+    pub buf: &'a mut [u8],
+    /// Datagram length.
+    pub len: usize,
+    /// The kernel cut the datagram to fit the buffer (MSG_TRUNC).
+    pub truncated: bool,
+    /// Sender; `None` for an address family other than IPv4/IPv6 (never seen on UDP sockets).
+    pub src: Option<SocketAddr>,
+    /// The destination address and interface from PKTINFO (wildcard listeners).
+    pub dst: Option<(IpAddr, u32)>,
+}
+
+/// An answer to send back to a [`Received`] datagram's sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// Answer length: the first `len` bytes of the receive buffer.
+    pub len: usize,
+    /// Send from this local address (and IPv6 interface) with PKTINFO; `None` lets the socket's
+    /// own address stand.
+    pub from: Option<(IpAddr, u32)>,
+}

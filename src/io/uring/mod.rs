@@ -14,7 +14,7 @@ mod send;
 
 use std::io;
 use std::mem::{ManuallyDrop, size_of};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use self::buf_ring::{BUFFERS, BufRing, Lease};
 use self::send::SendSlots;
 use super::msg::{Control, pktinfo, prepare_send, socket_addr};
+use super::{Received, Reply};
 use crate::handler::BUFFER_SIZE;
 
 /// Buffer group id of the provided-buffer ring.
@@ -124,33 +125,6 @@ fn kernel_release() -> (u32, u32) {
     let text = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = text.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
-/// One received datagram lent to the worker's callback.
-#[derive(Debug)]
-pub struct Datagram<'a> {
-    /// Index of the socket (in the order given to [`Driver::new`]).
-    pub socket: usize,
-    /// The receive buffer from the datagram on: `buf[..len]` is the datagram, the answer is
-    /// written over it (the buffer holds `BUFFER_SIZE` bytes).
-    pub buf: &'a mut [u8],
-    /// Datagram length.
-    pub len: usize,
-    /// The kernel cut the datagram to fit (MSG_TRUNC).
-    pub truncated: bool,
-    /// Sender.
-    pub src: Option<SocketAddr>,
-    /// Destination address and interface from PKTINFO (wildcard listeners).
-    pub dst: Option<(IpAddr, u32)>,
-}
-
-/// The callback's answer: send the first `len` bytes back, from `from` when given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reply {
-    /// Answer length.
-    pub len: usize,
-    /// PKTINFO source address (wildcard listeners).
-    pub from: Option<(IpAddr, u32)>,
 }
 
 /// What one [`Driver::turn`] did, for the worker's counters.
@@ -289,9 +263,10 @@ impl Driver {
     }
 
     /// Submits what is queued, waits for at least one completion (the heartbeat bounds the
-    /// wait), and handles them: datagrams go to `on_datagram`, whose answers are sent (sendmmsg
+    /// wait), and handles them: datagrams go to `on_datagram` with the index of their socket
+    /// (in the order given to [`Driver::new`]), whose answers are sent (sendmmsg
     /// mode) or queued as SQEs submitted with the next wait, other buffers return to the ring.
-    pub fn turn(&mut self, mut on_datagram: impl FnMut(Datagram<'_>) -> Option<Reply>) -> io::Result<Turn> {
+    pub fn turn(&mut self, mut on_datagram: impl FnMut(usize, Received<'_>) -> Option<Reply>) -> io::Result<Turn> {
         let mut t = Turn::default();
         match self.ring.submitter().submit_and_wait(1) {
             Ok(_) => {}
@@ -380,7 +355,7 @@ impl Driver {
         &mut self,
         cqe: &cqueue::Entry,
         t: &mut Turn,
-        on_datagram: &mut impl FnMut(Datagram<'_>) -> Option<Reply>,
+        on_datagram: &mut impl FnMut(usize, Received<'_>) -> Option<Reply>,
     ) -> io::Result<()> {
         let data = cqe.user_data();
         let index = (data & !TAG_MASK) as usize;
@@ -432,7 +407,7 @@ impl Driver {
         lease: Lease,
         filled: usize,
         t: &mut Turn,
-        on_datagram: &mut impl FnMut(Datagram<'_>) -> Option<Reply>,
+        on_datagram: &mut impl FnMut(usize, Received<'_>) -> Option<Reply>,
     ) -> io::Result<()> {
         let buf = self.bufs.buffer_mut(&lease);
         if filled < PAYLOAD_OFFSET {
@@ -464,7 +439,7 @@ impl Driver {
         t.bytes_in += len as u64;
         let name_len = name_len.min(NAME_LEN);
         let reply =
-            on_datagram(Datagram { socket, buf: &mut buf[PAYLOAD_OFFSET..], len, truncated, src: src.flatten(), dst });
+            on_datagram(socket, Received { buf: &mut buf[PAYLOAD_OFFSET..], len, truncated, src: src.flatten(), dst });
         let Some(reply) = reply else {
             self.bufs.recycle(lease);
             return Ok(());
