@@ -134,14 +134,16 @@ fn crc32(data: &[u8]) -> u32 {
 #[test]
 #[ignore = "needs the process to itself; scripts/ci.sh runs it alone with --ignored --test-threads=1"]
 fn server_steady_state_never_allocates() {
-    let mut backends = vec!["mmsg"];
+    // (io.backend, io.uring_send)
+    let mut backends = vec![("mmsg", "sendmmsg")];
     match stunedge::io::uring::probe() {
-        Ok(()) => backends.extend(["io_uring\"\nuring_send = \"sendmmsg", "io_uring\"\nuring_send = \"sqe"]),
+        Ok(()) => backends.extend([("io_uring", "sendmmsg"), ("io_uring", "sqe")]),
         Err(why) => eprintln!("SKIPPED io_uring backend: {why}"),
     }
     let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
-    for backend in backends {
-        let text = format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[io]\nbackend = \"{backend}\"\n");
+    for (backend, send) in backends {
+        let text =
+            format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n");
         let server = Server::start(&Config::from_toml(&text, "test").unwrap().validate(&allowed).unwrap()).unwrap();
         let addr = server.local_addrs()[0];
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -153,7 +155,7 @@ fn server_steady_state_never_allocates() {
                 client.send_to(&requests[k % requests.len()], addr).unwrap();
                 let len = match recv_from(&client, &mut buf) {
                     Ok((len, _)) => len,
-                    Err(e) => panic!("{backend}: request {k} not answered: {e}"),
+                    Err(e) => panic!("{backend}/{send}: request {k} not answered: {e}"),
                 };
                 assert_eq!(len, 32);
             }
@@ -162,7 +164,7 @@ fn server_steady_state_never_allocates() {
         let before = ALL_THREADS.load(Ordering::Relaxed);
         exchange(20_000);
         let after = ALL_THREADS.load(Ordering::Relaxed);
-        assert_eq!(after - before, 0, "{backend}: allocations while serving");
+        assert_eq!(after - before, 0, "{backend}/{send}: allocations while serving");
         drop(server);
     }
 }
