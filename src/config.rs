@@ -3,14 +3,17 @@
 //! fields are errors, and [`Config::validate`] turns it into [`Settings`] or an error that names
 //! the field and the bad value. Read at start (and on reload), never on the packet path.
 
+use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::handler::HandlerConfig;
-use crate::stun::attr::MAX_TEXT;
+use crate::auth::{Algorithm, AuthSettings, Authenticator, Mechanism, Policy};
+use crate::handler::{HandlerConfig, ListenerAuth};
+use crate::stun::attr::{MAX_TEXT, MAX_USERNAME};
 
 /// One field's documentation, for `--print-config`.
 struct FieldDoc {
@@ -101,6 +104,74 @@ section! {
     }
 }
 
+/// One listener's authentication override, in `auth.listeners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerAuthConfig {
+    /// The listen address this applies to, exactly as written in `server.listen`.
+    pub listen: String,
+    /// "none", "optional" or "required".
+    pub policy: String,
+    /// "long-term" or "short-term"; `auth.mechanism` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<String>,
+}
+
+section! {
+    /// Authentication (RFC 8489 §9). Off by default: a public STUN server answers everyone.
+    /// Users and secrets can live here or, better, in `credentials_file` (mode 0600).
+    /// SIGHUP reloads this section (and the credentials file) without restarting workers.
+    Auth "auth" {
+        /// Policy of every listener not named in `listeners`: "none" (credentials are not
+        /// checked), "optional" (checked when a request carries them: 401 when wrong, an unsigned
+        /// answer when absent) or "required" (every request must authenticate).
+        policy: String = "none".into(),
+        /// "long-term" (REALM/NONCE challenge, static users and TURN REST users; what TURN
+        /// clients speak) or "short-term" (USERNAME + password, no challenge; ICE-style).
+        mechanism: String = "long-term".into(),
+        /// Per-listener overrides, e.g.
+        /// `[{ listen = "0.0.0.0:3479", policy = "required", mechanism = "short-term" }]`;
+        /// `listen` must be one of `server.listen`.
+        listeners: Vec<ListenerAuthConfig> = Vec::new(),
+        /// REALM of long-term credentials (RECOMMENDED: the provider's domain name). Fewer than
+        /// 128 characters, no `"` or `\`. Part of every key: changing it invalidates them all.
+        realm: String = "stunedge".into(),
+        /// Seconds a nonce stays valid (10..=86400). Expired nonces get 438 and a fresh one.
+        nonce_lifetime: u64 = 600,
+        /// Secret that nonces are MACed with, at least 16 bytes. Every node of a fleet that
+        /// must accept each other's nonces needs the same one. Empty: a random secret for this
+        /// process (nonces are then valid only here, until restart).
+        nonce_secret: String = String::new(),
+        /// PASSWORD-ALGORITHMS offered in challenges, in preference order: "sha256", "md5".
+        /// Empty offers none (RFC 5389 behaviour, MD5 keys only) and saves 12 bytes per challenge.
+        password_algorithms: Vec<String> = vec!["sha256".into(), "md5".into()],
+        /// Accept USERHASH (anonymous usernames, RFC 8489 §14.4) for `long_term_users`.
+        userhash: bool = true,
+        /// A TOML file with any of `nonce_secret`, `short_term_users`, `long_term_users`,
+        /// `rest_secrets` (merged with the ones here; a user in both is an error). Relative paths
+        /// are relative to the working directory. A warning is logged when others can read it.
+        credentials_file: String = String::new(),
+        /// Short-term users: `{ "alice" = "password" }`.
+        short_term_users: BTreeMap<String, String> = BTreeMap::new(),
+        /// Long-term users: `{ "alice" = "password" }`. Keys are derived at load time.
+        long_term_users: BTreeMap<String, String> = BTreeMap::new(),
+        /// TURN REST API shared secrets (coturn `static-auth-secret`): usernames
+        /// `"<unix expiry>:<user>"` with password base64(HMAC-SHA1(secret, username)). List
+        /// several to rotate; any of them is accepted.
+        rest_secrets: Vec<String> = Vec::new(),
+    }
+}
+
+/// The credentials file's contents (`auth.credentials_file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CredentialsFile {
+    nonce_secret: String,
+    short_term_users: BTreeMap<String, String>,
+    long_term_users: BTreeMap<String, String>,
+    rest_secrets: Vec<String>,
+}
+
 section! {
     /// Logging (to stderr).
     Log "log" {
@@ -118,8 +189,13 @@ pub struct Config {
     pub server: Server,
     /// `[io]`
     pub io: Io,
+    /// `[auth]`
+    pub auth: Auth,
     /// `[log]`
     pub log: Log,
+    /// The file this was read from (for the permission check of secrets).
+    #[serde(skip)]
+    pub origin: Option<PathBuf>,
 }
 
 /// A configuration problem: which field, what value, what is wrong. One line when displayed.
@@ -166,7 +242,7 @@ pub enum BackendChoice {
 }
 
 /// The validated configuration the server runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Listen addresses, in order, without duplicates.
     pub listen: Vec<SocketAddr>,
@@ -184,10 +260,13 @@ pub struct Settings {
     pub socket_recv_buffer: usize,
     /// SO_SNDBUF request.
     pub socket_send_buffer: usize,
-    /// What answers contain.
-    pub handler: HandlerConfig,
+    /// How each listener answers, in `listen` order (reloadable).
+    pub handlers: Vec<HandlerConfig>,
     /// Log level.
     pub log_level: tracing::Level,
+    /// Things worth a warning that are not errors (world-readable secrets, a random nonce
+    /// secret), logged once logging is up.
+    pub warnings: Vec<String>,
 }
 
 const BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=(1 << 30);
@@ -211,7 +290,9 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| invalid(path.display().to_string(), "", format!("cannot read: {e}")))?;
-        Config::from_toml(&text, &path.display().to_string())
+        let mut config = Config::from_toml(&text, &path.display().to_string())?;
+        config.origin = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Checks every field; `allowed_cpus` is the process's affinity mask.
@@ -282,6 +363,17 @@ impl Config {
         let log_level = self.log.level.parse().map_err(|_| {
             invalid("log.level", format!("{:?}", self.log.level), "must be error, warn, info, debug or trace")
         })?;
+        let mut warnings = Vec::new();
+        let auth = self.validate_auth(&listen, &mut warnings)?;
+        let handlers = auth
+            .into_iter()
+            .map(|auth| HandlerConfig {
+                software: self.server.software.clone(),
+                response_origin: self.server.response_origin,
+                rfc3489_classic: self.server.rfc3489_classic,
+                auth,
+            })
+            .collect();
         Ok(Settings {
             listen,
             backend,
@@ -291,13 +383,170 @@ impl Config {
             batch_size: self.io.batch_size,
             socket_recv_buffer: self.io.socket_recv_buffer,
             socket_send_buffer: self.io.socket_send_buffer,
-            handler: HandlerConfig {
-                software: self.server.software.clone(),
-                response_origin: self.server.response_origin,
-                rfc3489_classic: self.server.rfc3489_classic,
-            },
+            handlers,
             log_level,
+            warnings,
         })
+    }
+
+    /// Validates `[auth]` and the credentials file; returns each listener's authentication.
+    fn validate_auth(
+        &self,
+        listen: &[SocketAddr],
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<Option<ListenerAuth>>, ConfigError> {
+        let a = &self.auth;
+        let default_policy = parse_policy("auth.policy", &a.policy)?;
+        let default_mechanism = parse_mechanism("auth.mechanism", &a.mechanism)?;
+        let mut per_listener: Vec<(Policy, Mechanism)> = vec![(default_policy, default_mechanism); listen.len()];
+        let mut named = vec![false; listen.len()];
+        for (i, l) in a.listeners.iter().enumerate() {
+            let field = format!("auth.listeners[{i}]");
+            let addr: Option<SocketAddr> = l.listen.parse().ok();
+            let Some(at) = listen.iter().position(|x| Some(*x) == addr) else {
+                return Err(invalid(format!("{field}.listen"), format!("{:?}", l.listen), "not one of server.listen"));
+            };
+            if named[at] {
+                return Err(invalid(format!("{field}.listen"), format!("{:?}", l.listen), "listed twice"));
+            }
+            named[at] = true;
+            let mechanism = match &l.mechanism {
+                Some(m) => parse_mechanism(&format!("{field}.mechanism"), m)?,
+                None => default_mechanism,
+            };
+            per_listener[at] = (parse_policy(&format!("{field}.policy"), &l.policy)?, mechanism);
+        }
+
+        let realm = &a.realm;
+        if realm.is_empty()
+            || realm.chars().count() >= 128
+            || realm.len() > MAX_TEXT
+            || realm.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(invalid(
+                "auth.realm",
+                format!("{realm:?}"),
+                "must be 1 to 127 characters without '\"', '\\' or control characters",
+            ));
+        }
+        if !(10..=86_400).contains(&a.nonce_lifetime) {
+            return Err(invalid("auth.nonce_lifetime", a.nonce_lifetime, "must be between 10 and 86400 seconds"));
+        }
+        let mut password_algorithms = Vec::new();
+        for (i, name) in a.password_algorithms.iter().enumerate() {
+            let field = format!("auth.password_algorithms[{i}]");
+            let algorithm = match name.as_str() {
+                "md5" => Algorithm::Md5,
+                "sha256" => Algorithm::Sha256,
+                _ => return Err(invalid(field, format!("{name:?}"), "must be \"sha256\" or \"md5\"")),
+            };
+            if password_algorithms.contains(&algorithm) {
+                return Err(invalid(field, format!("{name:?}"), "listed twice"));
+            }
+            password_algorithms.push(algorithm);
+        }
+
+        // Secrets: from this file and from the credentials file, never both for one name.
+        let mut file = CredentialsFile::default();
+        if !a.credentials_file.is_empty() {
+            let path = Path::new(&a.credentials_file);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("auth.credentials_file", format!("{path:?}"), format!("cannot read: {e}")))?;
+            file = toml::from_str(&text).map_err(|e| {
+                let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                // The message names the key; the value (a secret) is left out.
+                ConfigError {
+                    location: format!("{}:{line}", path.display()),
+                    field: "auth.credentials_file".into(),
+                    value: String::new(),
+                    reason: e.message().replace('\n', " "),
+                }
+            })?;
+            if world_readable(path) {
+                warnings.push(format!("{} holds secrets and others can read it; chmod 600 it", path.display()));
+            }
+        }
+        let in_config = !a.nonce_secret.is_empty()
+            || !a.short_term_users.is_empty()
+            || !a.long_term_users.is_empty()
+            || !a.rest_secrets.is_empty();
+        if let (true, Some(origin)) = (in_config, &self.origin) {
+            if world_readable(origin) {
+                warnings.push(format!("{} holds secrets and others can read it; chmod 600 it", origin.display()));
+            }
+        }
+        let short_term = merge_users("short_term_users", &a.short_term_users, &file.short_term_users)?;
+        let long_term = merge_users("long_term_users", &a.long_term_users, &file.long_term_users)?;
+        let mut rest_secrets = a.rest_secrets.clone();
+        rest_secrets.extend(file.rest_secrets.iter().cloned());
+        if rest_secrets.iter().any(String::is_empty) {
+            return Err(invalid("auth.rest_secrets", "", "an empty secret is not a secret"));
+        }
+        let nonce_secret = match (a.nonce_secret.is_empty(), file.nonce_secret.is_empty()) {
+            (false, false) => {
+                return Err(invalid("auth.nonce_secret", "", "set both here and in the credentials file"));
+            }
+            (false, true) => a.nonce_secret.as_bytes().to_vec(),
+            (true, false) => file.nonce_secret.as_bytes().to_vec(),
+            (true, true) => Vec::new(),
+        };
+        if !nonce_secret.is_empty() && nonce_secret.len() < 16 {
+            return Err(invalid("auth.nonce_secret", "", "must be at least 16 bytes"));
+        }
+
+        let any_long_term = per_listener.iter().any(|&(p, m)| p != Policy::None && m == Mechanism::LongTerm);
+        for (i, &(policy, mechanism)) in per_listener.iter().enumerate() {
+            if policy == Policy::None {
+                continue;
+            }
+            let (users, name) = match mechanism {
+                Mechanism::ShortTerm => (&short_term, "short_term_users"),
+                Mechanism::LongTerm => (&long_term, "long_term_users"),
+            };
+            if users.is_empty() && rest_secrets.is_empty() {
+                return Err(invalid(
+                    "auth.policy",
+                    format!("listener {}", listen[i]),
+                    format!("authentication is on but there are no auth.{name} and no auth.rest_secrets"),
+                ));
+            }
+        }
+        if per_listener.iter().all(|&(p, _)| p == Policy::None) {
+            return Ok(vec![None; listen.len()]);
+        }
+        let nonce_secret = if nonce_secret.is_empty() {
+            if any_long_term {
+                warnings.push(
+                    "auth.nonce_secret is empty: nonces are valid only in this process; \
+                     set one shared secret on every node of a fleet"
+                        .into(),
+                );
+            }
+            process_secret().to_vec()
+        } else {
+            nonce_secret
+        };
+        let settings = AuthSettings {
+            realm: realm.clone(),
+            nonce_secret,
+            nonce_lifetime: a.nonce_lifetime as u32,
+            password_algorithms,
+            userhash: a.userhash,
+            short_term,
+            long_term,
+            rest_secrets,
+        };
+        let authenticator = Arc::new(Authenticator::new(&settings));
+        Ok(per_listener
+            .into_iter()
+            .map(|(policy, mechanism)| {
+                (policy != Policy::None).then(|| ListenerAuth {
+                    policy,
+                    mechanism,
+                    authenticator: authenticator.clone(),
+                })
+            })
+            .collect())
     }
 
     /// The commented TOML that `stunedge --print-config` prints: every field with its doc
@@ -310,6 +559,7 @@ impl Config {
         let sections = [
             (Server::KEY, Server::DOC, self.server.fields()),
             (Io::KEY, Io::DOC, self.io.fields()),
+            (Auth::KEY, Auth::DOC, self.auth.fields()),
             (Log::KEY, Log::DOC, self.log.fields()),
         ];
         for (key, doc, fields) in sections {
@@ -327,6 +577,78 @@ impl Config {
         }
         out
     }
+}
+
+fn parse_policy(field: &str, value: &str) -> Result<Policy, ConfigError> {
+    match value {
+        "none" => Ok(Policy::None),
+        "optional" => Ok(Policy::Optional),
+        "required" => Ok(Policy::Required),
+        _ => Err(invalid(field, format!("{value:?}"), "must be \"none\", \"optional\" or \"required\"")),
+    }
+}
+
+fn parse_mechanism(field: &str, value: &str) -> Result<Mechanism, ConfigError> {
+    match value {
+        "long-term" => Ok(Mechanism::LongTerm),
+        "short-term" => Ok(Mechanism::ShortTerm),
+        _ => Err(invalid(field, format!("{value:?}"), "must be \"long-term\" or \"short-term\"")),
+    }
+}
+
+/// Users from the config and the credentials file, checked: names 1..=513 bytes without control
+/// characters, passwords not empty, no name in both. Errors name the user, never the password.
+fn merge_users(
+    key: &str,
+    here: &BTreeMap<String, String>,
+    file: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::with_capacity(here.len() + file.len());
+    for (name, password) in here.iter().chain(file) {
+        let field = format!("auth.{key}");
+        if name.is_empty() || name.len() > MAX_USERNAME || name.chars().any(char::is_control) {
+            return Err(invalid(
+                field,
+                format!("{name:?}"),
+                "user names are 1 to 513 bytes without control characters",
+            ));
+        }
+        if password.is_empty() {
+            return Err(invalid(field, format!("{name:?}"), "empty password"));
+        }
+        if out.iter().any(|(n, _): &(String, String)| n == name) {
+            return Err(invalid(field, format!("{name:?}"), "defined both in the config and in the credentials file"));
+        }
+        out.push((name.clone(), password.clone()));
+    }
+    Ok(out)
+}
+
+/// Whether users other than the owner may read `path` (mode bits o+r).
+fn world_readable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+}
+
+/// A random nonce secret for this process, read once from the kernel's generator (reloads keep
+/// it, so nonces survive a SIGHUP).
+fn process_secret() -> &'static [u8; 32] {
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        use std::io::Read;
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut secret));
+        if read.is_err() {
+            // No /dev/urandom: fall back to the std hasher's per-process random keys.
+            use std::hash::{BuildHasher, Hasher};
+            for chunk in secret.chunks_mut(8) {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_usize(chunk.as_ptr() as usize);
+                chunk.copy_from_slice(&h.finish().to_ne_bytes());
+            }
+        }
+        secret
+    })
 }
 
 /// The line number, field path (`section.key`) and value text of the TOML line holding byte
@@ -386,7 +708,7 @@ mod tests {
         assert_eq!(s.listen, ["0.0.0.0:3478".parse().unwrap(), "[::]:3478".parse().unwrap()]);
         assert_eq!(s.cpus, [0, 1, 2, 3]);
         assert_eq!(s.batch_size, 32);
-        assert!(s.handler.rfc3489_classic);
+        assert!(s.handlers.iter().all(|h| h.rfc3489_classic && h.auth.is_none()));
         assert_eq!(s.log_level, tracing::Level::INFO);
     }
 

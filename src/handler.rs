@@ -7,6 +7,10 @@
 //! - Binding request → success with XOR-MAPPED-ADDRESS (classic: MAPPED-ADDRESS), plus
 //!   RESPONSE-ORIGIN (classic: SOURCE-ADDRESS) when configured, SOFTWARE when configured, and
 //!   FINGERPRINT when the request carried one.
+//! - Credentials, when the listener asks for them ([`ListenerAuth`], RFC 8489 §9): checked
+//!   before anything else about the request; 400 / 401 (long-term: with REALM, NONCE and
+//!   PASSWORD-ALGORITHMS) / 438 with a fresh NONCE; every answer to an authenticated request is
+//!   signed with MESSAGE-INTEGRITY(-SHA256) before FINGERPRINT.
 //! - Unknown comprehension-required attributes → 420 with UNKNOWN-ATTRIBUTES.
 //! - Broken attribute framing, other methods (TURN and the rest), or more than
 //!   [`MAX_UNKNOWN`] distinct unknown attributes → 400.
@@ -14,16 +18,19 @@
 //!   length, classic when disabled, bad FINGERPRINT, indications, responses.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use crate::auth::{Authenticator, Mechanism, Policy, Presented, Signer, Verdict};
 use crate::metrics::{Counter, Stats};
 use crate::stun::attr::{
-    MAX_UNKNOWN, MappedAddress, ResponseOrigin, Software, SourceAddress, UnknownAttributes, XorMappedAddress,
+    MAX_UNKNOWN, MappedAddress, Nonce, Realm, ResponseOrigin, Software, SourceAddress, UnknownAttributes,
+    XorMappedAddress,
 };
 use crate::stun::integrity::{Check, check_fingerprint_attribute};
 use crate::stun::message::{COOKIE_OFFSET, ParseError, check_header};
 use crate::stun::registry::{
-    ATTR_FINGERPRINT, ERR_BAD_REQUEST, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING, is_comprehension_required,
-    is_known_attribute,
+    ATTR_FINGERPRINT, ATTR_PASSWORD_ALGORITHMS, ERR_BAD_REQUEST, ERR_STALE_NONCE, ERR_UNAUTHENTICATED,
+    ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING, is_comprehension_required, is_known_attribute,
 };
 use crate::stun::{Class, Message, MessageType, MessageWriter, WriteError};
 
@@ -80,8 +87,9 @@ drop_reasons! {
     ResponseTooLarge => "response_too_large",
 }
 
-/// What the server is configured to add to answers. Built once from the config; read-only.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How one listener answers: what goes into answers and whether credentials are checked.
+/// Built from the config (one per listen address); read-only; replaced whole on reload.
+#[derive(Debug, Clone, Default)]
 pub struct HandlerConfig {
     /// SOFTWARE value; empty means no SOFTWARE attribute.
     pub software: String,
@@ -89,15 +97,30 @@ pub struct HandlerConfig {
     pub response_origin: bool,
     /// Answer RFC 3489 classic requests (no magic cookie).
     pub rfc3489_classic: bool,
+    /// Credential checks; `None` checks nothing (integrity attributes are ignored).
+    pub auth: Option<ListenerAuth>,
 }
 
-/// Where a datagram came from and where it arrived.
+/// A listener's authentication: policy, mechanism and the shared credentials.
+#[derive(Debug, Clone)]
+pub struct ListenerAuth {
+    /// Optional or required (a `None` policy is no `ListenerAuth` at all).
+    pub policy: Policy,
+    /// Short-term or long-term credentials.
+    pub mechanism: Mechanism,
+    /// Users, secrets and the nonce key.
+    pub authenticator: Arc<Authenticator>,
+}
+
+/// Where a datagram came from, where it arrived, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
     /// The sender: the reflexive address reported back.
     pub src: SocketAddr,
     /// The local address and port the datagram was sent to; the reply leaves from it.
     pub local: SocketAddr,
+    /// Unix time in seconds (nonce expiry), read once per batch by the worker.
+    pub now: u64,
 }
 
 /// The decision for one datagram.
@@ -124,14 +147,16 @@ pub fn handle(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, s
 }
 
 /// What the request needs from the response, read before the response overwrites it.
-struct Request {
+struct Request<'s> {
     method: u16,
     classic: bool,
     /// The request carried a (valid) FINGERPRINT, so the answer carries one too.
     fingerprint: bool,
+    /// The request authenticated: every answer is signed with its key.
+    signer: Option<Signer<'s>>,
 }
 
-fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats: &mut Stats) -> Action {
+fn decide<'s>(buf: &mut [u8], len: usize, meta: &Meta, config: &'s HandlerConfig, stats: &mut Stats) -> Action {
     if len > MAX_REQUEST || len > buf.len() {
         return Action::Drop(DropReason::Truncated);
     }
@@ -163,21 +188,43 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
         stats.bump(Counter::RequestsClassic);
     }
 
-    let mut request = Request { method: message_type.method, classic, fingerprint: false };
+    let mut request = Request { method: message_type.method, classic, fingerprint: false, signer: None };
     let Ok(message) = Message::parse(datagram) else {
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.
         return bad_request(buf, &request, config, stats);
     };
     let mut unknown = UnknownAttributes::new();
     let mut too_many_unknown = false;
+    let mut presented = Presented::default();
+    let auth = config.auth.as_ref();
     for attr in message.attributes() {
         if attr.attr_type == ATTR_FINGERPRINT {
             if check_fingerprint_attribute(&message, &attr) != Check::Valid {
                 return Action::Drop(DropReason::BadFingerprint);
             }
             request.fingerprint = true;
+        } else if auth.is_some() && presented.offer(attr) {
+            // Gathered for the credential check below.
         } else if is_comprehension_required(attr.attr_type) && !is_known_attribute(attr.attr_type) {
             too_many_unknown |= !unknown.insert(attr.attr_type);
+        }
+    }
+
+    // RFC 8489 §6.3: authentication first, then unknown attributes, then the method.
+    if let Some(auth) = auth {
+        let verdict = auth.authenticator.verify(auth.mechanism, auth.policy, &presented, datagram, meta.src, meta.now);
+        match verdict {
+            Verdict::Anonymous => {}
+            Verdict::Authenticated(signer) => {
+                stats.bump(Counter::RequestsAuthenticated);
+                request.signer = Some(signer);
+            }
+            Verdict::BadRequest => return bad_request(buf, &request, config, stats),
+            Verdict::Unauthenticated => return challenge(buf, &request, auth, meta, config, stats),
+            Verdict::StaleNonce(signer) => {
+                request.signer = Some(signer);
+                return challenge(buf, &request, auth, meta, config, stats);
+            }
         }
     }
 
@@ -216,14 +263,48 @@ fn reply(
 /// unknown attributes than a 420 can list. Cold: kept out of the Binding path's code.
 #[cold]
 #[inline(never)]
-fn bad_request(buf: &mut [u8], request: &Request, config: &HandlerConfig, stats: &mut Stats) -> Action {
+fn bad_request(buf: &mut [u8], request: &Request<'_>, config: &HandlerConfig, stats: &mut Stats) -> Action {
     reply(buf, stats, Counter::Responses400, |b| error(b, request, ERR_BAD_REQUEST, "Bad Request", None, config))
+}
+
+/// 401 (no or wrong credentials) or, when the request authenticated with an expired nonce, 438
+/// signed with its key (RFC 8489 §9.2.4). Long-term challenges carry REALM, a fresh NONCE and
+/// PASSWORD-ALGORITHMS; short-term 401s carry nothing more (§9.1.3). The reason phrase is empty:
+/// every byte of a challenge is a byte of reflection.
+#[cold]
+#[inline(never)]
+fn challenge(
+    buf: &mut [u8],
+    request: &Request<'_>,
+    auth: &ListenerAuth,
+    meta: &Meta,
+    config: &HandlerConfig,
+    stats: &mut Stats,
+) -> Action {
+    let (code, counter) = if request.signer.is_some() {
+        (ERR_STALE_NONCE, Counter::Responses438)
+    } else {
+        (ERR_UNAUTHENTICATED, Counter::Responses401)
+    };
+    reply(buf, stats, counter, |b| {
+        let mut w = MessageWriter::over(b, MessageType::new(request.method, Class::ErrorResponse))?;
+        w.add_error(code, "")?;
+        if auth.mechanism == Mechanism::LongTerm {
+            let authenticator = &auth.authenticator;
+            w.add(&Realm(authenticator.realm()))?;
+            w.add(&Nonce(&authenticator.nonce_for(meta.src, meta.now)))?;
+            if let Some(algorithms) = authenticator.password_algorithms() {
+                w.add_raw(ATTR_PASSWORD_ALGORITHMS, algorithms)?;
+            }
+        }
+        finish(w, request, config)
+    })
 }
 
 #[inline]
 fn binding_success(
     buf: &mut [u8],
-    request: &Request,
+    request: &Request<'_>,
     meta: &Meta,
     config: &HandlerConfig,
 ) -> Result<usize, WriteError> {
@@ -245,7 +326,7 @@ fn binding_success(
 
 fn error(
     buf: &mut [u8],
-    request: &Request,
+    request: &Request<'_>,
     code: u16,
     reason: &str,
     unknown: Option<&UnknownAttributes>,
@@ -259,12 +340,16 @@ fn error(
     finish(w, request, config)
 }
 
-/// SOFTWARE when configured, FINGERPRINT when the request had one (RFC 8489 §7.3.1: a server
-/// that receives FINGERPRINT includes it), then the length.
+/// SOFTWARE when configured, the integrity attribute when the request authenticated, FINGERPRINT
+/// when the request had one (RFC 8489 §7.3.1: a server that receives FINGERPRINT includes it),
+/// then the length.
 #[inline]
-fn finish(mut w: MessageWriter<'_>, request: &Request, config: &HandlerConfig) -> Result<usize, WriteError> {
+fn finish(mut w: MessageWriter<'_>, request: &Request<'_>, config: &HandlerConfig) -> Result<usize, WriteError> {
     if !config.software.is_empty() {
         w.add(&Software(config.software.as_bytes()))?;
+    }
+    if let Some(signer) = &request.signer {
+        signer.sign(&mut w)?;
     }
     if request.fingerprint {
         w.add_fingerprint()?;
@@ -291,7 +376,7 @@ mod tests {
     fn meta(src: &str) -> Meta {
         let src: SocketAddr = src.parse().unwrap();
         let local = if src.is_ipv4() { "192.0.2.10:3478" } else { "[2001:db8::10]:3478" };
-        Meta { src, local: local.parse().unwrap() }
+        Meta { src, local: local.parse().unwrap(), now: 0 }
     }
 
     fn classic_on() -> HandlerConfig {
@@ -351,7 +436,8 @@ mod tests {
     #[test]
     fn fingerprint_software_and_origin() {
         let (mut buf, n) = request(0x0001, &[(ATTR_SOFTWARE, b"client")], true);
-        let config = HandlerConfig { software: "edge".into(), response_origin: true, rfc3489_classic: true };
+        let config =
+            HandlerConfig { software: "edge".into(), response_origin: true, rfc3489_classic: true, auth: None };
         let m = meta("198.51.100.7:4000");
         let Action::Reply { len } = run(&mut buf, n, &m, &config).0 else { panic!("no reply") };
         let msg = Message::parse(&buf[..len]).unwrap();
@@ -511,7 +597,7 @@ mod tests {
             if fp { w.add_fingerprint().unwrap(); }
             let n = w.finish();
             let src = SocketAddr::from((ip, port));
-            let m = Meta { src, local: "10.0.0.1:3478".parse().unwrap() };
+            let m = Meta { src, local: "10.0.0.1:3478".parse().unwrap(), now: 0 };
             let (action, _) = run(&mut buf, n, &m, &classic_on());
             let Action::Reply { len } = action else { panic!("{action:?}") };
             let msg = Message::parse(&buf[..len]).unwrap();

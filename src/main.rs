@@ -1,6 +1,8 @@
 //! The `stunedge` command: `serve`, `check-config`, `--print-config`. Parses arguments, loads
 //! and validates the configuration, sets up logging and signals, and runs the server. Errors
-//! in configuration or start-up print one line and exit with status 2.
+//! in configuration or start-up print one line and exit with status 2. SIGHUP re-reads the
+//! configuration file and swaps in the new answer and authentication settings; a bad file keeps
+//! the running configuration and logs why.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -70,6 +72,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// SIGHUP: re-reads the file, and on success swaps every listener's answer and authentication
+/// settings into the running workers. Anything wrong keeps the running configuration.
+fn reload_config(server: &Server, path: Option<&std::path::Path>, running: &Settings) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP ignored: started without a configuration file");
+        return;
+    };
+    let new = match Config::from_file(path).and_then(|c| c.validate(&allowed_cpus())) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    for warning in &new.warnings {
+        tracing::warn!("{warning}");
+    }
+    if new.listen != running.listen {
+        tracing::error!("reload failed, keeping the running configuration: server.listen changed; restart to apply");
+        return;
+    }
+    if new.cpus != running.cpus || new.backend != running.backend || new.batch_size != running.batch_size {
+        tracing::warn!("[io] changes take effect only after a restart");
+    }
+    match server.reload(new.handlers) {
+        Ok(()) => tracing::info!("configuration reloaded from {}", path.display()),
+        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+    }
+}
+
 /// The CPUs this process may run on (its affinity mask).
 fn allowed_cpus() -> Vec<usize> {
     core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect()
@@ -87,7 +119,7 @@ fn load(path: Option<PathBuf>) -> Result<Settings, ExitCode> {
 }
 
 fn serve(path: Option<PathBuf>) -> ExitCode {
-    let settings = match load(path) {
+    let settings = match load(path.clone()) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -97,6 +129,9 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
 
     // Signal handlers first: a SIGTERM that arrives while (or just after) workers start must
     // stop them cleanly, not kill the process.
@@ -109,6 +144,11 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             eprintln!("stunedge: cannot install signal handler: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
+    }
+    let reload = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
+        eprintln!("stunedge: cannot install signal handler: {e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
     let mut server = match Server::start(&settings) {
         Ok(server) => server,
@@ -134,6 +174,9 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             tracing::error!("a worker thread ended unexpectedly; stopping");
             failed = true;
             break;
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            reload_config(&server, path.as_deref(), &settings);
         }
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();

@@ -66,6 +66,12 @@ counters! {
     Responses400 => "responses_400",
     /// 420 Unknown Attribute responses.
     Responses420 => "responses_420",
+    /// 401 Unauthenticated responses (challenges and rejected credentials).
+    Responses401 => "responses_401",
+    /// 438 Stale Nonce responses.
+    Responses438 => "responses_438",
+    /// Requests whose credentials were checked and accepted (their answers are signed).
+    RequestsAuthenticated => "requests_authenticated",
 }
 
 const COUNTERS: usize = Counter::ALL.len();

@@ -1,15 +1,16 @@
 //! Thread-per-core lifecycle: bind every socket first (so a bad address or a port in use fails
 //! before any thread starts), then one worker per configured CPU, pinned with core_affinity,
 //! each owning its sockets, its batch buffers and its counters, looping receive → handle →
-//! send until told to stop. Workers share nothing mutable; the stop flag is the only
-//! cross-thread write. No STUN parsing here.
+//! send until told to stop. Workers share nothing mutable on the packet path: the stop flag and
+//! the reloadable [`HandlerConfig`] snapshot (checked with one atomic load per loop turn) are
+//! the only cross-thread writes. No STUN parsing here.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::config::{BackendChoice, Settings};
@@ -43,11 +44,54 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Every listener's [`HandlerConfig`], replaced whole by a reload. A worker compares
+/// `generation` with the one it last saw (one atomic load per loop turn) and takes the new
+/// snapshot under the lock only when it moved: once per worker per reload, never per packet.
+#[derive(Debug)]
+struct Handlers {
+    generation: AtomicU64,
+    current: Mutex<Arc<[HandlerConfig]>>,
+}
+
+impl Handlers {
+    fn load(&self) -> (u64, Arc<[HandlerConfig]>) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        (generation, current)
+    }
+}
+
+/// A worker's copy of the snapshot.
+struct HandlersView {
+    seen: u64,
+    current: Arc<[HandlerConfig]>,
+}
+
+impl HandlersView {
+    fn new(shared: &Handlers) -> HandlersView {
+        let (seen, current) = shared.load();
+        HandlersView { seen, current }
+    }
+
+    #[inline]
+    fn refresh(&mut self, shared: &Handlers) {
+        if shared.generation.load(Ordering::Acquire) != self.seen {
+            *self = HandlersView::new(shared);
+        }
+    }
+}
+
+/// Unix time in seconds, for nonces (read once per loop turn; the vDSO answers, no syscall).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// A running server: its workers, their counters and the stop flag.
 #[derive(Debug)]
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    handlers: Arc<Handlers>,
     slots: Arc<[WorkerSlot]>,
     local_addrs: Vec<SocketAddr>,
     cpus: Vec<usize>,
@@ -103,10 +147,12 @@ impl Server {
 
         let stop = Arc::new(AtomicBool::new(false));
         let slots: Arc<[WorkerSlot]> = settings.cpus.iter().map(|_| WorkerSlot::default()).collect();
-        let handler_config = Arc::new(settings.handler.clone());
+        let handlers =
+            Arc::new(Handlers { generation: AtomicU64::new(0), current: Mutex::new(settings.handlers.clone().into()) });
         let mut server = Server {
             threads: Vec::new(),
             stop: stop.clone(),
+            handlers: handlers.clone(),
             slots: slots.clone(),
             local_addrs: resolved,
             cpus: settings.cpus.clone(),
@@ -121,7 +167,7 @@ impl Server {
                 batch_size: settings.batch_size,
                 backend,
                 uring_send: settings.uring_send,
-                handler: handler_config.clone(),
+                handlers: handlers.clone(),
                 stop: stop.clone(),
                 slots: slots.clone(),
             };
@@ -172,6 +218,22 @@ impl Server {
     /// Each worker's last published counters, in worker order.
     pub fn worker_stats(&self) -> Vec<Stats> {
         self.slots.iter().map(WorkerSlot::read).collect()
+    }
+
+    /// Replaces every listener's answer configuration (credentials, auth policy, answer
+    /// options) without stopping a worker: each picks it up at its next loop turn (within
+    /// 200 ms when idle). `handlers` must have one entry per listen address, in order.
+    pub fn reload(&self, handlers: Vec<HandlerConfig>) -> Result<(), String> {
+        if handlers.len() != self.local_addrs.len() {
+            return Err(format!(
+                "{} listener configurations for {} listen addresses; changing server.listen needs a restart",
+                handlers.len(),
+                self.local_addrs.len()
+            ));
+        }
+        *self.handlers.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handlers.into();
+        self.handlers.generation.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 
     /// Asks every worker to stop; idle workers notice within 200 ms (their poll timeout).
@@ -249,7 +311,7 @@ struct Worker {
     batch_size: usize,
     backend: Backend,
     uring_send: uring::SendMode,
-    handler: Arc<HandlerConfig>,
+    handlers: Arc<Handlers>,
     stop: Arc<AtomicBool>,
     slots: Arc<[WorkerSlot]>,
 }
@@ -297,11 +359,14 @@ impl Worker {
             .iter()
             .map(|l| libc::pollfd { fd: l.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 })
             .collect();
+        let mut view = HandlersView::new(&self.handlers);
         while !self.stop.load(Ordering::Relaxed) {
             let mut busy = false;
-            for listener in &self.listeners {
+            view.refresh(&self.handlers);
+            let now = unix_now();
+            for (listener, config) in self.listeners.iter().zip(view.current.iter()) {
                 for _ in 0..BATCHES_PER_TURN {
-                    let n = self.serve_batch(listener, &mut batch, stats);
+                    let n = self.serve_batch(listener, config, now, &mut batch, stats);
                     busy |= n > 0;
                     if n < self.batch_size {
                         break;
@@ -321,8 +386,13 @@ impl Worker {
     fn run_uring(&self, mut driver: Driver, stats: &mut Stats) {
         let slot = &self.slots[self.index];
         let pause = std::time::Duration::from_millis(IDLE_POLL_MS as u64);
+        let mut view = HandlersView::new(&self.handlers);
         while !self.stop.load(Ordering::Relaxed) {
-            let turn = driver.turn(|socket, packet| self.answer(&self.listeners[socket], packet, stats));
+            view.refresh(&self.handlers);
+            let now = unix_now();
+            let configs = &view.current;
+            let turn = driver
+                .turn(|socket, packet| self.answer(&self.listeners[socket], &configs[socket], now, packet, stats));
             match turn {
                 Ok(t) => {
                     if t.datagrams_in > 0 {
@@ -352,7 +422,14 @@ impl Worker {
     /// Runs the handler on one received datagram; returns the answer to send, or `None` when
     /// the datagram is dropped (counted in `stats`).
     #[inline]
-    fn answer(&self, listener: &Listener, packet: Received<'_>, stats: &mut Stats) -> Option<Reply> {
+    fn answer(
+        &self,
+        listener: &Listener,
+        config: &HandlerConfig,
+        now: u64,
+        packet: Received<'_>,
+        stats: &mut Stats,
+    ) -> Option<Reply> {
         if packet.truncated {
             stats.dropped(DropReason::Truncated);
             return None;
@@ -363,8 +440,8 @@ impl Worker {
             return None;
         };
         let local_ip = packet.dst.map_or(listener.local.ip(), |(ip, _)| ip);
-        let meta = Meta { src, local: SocketAddr::new(local_ip, listener.local.port()) };
-        match handler::handle(packet.buf, packet.len, &meta, &self.handler, stats) {
+        let meta = Meta { src, local: SocketAddr::new(local_ip, listener.local.port()), now };
+        match handler::handle(packet.buf, packet.len, &meta, config, stats) {
             Action::Reply { len } => Some(Reply { len, from: if listener.wildcard { packet.dst } else { None } }),
             Action::Drop(_) => None,
         }
@@ -373,7 +450,14 @@ impl Worker {
     /// Receives one batch from `listener`, answers it, sends the replies. Returns the number
     /// of datagrams received.
     #[inline]
-    fn serve_batch(&self, listener: &Listener, batch: &mut MmsgBatch, stats: &mut Stats) -> usize {
+    fn serve_batch(
+        &self,
+        listener: &Listener,
+        config: &HandlerConfig,
+        now: u64,
+        batch: &mut MmsgBatch,
+        stats: &mut Stats,
+    ) -> usize {
         let fd = listener.socket.as_raw_fd();
         let n = match batch.recv(fd) {
             Ok(n) => n,
@@ -390,7 +474,7 @@ impl Worker {
             let packet = batch.received(i);
             stats.bump(Counter::DatagramsIn);
             stats.add(Counter::BytesIn, packet.len as u64);
-            if let Some(reply) = self.answer(listener, packet, stats) {
+            if let Some(reply) = self.answer(listener, config, now, packet, stats) {
                 batch.queue_reply(i, reply.len, reply.from);
             }
         }

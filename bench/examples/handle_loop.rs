@@ -36,7 +36,7 @@ fn main() {
         }
     };
     let config = HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() };
-    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap() };
+    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: 0 };
     let bytes = request(kind, [7; 12]);
     let mut buf = [0u8; BUFFER_SIZE];
     let mut stats = Stats::default();

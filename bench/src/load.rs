@@ -730,7 +730,7 @@ mod tests {
         let tag = Tag { thread: 0, socket: 7, seq: 42, kind: kind.index() };
         let mut buf = [0u8; BUFFER_SIZE];
         let n = write_request(kind, tag.to_tid(), &Credentials::default(), &mut buf).unwrap();
-        let meta = Meta { src: local, local: "127.0.0.1:3478".parse().unwrap() };
+        let meta = Meta { src: local, local: "127.0.0.1:3478".parse().unwrap(), now: 0 };
         let config = HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() };
         let Action::Reply { len } = handle(&mut buf, n, &meta, &config, &mut Stats::default()) else { panic!() };
         edit(&mut buf, len);

@@ -55,27 +55,33 @@ pub fn fingerprint(message: &[u8], attr_offset: usize) -> u32 {
     crc.finalize() ^ FINGERPRINT_XOR
 }
 
-/// The MESSAGE-INTEGRITY value for an attribute placed at `attr_offset`.
-pub fn integrity_sha1(key: &[u8], message: &[u8], attr_offset: usize) -> [u8; SHA1_LEN] {
-    let mut mac = sha1_mac(key);
+/// The MESSAGE-INTEGRITY value for an attribute placed at `attr_offset`, with `mac` already
+/// keyed (a clone of a precomputed state: one finalisation, no key schedule).
+pub fn integrity_sha1(mut mac: Hmac<Sha1>, message: &[u8], attr_offset: usize) -> [u8; SHA1_LEN] {
     feed(message, attr_offset, SHA1_LEN, |b| mac.update(b));
     mac.finalize().into_bytes().into()
 }
 
 /// The full 32-byte MESSAGE-INTEGRITY-SHA256 value for an attribute of `value_len` bytes
 /// (16..=32; a shorter value is the leading bytes) placed at `attr_offset`.
-pub fn integrity_sha256(key: &[u8], message: &[u8], attr_offset: usize, value_len: usize) -> [u8; SHA256_LEN] {
-    let mut mac = sha256_mac(key);
+pub fn integrity_sha256(
+    mut mac: Hmac<Sha256>,
+    message: &[u8],
+    attr_offset: usize,
+    value_len: usize,
+) -> [u8; SHA256_LEN] {
     feed(message, attr_offset, value_len, |b| mac.update(b));
     mac.finalize().into_bytes().into()
 }
 
-fn sha1_mac(key: &[u8]) -> Hmac<Sha1> {
+/// HMAC-SHA1 keyed with `key` (the key schedule: do it once per key and clone the result).
+pub fn mac_sha1(key: &[u8]) -> Hmac<Sha1> {
     // HMAC accepts keys of every length; the error arm cannot be taken.
     <Hmac<Sha1> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
 }
 
-fn sha256_mac(key: &[u8]) -> Hmac<Sha256> {
+/// HMAC-SHA256 keyed with `key`.
+pub fn mac_sha256(key: &[u8]) -> Hmac<Sha256> {
     <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
 }
 
@@ -101,26 +107,36 @@ pub fn check_fingerprint_attribute(message: &Message<'_>, attr: &RawAttribute<'_
 
 /// Checks MESSAGE-INTEGRITY with `key` (the short-term password, or the long-term key).
 pub fn check_integrity_sha1(message: &Message<'_>, key: &[u8]) -> Check {
-    let Some(attr) = message.attribute(ATTR_MESSAGE_INTEGRITY) else {
-        return Check::Absent;
-    };
-    if attr.value.len() != SHA1_LEN {
-        return Check::Invalid;
+    match message.attribute(ATTR_MESSAGE_INTEGRITY) {
+        Some(attr) => verify_sha1(mac_sha1(key), message.as_bytes(), &attr),
+        None => Check::Absent,
     }
-    let mut mac = sha1_mac(key);
-    feed(message.as_bytes(), attr.offset, SHA1_LEN, |b| mac.update(b));
-    if mac.verify_slice(attr.value).is_ok() { Check::Valid } else { Check::Invalid }
 }
 
 /// Checks MESSAGE-INTEGRITY-SHA256 (possibly truncated to 16..=32 bytes, RFC 8489 §14.6).
 pub fn check_integrity_sha256(message: &Message<'_>, key: &[u8]) -> Check {
-    let Some(attr) = message.attribute(ATTR_MESSAGE_INTEGRITY_SHA256) else {
-        return Check::Absent;
-    };
+    match message.attribute(ATTR_MESSAGE_INTEGRITY_SHA256) {
+        Some(attr) => verify_sha256(mac_sha256(key), message.as_bytes(), &attr),
+        None => Check::Absent,
+    }
+}
+
+/// Checks a MESSAGE-INTEGRITY attribute already found in `message` with a keyed MAC. The
+/// comparison is constant-time.
+pub fn verify_sha1(mut mac: Hmac<Sha1>, message: &[u8], attr: &RawAttribute<'_>) -> Check {
+    if attr.value.len() != SHA1_LEN {
+        return Check::Invalid;
+    }
+    feed(message, attr.offset, SHA1_LEN, |b| mac.update(b));
+    if mac.verify_slice(attr.value).is_ok() { Check::Valid } else { Check::Invalid }
+}
+
+/// Checks a MESSAGE-INTEGRITY-SHA256 attribute already found in `message` with a keyed MAC
+/// (constant-time; a truncated value is compared with the MAC's leading bytes).
+pub fn verify_sha256(mut mac: Hmac<Sha256>, message: &[u8], attr: &RawAttribute<'_>) -> Check {
     if !check_sha256_len(attr.value.len()) {
         return Check::Invalid;
     }
-    let mut mac = sha256_mac(key);
-    feed(message.as_bytes(), attr.offset, attr.value.len(), |b| mac.update(b));
+    feed(message, attr.offset, attr.value.len(), |b| mac.update(b));
     if mac.verify_truncated_left(attr.value).is_ok() { Check::Valid } else { Check::Invalid }
 }

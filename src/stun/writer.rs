@@ -4,7 +4,11 @@
 //! FINGERPRINT. Never allocates; a buffer that is too small is an error, never a panic.
 
 use super::attr::{Attribute, ErrorCode, check_sha256_len};
-use super::integrity::{SHA1_LEN, fingerprint, integrity_sha1, integrity_sha256};
+use hmac::Hmac;
+use sha1::Sha1;
+use sha2::Sha256;
+
+use super::integrity::{SHA1_LEN, fingerprint, integrity_sha1, integrity_sha256, mac_sha1, mac_sha256};
 use super::message::{COOKIE_OFFSET, CookieAndId, LENGTH_OFFSET, padded};
 use super::registry::{
     ATTR_ERROR_CODE, ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
@@ -114,23 +118,34 @@ impl<'a> MessageWriter<'a> {
 
     /// Appends MESSAGE-INTEGRITY computed with `key` (RFC 8489 §14.5).
     pub fn add_integrity_sha1(&mut self, key: &[u8]) -> Result<(), WriteError> {
+        self.add_integrity_sha1_with(mac_sha1(key))
+    }
+
+    /// Appends MESSAGE-INTEGRITY computed with an already keyed HMAC-SHA1.
+    pub fn add_integrity_sha1_with(&mut self, mac: Hmac<Sha1>) -> Result<(), WriteError> {
         let offset = self.len;
         self.reserve(ATTR_MESSAGE_INTEGRITY, SHA1_LEN)?;
-        let mac = integrity_sha1(key, self.buf, offset);
-        self.buf[offset + ATTR_HEADER_LEN..self.len].copy_from_slice(&mac);
+        let value = integrity_sha1(mac, self.buf, offset);
+        self.buf[offset + ATTR_HEADER_LEN..self.len].copy_from_slice(&value);
         Ok(())
     }
 
     /// Appends MESSAGE-INTEGRITY-SHA256 of `value_len` bytes (16..=32, a multiple of 4;
     /// RFC 8489 §14.6) computed with `key`.
     pub fn add_integrity_sha256(&mut self, key: &[u8], value_len: usize) -> Result<(), WriteError> {
+        self.add_integrity_sha256_with(mac_sha256(key), value_len)
+    }
+
+    /// Appends MESSAGE-INTEGRITY-SHA256 of `value_len` bytes computed with an already keyed
+    /// HMAC-SHA256.
+    pub fn add_integrity_sha256_with(&mut self, mac: Hmac<Sha256>, value_len: usize) -> Result<(), WriteError> {
         if !check_sha256_len(value_len) {
             return Err(WriteError::ValueTooLong);
         }
         let offset = self.len;
         self.reserve(ATTR_MESSAGE_INTEGRITY_SHA256, value_len)?;
-        let mac = integrity_sha256(key, self.buf, offset, value_len);
-        self.buf[offset + ATTR_HEADER_LEN..self.len].copy_from_slice(&mac[..value_len]);
+        let value = integrity_sha256(mac, self.buf, offset, value_len);
+        self.buf[offset + ATTR_HEADER_LEN..self.len].copy_from_slice(&value[..value_len]);
         Ok(())
     }
 

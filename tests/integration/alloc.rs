@@ -91,12 +91,14 @@ fn handler_never_allocates() {
         vec![0xFF; 40],                                                     // not STUN
         vec![0; 7],                                                         // too short
     ];
-    let config = HandlerConfig { software: "stunedge".into(), response_origin: true, rfc3489_classic: true };
+    let config =
+        HandlerConfig { software: "stunedge".into(), response_origin: true, rfc3489_classic: true, auth: None };
     let metas = [
-        Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap() },
+        Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: 0 },
         Meta {
             src: "[2001:db8::9]:40000".parse().unwrap(),
             local: "[2001:db8::1]:3478".parse::<SocketAddr>().unwrap(),
+            now: 0,
         },
     ];
     let mut buffers: Vec<[u8; BUFFER_SIZE]> = vec![[0u8; BUFFER_SIZE]; inputs.len() * metas.len()];

@@ -53,7 +53,7 @@ const LONG_TERM: &str = "
 fn check_computed_values(bytes: &[u8], key: &[u8]) {
     let msg = Message::parse(bytes).unwrap();
     let mi = msg.attribute(ATTR_MESSAGE_INTEGRITY).unwrap();
-    assert_eq!(&integrity::integrity_sha1(key, bytes, mi.offset)[..], mi.value);
+    assert_eq!(&integrity::integrity_sha1(integrity::mac_sha1(key), bytes, mi.offset)[..], mi.value);
     assert_eq!(check_integrity_sha1(&msg, key), Check::Valid);
     if let Some(fp) = msg.attribute(ATTR_FINGERPRINT) {
         assert_eq!(integrity::fingerprint(bytes, fp.offset).to_be_bytes(), fp.value);

@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = check_integrity_sha256(&msg, b"key");
     }
     let config = HandlerConfig { software: "fuzz".into(), response_origin: true, rfc3489_classic: true };
-    let meta = Meta { src: "[2001:db8::1]:5".parse().unwrap(), local: "[2001:db8::2]:3478".parse().unwrap() };
+    let meta = Meta { src: "[2001:db8::1]:5".parse().unwrap(), local: "[2001:db8::2]:3478".parse().unwrap(), now: 0 };
     let mut stats = Stats::default();
     if let Action::Reply { len } = handle(&mut buf, len, &meta, &config, &mut stats) {
         assert!(Message::parse(&buf[..len]).is_ok(), "every reply is a well-formed message");
