@@ -3,6 +3,7 @@
 //! real `stunedge` binary (CLI, exit codes, interop with coturn's `turnutils_stunclient`).
 
 mod alloc;
+mod auth;
 mod cli;
 mod iana;
 mod loopback;
