@@ -148,8 +148,9 @@ section! {
         /// Accept USERHASH (anonymous usernames, RFC 8489 §14.4) for `long_term_users`.
         userhash: bool = true,
         /// A TOML file with any of `nonce_secret`, `short_term_users`, `long_term_users`,
-        /// `rest_secrets` (merged with the ones here; a user in both is an error). Relative paths
-        /// are relative to the working directory. A warning is logged when others can read it.
+        /// `rest_secrets` (merged with the ones here; a user in both is an error). A relative
+        /// path is relative to this configuration file. A warning is logged when others can
+        /// read it.
         credentials_file: String = String::new(),
         /// Short-term users: `{ "alice" = "password" }`.
         short_term_users: BTreeMap<String, String> = BTreeMap::new(),
@@ -449,7 +450,12 @@ impl Config {
         // Secrets: from this file and from the credentials file, never both for one name.
         let mut file = CredentialsFile::default();
         if !a.credentials_file.is_empty() {
-            let path = Path::new(&a.credentials_file);
+            let named = Path::new(&a.credentials_file);
+            let path = match self.origin.as_deref().and_then(Path::parent) {
+                Some(dir) if named.is_relative() => dir.join(named),
+                _ => named.to_path_buf(),
+            };
+            let path = path.as_path();
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid("auth.credentials_file", format!("{path:?}"), format!("cannot read: {e}")))?;
             file = toml::from_str(&text).map_err(|e| {

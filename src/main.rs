@@ -59,7 +59,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Serve { config }) => serve(config),
         Some(Command::CheckConfig { file }) => match load(Some(file.clone())) {
-            Ok(_) => {
+            Ok(settings) => {
+                for warning in &settings.warnings {
+                    eprintln!("stunedge: warning: {warning}");
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }

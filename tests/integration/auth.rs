@@ -547,3 +547,175 @@ fn answers_after_authentication_are_signed_even_when_errors() {
     assert_eq!(signature(&answer, b"builder"), "sha1");
     assert_eq!(stats.get(Counter::Responses420), 1);
 }
+
+// ------------------------------------------------------------------- through the real server
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::cli::{Running, free_port, write_config};
+use crate::support::{client_for, exchange, tool_missing};
+
+/// Starts `stunedge serve` with `text` as its config file.
+fn serve(name: &str, text: &str) -> (Running, std::path::PathBuf) {
+    let path = write_config(name, text);
+    let running = Running::start(&["serve", "-c", path.to_str().unwrap()]);
+    (running, path)
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The 401 a long-term listener answers an empty request with, from `client`; returns its nonce.
+fn challenge_from(client: &UdpSocket, server: SocketAddr) -> Vec<u8> {
+    let answer = exchange(client, server, &request([1; 12], &[], Sign::Unsigned, false));
+    assert_eq!(code(&answer), Some(401));
+    challenge_nonce(&answer)
+}
+
+/// alice's MD5-keyed request with `nonce`.
+fn alice(nonce: &[u8], password: &str) -> Vec<u8> {
+    long_term("alice", REALM, nonce, None, Sign::Sha1(&md5_key("alice", REALM, password)))
+}
+
+#[test]
+fn a_nonce_from_one_process_authenticates_at_another_with_the_same_secret() {
+    let (a_port, b_port, c_port) = (free_port(), free_port(), free_port());
+    let config = |port: u16, secret: &str| {
+        format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{}", auth_section("required", "long-term"))
+            .replace(SECRET, secret)
+    };
+    let (mut a, _) = serve("fleet-a.toml", &config(a_port, SECRET));
+    let (mut b, _) = serve("fleet-b.toml", &config(b_port, SECRET));
+    let (mut c, _) = serve("fleet-c.toml", &config(c_port, "a-different-secret-entirely"));
+    for (server, port) in [(&mut a, a_port), (&mut b, b_port), (&mut c, c_port)] {
+        server.wait_answering(loopback(port));
+    }
+    let client = client_for(loopback(a_port));
+    let nonce = challenge_from(&client, loopback(a_port));
+    let key = md5_key("alice", REALM, "wonderland");
+    let answer = exchange(&client, loopback(b_port), &alice(&nonce, "wonderland"));
+    assert_eq!(code(&answer), None, "process B accepts process A's nonce");
+    assert_eq!(signature(&answer, &key), "sha1");
+    let answer = exchange(&client, loopback(c_port), &alice(&nonce, "wonderland"));
+    assert_eq!(code(&answer), Some(438), "a process with another secret does not");
+    // From another client address, A's nonce is stale at B too.
+    let other = client_for(loopback(b_port));
+    assert_eq!(code(&exchange(&other, loopback(b_port), &alice(&nonce, "wonderland"))), Some(438));
+}
+
+#[test]
+fn per_listener_policy() {
+    let (open, locked, ice) = (free_port(), free_port(), free_port());
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{open}\", \"127.0.0.1:{locked}\", \"127.0.0.1:{ice}\"]\n{}\
+         listeners = [{{ listen = \"127.0.0.1:{locked}\", policy = \"required\" }}, \
+         {{ listen = \"127.0.0.1:{ice}\", policy = \"required\", mechanism = \"short-term\" }}]\n",
+        auth_section("none", "long-term")
+    );
+    let (mut server, _) = serve("listeners.toml", &text);
+    server.wait_answering(loopback(open));
+    let client = client_for(loopback(open));
+    let plain = request([1; 12], &[], Sign::Unsigned, false);
+    assert_eq!(code(&exchange(&client, loopback(open), &plain)), None);
+    assert_eq!(code(&exchange(&client, loopback(locked), &plain)), Some(401));
+    assert_eq!(code(&exchange(&client, loopback(ice), &plain)), Some(400));
+    let ice_request = request([2; 12], &[(ATTR_USERNAME, b"bob")], Sign::Sha1(b"builder"), true);
+    assert_eq!(signature(&exchange(&client, loopback(ice), &ice_request), b"builder"), "sha1");
+}
+
+#[test]
+fn rest_credentials_computed_by_openssl() {
+    if tool_missing("openssl") {
+        return;
+    }
+    let port = free_port();
+    let (mut server, _) =
+        serve("rest.toml", &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{}", auth_section("required", "long-term")));
+    server.wait_answering(loopback(port));
+    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let user = format!("{expiry}:carol");
+    // The recipe a web backend runs to hand a client its credentials.
+    let out = std::process::Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" | openssl dgst -sha1 -hmac \"$2\" -binary | base64", "sh", &user, "old-secret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let password = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(password.len(), 28);
+    let client = client_for(loopback(port));
+    let nonce = challenge_from(&client, loopback(port));
+    let key = md5_key(&user, REALM, &password);
+    let answer = exchange(&client, loopback(port), &long_term(&user, REALM, &nonce, None, Sign::Sha1(&key)));
+    assert_eq!(code(&answer), None);
+    assert_eq!(signature(&answer, &key), "sha1");
+}
+
+/// Polls until `check` holds (SIGHUP is handled within ~50 ms; workers pick the new
+/// configuration up at their next loop turn).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_reloads_credentials_without_losing_a_packet_and_keeps_them_on_a_bad_file() {
+    let port = free_port();
+    let creds = write_config("reload-credentials.toml", "[long_term_users]\nalice = \"wonderland\"\n");
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\nlevel = \"debug\"\n[auth]\npolicy = \"required\"\n\
+         realm = \"{REALM}\"\nnonce_secret = \"{SECRET}\"\ncredentials_file = \"{}\"\n",
+        creds.display()
+    );
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (mut server, _) = serve("reload.toml", &text);
+    server.wait_answering(loopback(port));
+    assert!(server.stderr().contains("holds secrets and others can read it"), "{}", server.stderr());
+    let client = client_for(loopback(port));
+    let nonce = challenge_from(&client, loopback(port));
+    assert_eq!(code(&exchange(&client, loopback(port), &alice(&nonce, "wonderland"))), None);
+
+    // A steady stream of plain requests while the reload happens: every one is answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let socket = client_for(loopback(port));
+            let (mut sent, mut answered) = (0u32, 0u32);
+            let mut buf = [0u8; 256];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                socket.send_to(&request([8; 12], &[], Sign::Unsigned, false), loopback(port)).unwrap();
+                sent += 1;
+                if socket.recv_from(&mut buf).is_ok() {
+                    answered += 1;
+                }
+            }
+            (sent, answered)
+        })
+    };
+    std::fs::write(&creds, "[long_term_users]\nalice = \"looking-glass\"\n").unwrap();
+    server.signal(libc::SIGHUP);
+    eventually("the new password works", || code(&exchange(&client, loopback(port), &alice(&nonce, "looking-glass"))) == None);
+    assert_eq!(code(&exchange(&client, loopback(port), &alice(&nonce, "wonderland"))), Some(401), "old password");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, answered) = stream.join().unwrap();
+    assert!(sent > 10, "the stream ran ({sent} requests)");
+    assert_eq!(answered, sent, "no request lost across the reload");
+
+    // A broken file: the running credentials stay, the log says why.
+    std::fs::write(&creds, "[long_term_users]\nalice = \n").unwrap();
+    server.signal(libc::SIGHUP);
+    eventually("the failed reload is logged", || server.stderr().contains("reload failed, keeping the running configuration"));
+    assert!(server.alive());
+    assert_eq!(code(&exchange(&client, loopback(port), &alice(&nonce, "looking-glass"))), None);
+
+    // Nothing secret was ever logged, even at debug level.
+    let log = server.stderr();
+    for secret in ["wonderland", "looking-glass", SECRET] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}

@@ -3,8 +3,8 @@
 //! a one-line error for a bad config or a port in use, `check-config`, and `--print-config`
 //! against the committed configs/stunedge.toml.
 
-use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_stunedge");
 
 /// A free UDP port on both loopbacks (bound and released; the kernel will not hand it out
 /// again at once).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = v4.local_addr().unwrap().port();
@@ -24,18 +24,40 @@ fn free_port() -> u16 {
     }
 }
 
-struct Running {
+/// A `stunedge` process, its log (stderr) going to a file that can be read while it runs.
+pub(crate) struct Running {
     child: Child,
+    log: PathBuf,
 }
 
 impl Running {
-    fn start(args: &[&str]) -> Running {
-        let child = Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        Running { child }
+    pub(crate) fn start(args: &[&str]) -> Running {
+        Running::start_env(args, &[])
     }
 
-    /// Waits until `addr` answers a Binding request.
+    /// Starts with extra environment variables.
+    pub(crate) fn start_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = write_config(&format!("stderr-{n}.log"), "");
+        let file = std::fs::File::create(&log).unwrap();
+        let child =
+            Command::new(BIN).args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
+        Running { child, log }
+    }
+
+    /// Waits until `addr` answers a Binding request with the minimal answer.
     fn wait_ready(&mut self, addr: SocketAddr) {
+        let answer = self.wait_answering(addr);
+        let client = client_for(addr);
+        let expected = expected_answer(client.local_addr().unwrap(), [3; 12]);
+        assert_eq!(crate::support::exchange(&client, addr, &binding_request([3; 12], &[])), expected);
+        assert!(!answer.is_empty());
+    }
+
+    /// Waits until `addr` answers a Binding request at all (an authenticating listener answers
+    /// 401); returns that answer.
+    pub(crate) fn wait_answering(&mut self, addr: SocketAddr) -> Vec<u8> {
         let client = client_for(addr);
         client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -47,14 +69,18 @@ impl Running {
             }
             client.send_to(&request, addr).unwrap();
             if let Ok((n, _)) = client.recv_from(&mut buf) {
-                assert_eq!(&buf[..n], &expected_answer(client.local_addr().unwrap(), [3; 12])[..]);
-                return;
+                return buf[..n].to_vec();
             }
         }
         panic!("{addr} never answered");
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    /// Whether the process is still running.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         // kill(2) through the libc crate would need `unsafe`; the kill command does not.
         let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
@@ -71,12 +97,9 @@ impl Running {
         }
     }
 
-    fn stderr(&mut self) -> String {
-        let mut out = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut out);
-        }
-        out
+    /// Everything logged so far.
+    pub(crate) fn stderr(&mut self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -87,7 +110,7 @@ impl Drop for Running {
     }
 }
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("stunedge-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
@@ -205,9 +228,11 @@ fn bad_configs_name_the_field_and_exit_2() {
 #[test]
 fn check_config_accepts_the_committed_examples() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = run(&["check-config", &format!("{root}/configs/stunedge.toml")]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+    for file in ["stunedge.toml", "auth.toml"] {
+        let out = run(&["check-config", &format!("{root}/configs/{file}")]);
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+    }
 }
 
 #[test]
@@ -234,14 +259,8 @@ fn io_uring_forced_unavailable_falls_back_or_refuses() {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let auto = write_config("auto.toml", &format!("[server]\nlisten = [\"{addr}\"]\n[io]\nbackend = \"auto\"\n"));
-    let child = Command::new(BIN)
-        .args(["serve", "-c", auto.to_str().unwrap()])
-        .env("STUNEDGE_DISABLE_IO_URING", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Running { child };
+    let mut server =
+        Running::start_env(&["serve", "-c", auto.to_str().unwrap()], &[("STUNEDGE_DISABLE_IO_URING", "1")]);
     server.wait_ready(addr);
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(Duration::from_secs(1)), 0);
