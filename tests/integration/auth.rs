@@ -719,3 +719,35 @@ fn sighup_reloads_credentials_without_losing_a_packet_and_keeps_them_on_a_bad_fi
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
 }
+
+/// The Python that has aioice (Debian's python3-aioice installs it for /usr/bin/python3).
+fn python_with_aioice() -> Option<&'static str> {
+    ["/usr/bin/python3", "python3"].into_iter().find(|py| {
+        std::process::Command::new(py).args(["-c", "import aioice"]).output().is_ok_and(|o| o.status.success())
+    })
+}
+
+#[test]
+fn interop_with_aioice() {
+    let Some(python) = python_with_aioice() else {
+        assert!(std::env::var_os("CI").is_none(), "aioice is missing and CI must not skip (.ci/run installs python3-aioice)");
+        eprintln!("SKIPPED: aioice is not installed (apt-get install python3-aioice); this test needs it");
+        return;
+    };
+    let (long, short) = (free_port(), free_port());
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{long}\", \"127.0.0.1:{short}\"]\n{}\
+         listeners = [{{ listen = \"127.0.0.1:{short}\", policy = \"required\", mechanism = \"short-term\" }}]\n",
+        auth_section("required", "long-term")
+    );
+    let (mut server, _) = serve("aioice.toml", &text);
+    server.wait_answering(loopback(long));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/aioice_auth.py");
+    let out = std::process::Command::new(python)
+        .args([script, "127.0.0.1", &long.to_string(), &short.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "aioice interop failed:\n{text}");
+    assert_eq!(text.matches("ok: ").count(), 3, "{text}");
+}

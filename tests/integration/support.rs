@@ -90,8 +90,8 @@ pub(crate) fn tool_missing(tool: &str) -> bool {
         return false;
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{tool} is not installed, and CI must not skip this test (.ci/run installs coturn)");
+        panic!("{tool} is not installed, and CI must not skip this test (.ci/run installs it)");
     }
-    eprintln!("SKIPPED: {tool} is not installed (apt-get install coturn); this test needs it");
+    eprintln!("SKIPPED: {tool} is not installed (.ci/run shows the apt package); this test needs it");
     true
 }
