@@ -13,7 +13,9 @@
 #   GEN_ARGS     extra stunedge-bench arguments (default: sockets/window/batch scaled to GEN_CPUS)
 #   BIN_DIR      use prebuilt stunedge, stunedge-bench, stunedge-baseline from here (no cargo)
 #   SERVERS      which servers, space-separated (default "stunedge-uring stunedge-mmsg baseline coturn";
-#                also stunedge-uring-sqe: io_uring sending one SENDMSG SQE per answer)
+#                also stunedge-uring-sqe: io_uring sending one SENDMSG SQE per answer, and
+#                stunedge-auth: io_uring with short-term authentication required for the
+#                generator's default credentials; compare it with GEN_ARGS="... --mix integrity=1")
 #   RESULTS      results file (default bench/results/<date>-<host>.md)
 #   COMMIT       commit to name in the results (default: git rev-parse --short HEAD)
 set -euo pipefail
@@ -65,12 +67,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; esac; }
+port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; esac; }
 
 server_cmd() {
   local port; port=$(port_of "$1")
   case $1 in
-    stunedge-uring|stunedge-uring-sqe|stunedge-mmsg)
+    stunedge-uring|stunedge-uring-sqe|stunedge-mmsg|stunedge-auth)
       # Build the CPU list in TOML from SERVER_CPUS.
       local list="" part backend=io_uring send=sendmmsg
       [[ $1 == stunedge-mmsg ]] && backend=mmsg
@@ -79,6 +81,8 @@ server_cmd() {
         if [[ $part == *-* ]]; then list+=$(seq -s, "${part%-*}" "${part#*-}"),; else list+=$part,; fi
       done
       printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\nbackend = "%s"\nuring_send = "%s"\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "$backend" "$send" "${list%,}" > "$work/$1.toml"
+      # The generator's default short-term credentials (stunedge-bench --username/--password).
+      [[ $1 == stunedge-auth ]] && printf '[auth]\npolicy = "required"\nmechanism = "short-term"\nshort_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }\n' >> "$work/$1.toml"
       echo "$BIN/stunedge serve -c $work/$1.toml";;
     baseline) echo "$BIN/stunedge-baseline --listen 127.0.0.1:$port --cpus $SERVER_CPUS";;
     coturn) echo "turnserver -n --stun-only --no-auth -L 127.0.0.1 -p $port --no-cli --no-tls --no-dtls -m $server_n --log-file $work/coturn.log --simple-log";;
@@ -101,7 +105,8 @@ run_one() {
   # Wait until it answers (up to 10 s).
   local i
   for i in $(seq 50); do
-    if "$BIN/stunedge-bench" -s "127.0.0.1:$port" --sockets 1 --window 1 -d 0.05 --timeout-ms 100 -q >/dev/null 2>&1; then break; fi
+    if "$BIN/stunedge-bench" -s "127.0.0.1:$port" --sockets 1 --window 1 -d 0.05 --timeout-ms 100 -q \
+      $([[ $name == stunedge-auth ]] && echo --mix integrity=1) >/dev/null 2>&1; then break; fi
     sleep 0.2
   done
   t0=$(cpu_ticks "$pid")
@@ -193,6 +198,10 @@ table=$work/table.md
   if [[ -n "${med[coturn]:-}" ]]; then
     for s in $SERVERS; do [[ $s == stunedge-* ]] && echo "| $s ÷ coturn | $(ratio "${med[$s]}" "${med[coturn]}") |"; done
   fi
+  if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-auth]:-}" ]]; then
+    echo "| stunedge-auth ÷ stunedge-uring | $(ratio "${med[stunedge-auth]}" "${med[stunedge-uring]}") |"
+    echo "| stunedge-uring ÷ stunedge-auth, CPU µs per request | $(ratio "${cpu_us[stunedge-uring]}" "${cpu_us[stunedge-auth]}") |"
+  fi
   if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-mmsg]:-}" ]]; then
     echo "| stunedge-uring ÷ stunedge-mmsg | $(ratio "${med[stunedge-uring]}" "${med[stunedge-mmsg]}") |"
   fi
@@ -230,7 +239,7 @@ dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with unco
   echo "- Kernel: \`$(uname -r)\`"
   echo "- CPU: \`$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\`, $ncpu CPUs"
   echo "- Core split: server on CPUs \`$SERVER_CPUS\`, generator on CPUs \`$GEN_CPUS\`"
-  echo "- Command: \`REPS=$REPS DURATION=$DURATION SERVER_CPUS=$SERVER_CPUS GEN_CPUS=$GEN_CPUS scripts/bench.sh\`"
+  echo "- Command: \`REPS=$REPS DURATION=$DURATION SERVER_CPUS=$SERVER_CPUS GEN_CPUS=$GEN_CPUS SERVERS=\"$SERVERS\" GEN_ARGS=\"$GEN_ARGS\" scripts/bench.sh\`"
   echo "- Generator: \`taskset -c $GEN_CPUS stunedge-bench -s 127.0.0.1:PORT --cpus $GEN_CPUS -d $DURATION --json -q $GEN_ARGS\` (closed loop)"
   echo "- Servers (each under \`taskset -c $SERVER_CPUS\`):"
   for s in $SERVERS; do echo "  - $s: \`$(server_cmd "$s" | sed "s#$work#TMP#g")\`"; done

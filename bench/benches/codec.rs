@@ -1,10 +1,13 @@
 //! Micro-benchmarks of the sans-IO path: parse only, parse + answer in place (the whole handler
-//! decision) for the request kinds that matter, and FINGERPRINT / MESSAGE-INTEGRITY(-SHA256). Run: `cargo bench -p stunedge-bench`.
+//! decision) for the request kinds that matter, FINGERPRINT / MESSAGE-INTEGRITY(-SHA256), and
+//! the handler with authentication on (short-term, long-term MD5 / SHA-256 / TURN REST, the 401
+//! challenge). Run: `cargo bench -p stunedge-bench`.
 //! Results are recorded in bench/results/ with commit, CPU and kernel.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use stunedge::config::Config;
 use stunedge::handler::{BUFFER_SIZE, HandlerConfig, Meta, handle};
 use stunedge::metrics::Stats;
 use stunedge::stun::attr::XorMappedAddress;
@@ -109,5 +112,89 @@ fn integrity(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, respond, integrity);
+/// The handler's configuration for one listener with `[auth]` set to `auth` (TOML lines).
+fn auth_config(auth: &str) -> HandlerConfig {
+    let text = format!("[server]\nlisten = [\"192.0.2.1:3478\"]\n[auth]\n{auth}");
+    Config::from_toml(&text, "bench").unwrap().validate(&[0]).unwrap().handlers.remove(0)
+}
+
+/// A long-term request from the bench user: USERNAME, REALM, NONCE, the algorithm attributes
+/// when `sha256`, MESSAGE-INTEGRITY(-SHA256), FINGERPRINT.
+fn long_term_request(username: &str, password: &str, nonce: &[u8], sha256: bool) -> Vec<u8> {
+    use stunedge::auth::keys::{Algorithm, long_term_key};
+    use stunedge::stun::attr::{Nonce, Realm, Username};
+    use stunedge::stun::registry::{ATTR_PASSWORD_ALGORITHM, ATTR_PASSWORD_ALGORITHMS};
+    let mut buf = [0u8; 512];
+    let mut w = MessageWriter::new(&mut buf, MessageType::BINDING_REQUEST, &cookie_and_id([7; 12])).unwrap();
+    w.add(&Username(username.as_bytes())).unwrap();
+    w.add(&Realm(b"example.org")).unwrap();
+    w.add(&Nonce(nonce)).unwrap();
+    let algorithm = if sha256 { Algorithm::Sha256 } else { Algorithm::Md5 };
+    let key = long_term_key(algorithm, username.as_bytes(), b"example.org", password.as_bytes());
+    if sha256 {
+        w.add_raw(ATTR_PASSWORD_ALGORITHMS, &[0, 2, 0, 0, 0, 1, 0, 0]).unwrap();
+        w.add_raw(ATTR_PASSWORD_ALGORITHM, &[0, 2, 0, 0]).unwrap();
+        w.add_integrity_sha256(key.as_bytes(), 32).unwrap();
+    } else {
+        w.add_integrity_sha1(key.as_bytes()).unwrap();
+    }
+    w.add_fingerprint().unwrap();
+    let n = w.finish();
+    buf[..n].to_vec()
+}
+
+/// The whole handler decision for authenticated requests, against the same request answered
+/// with authentication off: the difference is the per-request cost of checking and signing.
+fn auth(c: &mut Criterion) {
+    let mut group = c.benchmark_group("auth");
+    group.throughput(Throughput::Elements(1));
+    let now = 1_790_000_000;
+    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now };
+    let creds = Credentials::default();
+    let users = format!(
+        "realm = \"example.org\"\nnonce_secret = \"bench-nonce-secret-0123456789\"\n\
+         short_term_users = {{ \"{0}\" = \"{1}\" }}\nlong_term_users = {{ \"{0}\" = \"{1}\" }}\n\
+         rest_secrets = [\"rest-secret\"]\n",
+        creds.username, creds.password
+    );
+    let none = auth_config(&users);
+    let short = auth_config(&format!("policy = \"required\"\nmechanism = \"short-term\"\n{users}"));
+    let long = auth_config(&format!("policy = \"required\"\n{users}"));
+    let nonce = long.auth.as_ref().unwrap().authenticator.nonce_for(meta.src, now);
+    let rest_user = format!("{}:bench", now + 3600);
+    let rest_password = {
+        let mac = integrity::mac_sha1(b"rest-secret");
+        String::from_utf8(stunedge::auth::keys::rest_password(&mac, rest_user.as_bytes()).to_vec()).unwrap()
+    };
+    let integrity_request = request(Kind::Integrity, [7; 12]);
+    let cases: [(&str, &HandlerConfig, Vec<u8>); 6] = [
+        ("integrity_request_auth_off", &none, integrity_request.clone()),
+        ("short_term_sha1", &short, integrity_request),
+        ("long_term_md5", &long, long_term_request(&creds.username, &creds.password, &nonce, false)),
+        ("long_term_sha256", &long, long_term_request(&creds.username, &creds.password, &nonce, true)),
+        ("long_term_rest_md5", &long, long_term_request(&rest_user, &rest_password, &nonce, false)),
+        ("long_term_challenge_401", &long, request(Kind::Plain, [7; 12])),
+    ];
+    for (name, config, bytes) in cases {
+        let mut buf = [0u8; BUFFER_SIZE];
+        let mut stats = Stats::default();
+        // Check once that the case does what its name says.
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        let stunedge::handler::Action::Reply { len } = handle(&mut buf, bytes.len(), &meta, config, &mut stats) else {
+            panic!("{name}: no answer")
+        };
+        let answer = Message::parse(&buf[..len]).unwrap();
+        let is_error = answer.message_type().class == stunedge::stun::Class::ErrorResponse;
+        assert_eq!(is_error, name.ends_with("401"), "{name}");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                black_box(handle(&mut buf, black_box(bytes.len()), &meta, config, &mut stats))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, respond, integrity, auth);
 criterion_main!(benches);

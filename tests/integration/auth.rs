@@ -631,14 +631,22 @@ fn rest_credentials_computed_by_openssl() {
         return;
     }
     let port = free_port();
-    let (mut server, _) =
-        serve("rest.toml", &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{}", auth_section("required", "long-term")));
+    let (mut server, _) = serve(
+        "rest.toml",
+        &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{}", auth_section("required", "long-term")),
+    );
     server.wait_answering(loopback(port));
     let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
     let user = format!("{expiry}:carol");
     // The recipe a web backend runs to hand a client its credentials.
     let out = std::process::Command::new("sh")
-        .args(["-c", "printf '%s' \"$1\" | openssl dgst -sha1 -hmac \"$2\" -binary | base64", "sh", &user, "old-secret"])
+        .args([
+            "-c",
+            "printf '%s' \"$1\" | openssl dgst -sha1 -hmac \"$2\" -binary | base64",
+            "sh",
+            &user,
+            "old-secret",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -699,7 +707,9 @@ fn sighup_reloads_credentials_without_losing_a_packet_and_keeps_them_on_a_bad_fi
     };
     std::fs::write(&creds, "[long_term_users]\nalice = \"looking-glass\"\n").unwrap();
     server.signal(libc::SIGHUP);
-    eventually("the new password works", || code(&exchange(&client, loopback(port), &alice(&nonce, "looking-glass"))) == None);
+    eventually("the new password works", || {
+        code(&exchange(&client, loopback(port), &alice(&nonce, "looking-glass"))) == None
+    });
     assert_eq!(code(&exchange(&client, loopback(port), &alice(&nonce, "wonderland"))), Some(401), "old password");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (sent, answered) = stream.join().unwrap();
@@ -709,7 +719,9 @@ fn sighup_reloads_credentials_without_losing_a_packet_and_keeps_them_on_a_bad_fi
     // A broken file: the running credentials stay, the log says why.
     std::fs::write(&creds, "[long_term_users]\nalice = \n").unwrap();
     server.signal(libc::SIGHUP);
-    eventually("the failed reload is logged", || server.stderr().contains("reload failed, keeping the running configuration"));
+    eventually("the failed reload is logged", || {
+        server.stderr().contains("reload failed, keeping the running configuration")
+    });
     assert!(server.alive());
     assert_eq!(code(&exchange(&client, loopback(port), &alice(&nonce, "looking-glass"))), None);
 
@@ -730,7 +742,10 @@ fn python_with_aioice() -> Option<&'static str> {
 #[test]
 fn interop_with_aioice() {
     let Some(python) = python_with_aioice() else {
-        assert!(std::env::var_os("CI").is_none(), "aioice is missing and CI must not skip (.ci/run installs python3-aioice)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "aioice is missing and CI must not skip (.ci/run installs python3-aioice)"
+        );
         eprintln!("SKIPPED: aioice is not installed (apt-get install python3-aioice); this test needs it");
         return;
     };
@@ -750,4 +765,74 @@ fn interop_with_aioice() {
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "aioice interop failed:\n{text}");
     assert_eq!(text.matches("ok: ").count(), 3, "{text}");
+}
+
+/// Request and answer sizes of every kind of response, computed through the handler with the
+/// default configuration (realm "stunedge", both password algorithms, IPv4 client unless said):
+/// README's amplification table must list exactly these rows.
+#[test]
+fn amplification_table_in_readme_is_measured() {
+    let section = |policy: &str, mechanism: &str, extra: &str| {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:3478\"]\n[auth]\npolicy = \"{policy}\"\nmechanism = \"{mechanism}\"\n\
+             nonce_secret = \"{SECRET}\"\nlong_term_users = {{ alice = \"wonderland\" }}\n\
+             short_term_users = {{ bob = \"builder\" }}\n{extra}"
+        );
+        Config::from_toml(&text, "test").unwrap().validate(&[0]).unwrap().handlers.remove(0)
+    };
+    let off = section("none", "long-term", "");
+    let long = section("required", "long-term", "");
+    let long_small = section("required", "long-term", "password_algorithms = []\n");
+    let short = section("required", "short-term", "");
+    let v6: std::net::SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+    let plain = request([1; 12], &[], Sign::Unsigned, false);
+    let nonce = {
+        let (_, answer, _) = ask_from(&long, &plain, client(), NOW);
+        Message::parse(&answer).unwrap().get::<Nonce>().unwrap().unwrap().0.to_vec()
+    };
+    let md5 = md5_key("alice", "stunedge", "wonderland");
+    let lt = |sign| {
+        let attrs: Vec<(u16, &[u8])> = vec![(ATTR_USERNAME, b"alice"), (ATTR_REALM, b"stunedge"), (ATTR_NONCE, &nonce)];
+        request([2; 12], &attrs, sign, false)
+    };
+    let st = |password: &'static [u8]| request([3; 12], &[(ATTR_USERNAME, b"bob")], Sign::Sha1(password), false);
+    let rows: Vec<(&str, &HandlerConfig, Vec<u8>, std::net::SocketAddr, u64)> = vec![
+        ("Binding, no authentication", &off, plain.clone(), client(), NOW),
+        ("Binding, no authentication, IPv6 client", &off, plain.clone(), v6, NOW),
+        (
+            "Binding with FINGERPRINT, no authentication",
+            &off,
+            request([1; 12], &[], Sign::Unsigned, true),
+            client(),
+            NOW,
+        ),
+        ("long-term 401 challenge (REALM, NONCE, PASSWORD-ALGORITHMS)", &long, plain.clone(), client(), NOW),
+        ("long-term 401 challenge, `password_algorithms = []`", &long_small, plain.clone(), client(), NOW),
+        ("long-term 401, wrong password", &long, lt(Sign::Sha1(b"not the key")), client(), NOW),
+        ("long-term 438 Stale Nonce (signed)", &long, lt(Sign::Sha1(&md5)), client(), NOW + 3600),
+        ("long-term success (MD5 key, MESSAGE-INTEGRITY)", &long, lt(Sign::Sha1(&md5)), client(), NOW),
+        ("short-term 400, no credentials", &short, plain.clone(), client(), NOW),
+        ("short-term 401, wrong password", &short, st(b"nope"), client(), NOW),
+        ("short-term success (MESSAGE-INTEGRITY)", &short, st(b"builder"), client(), NOW),
+    ];
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut table = String::new();
+    for (what, config, bytes, src, now) in rows {
+        let (_, answer, _) = ask_from(config, &bytes, src, now);
+        assert!(!answer.is_empty(), "{what}: no answer");
+        let row = format!(
+            "| {what} | {} | {} | {:.2}× |",
+            bytes.len(),
+            answer.len(),
+            answer.len() as f64 / bytes.len() as f64
+        );
+        table.push_str(&row);
+        table.push('\n');
+    }
+    for row in table.lines() {
+        assert!(
+            readme.contains(row),
+            "README's amplification table lacks (or has stale) row:\n{row}\nwhole table:\n{table}"
+        );
+    }
 }
