@@ -156,7 +156,7 @@ struct Request<'s> {
     signer: Option<Signer<'s>>,
 }
 
-fn decide<'s>(buf: &mut [u8], len: usize, meta: &Meta, config: &'s HandlerConfig, stats: &mut Stats) -> Action {
+fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats: &mut Stats) -> Action {
     if len > MAX_REQUEST || len > buf.len() {
         return Action::Drop(DropReason::Truncated);
     }

@@ -354,7 +354,7 @@ impl Authenticator {
         let sha256 = p.integrity_sha256.is_some();
         let key = match self.short_term.get(username) {
             Some(macs) => Some(Key::Keyed(macs)).filter(|k| k.verifies(message, p)),
-            None => self.rest_key(username, now, p, message, |password| RawKey::new(password)),
+            None => self.rest_key(username, now, p, message, RawKey::new),
         };
         match key {
             Some(key) => Verdict::Authenticated(Signer { key, sha256 }),

@@ -708,7 +708,7 @@ fn sighup_reloads_credentials_without_losing_a_packet_and_keeps_them_on_a_bad_fi
     std::fs::write(&creds, "[long_term_users]\nalice = \"looking-glass\"\n").unwrap();
     server.signal(libc::SIGHUP);
     eventually("the new password works", || {
-        code(&exchange(&client, loopback(port), &alice(&nonce, "looking-glass"))) == None
+        code(&exchange(&client, loopback(port), &alice(&nonce, "looking-glass"))).is_none()
     });
     assert_eq!(code(&exchange(&client, loopback(port), &alice(&nonce, "wonderland"))), Some(401), "old password");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

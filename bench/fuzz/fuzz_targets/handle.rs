@@ -1,15 +1,40 @@
 //! Fuzz the whole sans-IO path: the codec views, every typed attribute decoder, the integrity
 //! checks and the handler. The magic cookie and a consistent length are forced onto inputs of
 //! 20 bytes or more, so the fuzzer spends its time in the attribute walker rather than being
-//! turned away by the header checks; the first input byte picks classic mode instead.
+//! turned away by the header checks; the first input byte picks classic mode instead and which
+//! listener configuration answers: no authentication, short-term or long-term required (users,
+//! TURN REST secrets, USERHASH), so the credential checks see fuzzed attributes too.
 #![no_main]
 
+use std::sync::OnceLock;
+
 use libfuzzer_sys::fuzz_target;
+use stunedge::config::Config;
 use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
 use stunedge::metrics::Stats;
 use stunedge::stun::attr::*;
 use stunedge::stun::integrity::{check_fingerprint, check_integrity_sha1, check_integrity_sha256};
 use stunedge::stun::{MAGIC_COOKIE, Message};
+
+/// The three listener configurations: auth off, short-term required, long-term required.
+fn configs() -> &'static [HandlerConfig; 3] {
+    static CONFIGS: OnceLock<[HandlerConfig; 3]> = OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        let config = |auth: &str| {
+            let text = format!(
+                "[server]\nlisten = [\"[2001:db8::2]:3478\"]\nsoftware = \"fuzz\"\nresponse_origin = true\n\
+                 [auth]\n{auth}\nnonce_secret = \"fuzzing-nonce-secret\"\nlong_term_users = {{ u = \"p\" }}\n\
+                 short_term_users = {{ u = \"p\" }}\nrest_secrets = [\"s\"]\n"
+            );
+            Config::from_toml(&text, "fuzz").unwrap().validate(&[0]).unwrap().handlers.remove(0)
+        };
+        [
+            config("policy = \"none\""),
+            config("policy = \"required\"\nmechanism = \"short-term\""),
+            config("policy = \"required\"\nmechanism = \"long-term\""),
+        ]
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = [0u8; BUFFER_SIZE];
@@ -43,10 +68,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = check_integrity_sha1(&msg, b"key");
         let _ = check_integrity_sha256(&msg, b"key");
     }
-    let config = HandlerConfig { software: "fuzz".into(), response_origin: true, rfc3489_classic: true };
-    let meta = Meta { src: "[2001:db8::1]:5".parse().unwrap(), local: "[2001:db8::2]:3478".parse().unwrap(), now: 0 };
+    let config = &configs()[usize::from(data.first().map_or(0, |b| (b >> 1) & 3)) % 3];
+    let meta = Meta {
+        src: "[2001:db8::1]:5".parse().unwrap(),
+        local: "[2001:db8::2]:3478".parse().unwrap(),
+        now: 1_790_000_000,
+    };
     let mut stats = Stats::default();
-    if let Action::Reply { len } = handle(&mut buf, len, &meta, &config, &mut stats) {
+    if let Action::Reply { len } = handle(&mut buf, len, &meta, config, &mut stats) {
         assert!(Message::parse(&buf[..len]).is_ok(), "every reply is a well-formed message");
     }
 });
