@@ -118,6 +118,51 @@ fn handler_never_allocates() {
     assert_eq!(stats.total_drops(), 6);
 }
 
+#[test]
+fn authentication_never_allocates() {
+    use crate::auth::{NOW, REALM, Sign, handler, md5_key, request, rest_password};
+    use stunedge::stun::registry::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+    let long = handler("required", "long-term");
+    let short = handler("required", "short-term");
+    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: NOW };
+    let nonce = long.auth.as_ref().unwrap().authenticator.nonce_for(meta.src, NOW);
+    let key = md5_key("alice", REALM, "wonderland");
+    let lt = |user: &str, key: &[u8]| {
+        let attrs: Vec<(u16, &[u8])> =
+            vec![(ATTR_USERNAME, user.as_bytes()), (ATTR_REALM, REALM.as_bytes()), (ATTR_NONCE, &nonce)];
+        request([5; 12], &attrs, Sign::Sha1(key), true)
+    };
+    let rest_user = format!("{}:carol", NOW + 60);
+    let rest_key = md5_key(&rest_user, REALM, &rest_password("north-secret", &rest_user));
+    let inputs: Vec<(&HandlerConfig, Vec<u8>, u64)> = vec![
+        (&short, request([1; 12], &[(ATTR_USERNAME, b"bob")], Sign::Sha1(b"builder"), true), NOW), // success
+        (&short, request([1; 12], &[(ATTR_USERNAME, b"bob")], Sign::Sha256(b"builder"), false), NOW), // success
+        (&short, request([1; 12], &[(ATTR_USERNAME, b"bob")], Sign::Sha1(b"wrong"), false), NOW),  // 401
+        (&short, request([1; 12], &[], Sign::Unsigned, false), NOW),                               // 400
+        (&long, request([1; 12], &[], Sign::Unsigned, false), NOW),                                // 401 challenge
+        (&long, lt("alice", &key), NOW),                                                           // success
+        (&long, lt("alice", &key), NOW + 3600),                                                    // 438
+        (&long, lt(&rest_user, &rest_key), NOW),                                                   // REST success
+        (&long, lt("mallory", &key), NOW),                                                         // 401
+    ];
+    let mut buffers: Vec<[u8; BUFFER_SIZE]> = vec![[0u8; BUFFER_SIZE]; inputs.len()];
+    let mut stats = Stats::default();
+    let mut replies = 0;
+    let before = allocations();
+    for (i, (config, input, now)) in inputs.iter().enumerate() {
+        let buf = &mut buffers[i];
+        buf[..input.len()].copy_from_slice(input);
+        let meta = Meta { now: *now, ..meta };
+        if let Action::Reply { .. } = handle(buf, input.len(), &meta, config, &mut stats) {
+            replies += 1;
+        }
+    }
+    assert_eq!(allocations() - before, 0, "the authenticated packet path allocated");
+    assert_eq!(replies, inputs.len(), "every input is answered");
+    // Two short-term, alice and the REST user; the 438 is not counted as authenticated.
+    assert_eq!(stats.get(stunedge::metrics::Counter::RequestsAuthenticated), 4, "{stats}");
+}
+
 /// CRC-32 (IEEE), bitwise: independent of the crate the codec uses.
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;

@@ -30,7 +30,7 @@ pub(crate) fn auth_section(policy: &str, mechanism: &str) -> String {
     )
 }
 
-fn handler(policy: &str, mechanism: &str) -> HandlerConfig {
+pub(crate) fn handler(policy: &str, mechanism: &str) -> HandlerConfig {
     let text = format!("[server]\nlisten = [\"127.0.0.1:3478\"]\n{}", auth_section(policy, mechanism));
     Config::from_toml(&text, "test").unwrap().validate(&[0]).unwrap().handlers.remove(0)
 }
