@@ -280,6 +280,16 @@ impl Config {
             match e.span() {
                 Some(span) => {
                     let (line, field, value) = locate(text, span.start.min(text.len()));
+                    if is_secret_field(&field) {
+                        // Never echo a password or secret, not even a mistyped one.
+                        let reason = redact_quoted(&message);
+                        return ConfigError {
+                            location: format!("{origin}:{line}"),
+                            field,
+                            value: String::new(),
+                            reason,
+                        };
+                    }
                     ConfigError { location: format!("{origin}:{line}"), field, value, reason: message }
                 }
                 None => invalid(origin, "", message),
@@ -460,12 +470,12 @@ impl Config {
                 .map_err(|e| invalid("auth.credentials_file", format!("{path:?}"), format!("cannot read: {e}")))?;
             file = toml::from_str(&text).map_err(|e| {
                 let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-                // The message names the key; the value (a secret) is left out.
+                // The message names the key; values (secrets) are left out.
                 ConfigError {
                     location: format!("{}:{line}", path.display()),
                     field: "auth.credentials_file".into(),
                     value: String::new(),
-                    reason: e.message().replace('\n', " "),
+                    reason: redact_quoted(&e.message().replace('\n', " ")),
                 }
             })?;
             if world_readable(path) {
@@ -657,6 +667,23 @@ fn process_secret() -> &'static [u8; 32] {
     })
 }
 
+/// Whether a field path holds passwords or secrets (its values are never echoed in errors).
+fn is_secret_field(field: &str) -> bool {
+    field.starts_with("auth.") && (field.contains("secret") || field.contains("users"))
+}
+
+/// `message` with the text of every double-quoted string replaced by `…`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        out.push_str(if i % 2 == 1 { "…" } else { part });
+    }
+    out
+}
+
 /// The line number, field path (`section.key`) and value text of the TOML line holding byte
 /// `at`, so parse errors name the field as validation errors do.
 fn locate(text: &str, at: usize) -> (usize, String, String) {
@@ -764,6 +791,38 @@ mod tests {
         );
         let e = check("[bogus]\n").unwrap_err();
         assert!(e.reason.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn auth_errors_name_the_field_and_never_a_secret() {
+        let e = check("[auth]\npolicy = \"sometimes\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "auth.policy = \"sometimes\": must be \"none\", \"optional\" or \"required\"");
+        let e = check("[auth]\nrest_secrets = \"hunter2-rest\"\n").unwrap_err();
+        assert_eq!(e.field, "auth.rest_secrets");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = check("[auth.long_term_users]\nalice = 7\nbob = \"hunter2\"\n").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = check("[auth]\npolicy = \"required\"\nlong_term_users = { alice = \"\" }\n").unwrap_err();
+        assert_eq!(e.to_string(), "auth.long_term_users = \"alice\": empty password");
+        let e = check("[auth]\npolicy = \"required\"\n").unwrap_err();
+        assert!(e.reason.contains("no auth.long_term_users and no auth.rest_secrets"), "{e}");
+        let e = check("[auth]\nnonce_secret = \"short\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "auth.nonce_secret: must be at least 16 bytes");
+        let e = check("[auth]\npassword_algorithms = [\"sha256\", \"sha1\"]\n").unwrap_err();
+        assert_eq!(e.field, "auth.password_algorithms[1]");
+        let e = check("[auth]\nlisteners = [{ listen = \"10.0.0.1:1\", policy = \"required\" }]\n").unwrap_err();
+        assert_eq!(e.to_string(), "auth.listeners[0].listen = \"10.0.0.1:1\": not one of server.listen");
+        let e = check("[auth]\nrealm = \"a\\\"b\"\n").unwrap_err();
+        assert_eq!(e.field, "auth.realm");
+        let e = check("[auth]\nnonce_lifetime = 5\n").unwrap_err();
+        assert_eq!(e.field, "auth.nonce_lifetime");
+        // Debug output of validated settings never shows a password.
+        let s = check("[auth]\npolicy = \"required\"\nlong_term_users = { alice = \"hunter2\" }\n").unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(
+            redact_quoted("invalid type: string \"x\", expected \"y\""),
+            "invalid type: string \"…\", expected \"…\""
+        );
     }
 
     #[test]
