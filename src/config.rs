@@ -174,6 +174,19 @@ struct CredentialsFile {
 }
 
 section! {
+    /// The admin HTTP endpoint (/metrics, /healthz, /readyz) and the stop sequence.
+    Admin "admin" {
+        /// Address of the admin endpoint, `"IP:port"`. Keep it off public addresses: it is
+        /// unauthenticated. Empty: no admin endpoint (no metrics, no health checks).
+        listen: String = "127.0.0.1:9478".into(),
+        /// Seconds to keep answering after SIGTERM while /readyz says 503, so load balancers
+        /// and health-checking DNS move traffic away before the node stops (0..=3600). SIGINT,
+        /// or a second SIGTERM, stops at once.
+        drain_seconds: u64 = 0,
+    }
+}
+
+section! {
     /// Logging (to stderr).
     Log "log" {
         /// One of "error", "warn", "info", "debug", "trace". At "debug" each worker's counters
@@ -192,6 +205,8 @@ pub struct Config {
     pub io: Io,
     /// `[auth]`
     pub auth: Auth,
+    /// `[admin]`
+    pub admin: Admin,
     /// `[log]`
     pub log: Log,
     /// The file this was read from (for the permission check of secrets).
@@ -265,6 +280,10 @@ pub struct Settings {
     pub handlers: Vec<HandlerConfig>,
     /// Log level.
     pub log_level: tracing::Level,
+    /// Admin endpoint address; `None` when disabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long to drain after SIGTERM.
+    pub drain: std::time::Duration,
     /// Things worth a warning that are not errors (world-readable secrets, a random nonce
     /// secret), logged once logging is up.
     pub warnings: Vec<String>,
@@ -374,7 +393,19 @@ impl Config {
         let log_level = self.log.level.parse().map_err(|_| {
             invalid("log.level", format!("{:?}", self.log.level), "must be error, warn, info, debug or trace")
         })?;
+        let admin_listen = match self.admin.listen.as_str() {
+            "" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid("admin.listen", format!("{text:?}"), "not an IP:port address (empty disables the endpoint)")
+            })?),
+        };
+        if self.admin.drain_seconds > 3600 {
+            return Err(invalid("admin.drain_seconds", self.admin.drain_seconds, "must be between 0 and 3600"));
+        }
         let mut warnings = Vec::new();
+        if admin_listen.is_some_and(|a| !a.ip().is_loopback()) {
+            warnings.push(format!("admin.listen = {:?} is not a loopback address: the endpoint has no authentication", self.admin.listen));
+        }
         let auth = self.validate_auth(&listen, &mut warnings)?;
         let handlers = auth
             .into_iter()
@@ -396,6 +427,8 @@ impl Config {
             socket_send_buffer: self.io.socket_send_buffer,
             handlers,
             log_level,
+            admin_listen,
+            drain: std::time::Duration::from_secs(self.admin.drain_seconds),
             warnings,
         })
     }
@@ -576,6 +609,7 @@ impl Config {
             (Server::KEY, Server::DOC, self.server.fields()),
             (Io::KEY, Io::DOC, self.io.fields()),
             (Auth::KEY, Auth::DOC, self.auth.fields()),
+            (Admin::KEY, Admin::DOC, self.admin.fields()),
             (Log::KEY, Log::DOC, self.log.fields()),
         ];
         for (key, doc, fields) in sections {

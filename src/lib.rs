@@ -2,6 +2,7 @@
 //! what it owns and what it must not do.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod handler;

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand};
+use stunedge::admin::{Admin, Health};
 use stunedge::config::{Config, Settings};
+use stunedge::metrics::ReloadStats;
 use stunedge::worker::Server;
 
 #[global_allocator]
@@ -77,16 +79,16 @@ fn main() -> ExitCode {
 
 /// SIGHUP: re-reads the file, and on success swaps every listener's answer and authentication
 /// settings into the running workers. Anything wrong keeps the running configuration.
-fn reload_config(server: &Server, path: Option<&std::path::Path>, running: &Settings) {
+fn reload_config(server: &Server, path: Option<&std::path::Path>, running: &Settings) -> bool {
     let Some(path) = path else {
         tracing::warn!("SIGHUP ignored: started without a configuration file");
-        return;
+        return false;
     };
     let new = match Config::from_file(path).and_then(|c| c.validate(&allowed_cpus())) {
         Ok(new) => new,
         Err(e) => {
             tracing::error!("reload failed, keeping the running configuration: {e}");
-            return;
+            return false;
         }
     };
     for warning in &new.warnings {
@@ -94,15 +96,30 @@ fn reload_config(server: &Server, path: Option<&std::path::Path>, running: &Sett
     }
     if new.listen != running.listen {
         tracing::error!("reload failed, keeping the running configuration: server.listen changed; restart to apply");
-        return;
+        return false;
     }
-    if new.cpus != running.cpus || new.backend != running.backend || new.batch_size != running.batch_size {
-        tracing::warn!("[io] changes take effect only after a restart");
+    if new.cpus != running.cpus
+        || new.backend != running.backend
+        || new.batch_size != running.batch_size
+        || new.admin_listen != running.admin_listen
+        || new.drain != running.drain
+    {
+        tracing::warn!("[io] and [admin] changes take effect only after a restart");
     }
     match server.reload(new.handlers) {
-        Ok(()) => tracing::info!("configuration reloaded from {}", path.display()),
-        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+        Ok(()) => {
+            tracing::info!("configuration reloaded from {}", path.display());
+            true
+        }
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            false
+        }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The CPUs this process may run on (its affinity mask).
@@ -137,12 +154,14 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     }
 
     // Signal handlers first: a SIGTERM that arrives while (or just after) workers start must
-    // stop them cleanly, not kill the process.
+    // stop them cleanly, not kill the process. SIGINT stops at once; SIGTERM drains first
+    // (admin.drain_seconds). A second signal of either kind ends the process at once.
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping ends the process at once.
+    let term = Arc::new(AtomicBool::new(false));
+    for (signal, flag) in [(signal_hook::consts::SIGINT, &stop), (signal_hook::consts::SIGTERM, &term)] {
         let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
-            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
+            .and_then(|_| signal_hook::flag::register_conditional_shutdown(signal, 1, term.clone()))
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()));
         if let Err(e) = registered {
             eprintln!("stunedge: cannot install signal handler: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -160,6 +179,21 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let reloads = Arc::new(ReloadStats::new(unix_now()));
+    let health = Arc::new(Health::default());
+    let _admin = match settings.admin_listen {
+        Some(addr) => match Admin::start(addr, server.exporter(reloads.clone()), health.clone()) {
+            Ok(admin) => {
+                tracing::info!(listen = %admin.local_addr(), "admin endpoint: /metrics /healthz /readyz");
+                Some(admin)
+            }
+            Err(e) => {
+                eprintln!("stunedge: cannot listen on admin.listen {addr}: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
     let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
     tracing::info!(
         listen = addrs.join(", "),
@@ -171,15 +205,28 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
 
     let mut last_stats = Instant::now();
     let mut failed = false;
+    let mut drain_until: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if server.any_worker_exited() && !stop.load(Ordering::Relaxed) {
+            health.set_workers_running(false);
             tracing::error!("a worker thread ended unexpectedly; stopping");
             failed = true;
             break;
         }
+        if term.load(Ordering::Relaxed) && drain_until.is_none() {
+            health.start_draining();
+            drain_until = Some(Instant::now() + settings.drain);
+            if !settings.drain.is_zero() {
+                tracing::info!("SIGTERM: draining for {} s (/readyz answers 503), then stopping", settings.drain.as_secs());
+            }
+        }
+        if drain_until.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
         if reload.swap(false, Ordering::Relaxed) {
-            reload_config(&server, path.as_deref(), &settings);
+            let ok = reload_config(&server, path.as_deref(), &settings);
+            reloads.record(ok, unix_now());
         }
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crate::config::{BackendChoice, Settings};
 use crate::handler::{self, Action, DropReason, HandlerConfig, Meta};
@@ -96,6 +97,7 @@ pub struct Server {
     local_addrs: Vec<SocketAddr>,
     cpus: Vec<usize>,
     backend: Backend,
+    sockets: Vec<metrics::SocketInfo>,
 }
 
 impl Server {
@@ -145,6 +147,17 @@ impl Server {
             }
         }
 
+        // Socket inodes, for the kernel's per-socket drop counters (/proc/net/udp).
+        let mut sockets = Vec::new();
+        for (cpu, listeners) in settings.cpus.iter().zip(&per_worker) {
+            for l in listeners {
+                let fd = l.socket.as_raw_fd();
+                if let Ok(meta) = std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+                    use std::os::unix::fs::MetadataExt;
+                    sockets.push(metrics::SocketInfo { worker: *cpu, listener: l.local, inode: meta.ino() });
+                }
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let slots: Arc<[WorkerSlot]> = settings.cpus.iter().map(|_| WorkerSlot::default()).collect();
         let handlers =
@@ -157,6 +170,7 @@ impl Server {
             local_addrs: resolved,
             cpus: settings.cpus.clone(),
             backend,
+            sockets,
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         for (index, (cpu, listeners)) in settings.cpus.iter().copied().zip(per_worker).enumerate() {
@@ -208,6 +222,11 @@ impl Server {
     /// The CPUs with a worker, in worker order.
     pub fn cpus(&self) -> &[usize] {
         &self.cpus
+    }
+
+    /// A Prometheus exporter over this server's workers and sockets.
+    pub fn exporter(&self, reloads: Arc<metrics::ReloadStats>) -> metrics::Exporter {
+        metrics::Exporter::new(self.slots.clone(), self.cpus.clone(), self.backend.name(), self.sockets.clone(), reloads)
     }
 
     /// The sum of every worker's last published counters.
@@ -391,18 +410,24 @@ impl Worker {
             view.refresh(&self.handlers);
             let now = unix_now();
             let configs = &view.current;
-            let turn = driver
-                .turn(|socket, packet| self.answer(&self.listeners[socket], &configs[socket], now, packet, stats));
+            // The batch clock starts at the turn's first datagram, after the wait.
+            let mut started: Option<Instant> = None;
+            let turn = driver.turn(|socket, packet| {
+                started.get_or_insert_with(Instant::now);
+                self.answer(&self.listeners[socket], &configs[socket], now, packet, stats)
+            });
             match turn {
                 Ok(t) => {
                     if t.datagrams_in > 0 {
                         stats.bump(Counter::Batches);
+                        let nanos = started.map_or(0, |t0| t0.elapsed().as_nanos() as u64);
+                        stats.observe_batch(t.datagrams_in, nanos);
                     }
                     stats.add(Counter::DatagramsIn, t.datagrams_in);
                     stats.add(Counter::BytesIn, t.bytes_in);
                     stats.add(Counter::DatagramsOut, t.datagrams_out);
                     stats.add(Counter::BytesOut, t.bytes_out);
-                    stats.add(Counter::SendErrors, t.send_errors);
+                    stats.send_errors_add(t.send_errors);
                     stats.add(Counter::SendSlotsFull, t.send_slots_full);
                     stats.add(Counter::MultishotRearms, t.rearms);
                     stats.add(Counter::BufferRingExhausted, t.buffer_exhausted);
@@ -469,6 +494,7 @@ impl Worker {
         if n == 0 {
             return 0;
         }
+        let started = Instant::now();
         stats.bump(Counter::Batches);
         for i in 0..n {
             let packet = batch.received(i);
@@ -481,7 +507,8 @@ impl Worker {
         let sent = batch.flush(fd);
         stats.add(Counter::DatagramsOut, sent.datagrams);
         stats.add(Counter::BytesOut, sent.bytes);
-        stats.add(Counter::SendErrors, sent.errors);
+        stats.send_errors_add(sent.errors);
+        stats.observe_batch(n as u64, started.elapsed().as_nanos() as u64);
         n
     }
 }

@@ -629,7 +629,7 @@ impl Worker {
         sock.tail += ok as u64;
         sock.in_flight += ok;
         self.tally.sent += ok as u64;
-        self.tally.send_errors += result.errors;
+        self.tally.send_errors += result.errors.total();
         ok
     }
 

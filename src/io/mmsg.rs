@@ -25,8 +25,8 @@ pub struct Sent {
     pub datagrams: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Replies lost to send errors.
-    pub errors: u64,
+    /// Replies lost to send errors, by errno.
+    pub errors: super::SendErrors,
 }
 
 /// A worker's receive/send batch. Not `Send` (raw pointers), by design.
@@ -201,12 +201,12 @@ pub unsafe fn send_all(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> Sent {
         }
         match io::Error::last_os_error().raw_os_error() {
             Some(libc::EINTR) => {}
-            Some(libc::EAGAIN | libc::ENOBUFS) => {
-                sent.errors += (hdrs.len() - at) as u64;
+            Some(errno @ (libc::EAGAIN | libc::ENOBUFS)) => {
+                sent.errors.count(errno, (hdrs.len() - at) as u64);
                 break;
             }
-            _ => {
-                sent.errors += 1;
+            errno => {
+                sent.errors.count(errno.unwrap_or(0), 1);
                 at += 1;
             }
         }

@@ -15,6 +15,48 @@ pub use socket::{Listener, SocketOptions};
 
 use std::net::{IpAddr, SocketAddr};
 
+/// Answers the kernel refused, by errno (each is a lost answer). EAGAIN and ENOBUFS mean a full
+/// send queue; EPERM usually a firewall rule; anything else (EINVAL, unreachable…) is "other".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendErrors {
+    /// EAGAIN / EWOULDBLOCK.
+    pub again: u64,
+    /// ENOBUFS.
+    pub nobufs: u64,
+    /// EPERM.
+    pub perm: u64,
+    /// Any other errno.
+    pub other: u64,
+}
+
+impl SendErrors {
+    /// Counts `n` answers lost to `errno`.
+    #[inline]
+    pub fn count(&mut self, errno: i32, n: u64) {
+        match errno {
+            libc::EAGAIN => self.again += n,
+            libc::ENOBUFS => self.nobufs += n,
+            libc::EPERM => self.perm += n,
+            _ => self.other += n,
+        }
+    }
+
+    /// Adds another tally.
+    #[inline]
+    pub fn add(&mut self, o: SendErrors) {
+        self.again += o.again;
+        self.nobufs += o.nobufs;
+        self.perm += o.perm;
+        self.other += o.other;
+    }
+
+    /// All of them.
+    #[inline]
+    pub fn total(&self) -> u64 {
+        self.again + self.nobufs + self.perm + self.other
+    }
+}
+
 /// One received datagram, lent by a backend: its receive buffer, where the answer is written.
 #[derive(Debug)]
 pub struct Received<'a> {

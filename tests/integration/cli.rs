@@ -110,7 +110,14 @@ impl Drop for Running {
     }
 }
 
+/// Writes a config file for a test. A server config without an `[admin]` section gets an
+/// ephemeral admin port, so tests running in parallel never collide on the default 9478.
 pub(crate) fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let text = if text.contains("[server]") && !text.contains("[admin]") {
+        format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+    } else {
+        text.to_string()
+    };
     let dir = std::env::temp_dir().join(format!("stunedge-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);

@@ -138,8 +138,8 @@ pub struct Turn {
     pub datagrams_out: u64,
     /// Their bytes.
     pub bytes_out: u64,
-    /// Answers lost to send errors (EAGAIN, ENOBUFS, EPERM…).
-    pub send_errors: u64,
+    /// Answers lost to send errors (EAGAIN, ENOBUFS, EPERM…), by errno.
+    pub send_errors: crate::io::SendErrors,
     /// Answers dropped because every send slot was in flight.
     pub send_slots_full: u64,
     /// Multishot receives re-armed because the kernel ended them.
@@ -344,7 +344,7 @@ impl Driver {
             let sent = unsafe { super::mmsg::send_all(self.fds[socket], &mut self.out_hdrs[..n]) };
             t.datagrams_out += sent.datagrams;
             t.bytes_out += sent.bytes;
-            t.send_errors += sent.errors;
+            t.send_errors.add(sent.errors);
         }
         for p in self.pending.drain(..) {
             self.bufs.recycle(p.lease);
@@ -393,7 +393,7 @@ impl Driver {
                     t.datagrams_out += 1;
                     t.bytes_out += len as u64;
                 } else {
-                    t.send_errors += 1;
+                    t.send_errors.count(-cqe.result(), 1);
                 }
             }
             _ => {}
