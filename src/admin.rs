@@ -113,6 +113,24 @@ impl Admin {
     }
 }
 
+/// A minimal HTTP/1.0 GET against an admin endpoint (for tests, scripts and health probes):
+/// returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((reply.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP reply: {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
 impl Drop for Admin {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

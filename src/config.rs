@@ -404,7 +404,10 @@ impl Config {
         }
         let mut warnings = Vec::new();
         if admin_listen.is_some_and(|a| !a.ip().is_loopback()) {
-            warnings.push(format!("admin.listen = {:?} is not a loopback address: the endpoint has no authentication", self.admin.listen));
+            warnings.push(format!(
+                "admin.listen = {:?} is not a loopback address: the endpoint has no authentication",
+                self.admin.listen
+            ));
         }
         let auth = self.validate_auth(&listen, &mut warnings)?;
         let handlers = auth

@@ -218,7 +218,10 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             health.start_draining();
             drain_until = Some(Instant::now() + settings.drain);
             if !settings.drain.is_zero() {
-                tracing::info!("SIGTERM: draining for {} s (/readyz answers 503), then stopping", settings.drain.as_secs());
+                tracing::info!(
+                    "SIGTERM: draining for {} s (/readyz answers 503), then stopping",
+                    settings.drain.as_secs()
+                );
             }
         }
         if drain_until.is_some_and(|t| Instant::now() >= t) {

@@ -96,8 +96,9 @@ const DROPS: usize = DropReason::ALL.len();
 /// (+Inf) follows.
 pub const BATCH_SIZE_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 /// Upper bounds of the batch-duration histogram's buckets, in nanoseconds; +Inf follows.
-pub const BATCH_NANOS_BUCKETS: [u64; 13] =
-    [1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+pub const BATCH_NANOS_BUCKETS: [u64; 13] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
 const SIZE_SLOTS: usize = BATCH_SIZE_BUCKETS.len() + 1;
 const HIST: usize = SIZE_SLOTS + BATCH_NANOS_BUCKETS.len() + 1;
 
@@ -342,7 +343,12 @@ const METRICS: &[(&str, &str, Kind, &[&str])] = &[
     ("stunedge_sent_datagrams_total", "UDP datagrams sent (answers).", Kind::Counter, &["worker"]),
     ("stunedge_sent_bytes_total", "UDP payload bytes sent.", Kind::Counter, &["worker"]),
     ("stunedge_requests_total", "STUN requests by method (Binding or other).", Kind::Counter, &["worker", "method"]),
-    ("stunedge_classic_requests_total", "Of the requests, RFC 3489 classic ones (no magic cookie).", Kind::Counter, &["worker"]),
+    (
+        "stunedge_classic_requests_total",
+        "Of the requests, RFC 3489 classic ones (no magic cookie).",
+        Kind::Counter,
+        &["worker"],
+    ),
     (
         "stunedge_responses_total",
         "Responses sent by class (success, error) and error code (empty for success).",
@@ -356,7 +362,12 @@ const METRICS: &[(&str, &str, Kind, &[&str])] = &[
         Kind::Counter,
         &["worker", "outcome"],
     ),
-    ("stunedge_send_errors_total", "Answers the kernel refused to send, by errno.", Kind::Counter, &["worker", "errno"]),
+    (
+        "stunedge_send_errors_total",
+        "Answers the kernel refused to send, by errno.",
+        Kind::Counter,
+        &["worker", "errno"],
+    ),
     ("stunedge_receive_errors_total", "Receive calls or completions that failed.", Kind::Counter, &["worker"]),
     (
         "stunedge_kernel_receive_drops_total",
@@ -364,16 +375,56 @@ const METRICS: &[(&str, &str, Kind, &[&str])] = &[
         Kind::Counter,
         &["worker", "listener"],
     ),
-    ("stunedge_batches_total", "Batches processed (one receive call or io_uring turn with data).", Kind::Counter, &["worker"]),
+    (
+        "stunedge_batches_total",
+        "Batches processed (one receive call or io_uring turn with data).",
+        Kind::Counter,
+        &["worker"],
+    ),
     ("stunedge_batch_size", "Datagrams per batch.", Kind::Histogram, &["worker"]),
-    ("stunedge_batch_duration_seconds", "Time to process a batch, first datagram to answers handed to the kernel.", Kind::Histogram, &["worker"]),
-    ("stunedge_send_slots_full_total", "io_uring: answers dropped because every send slot was busy.", Kind::Counter, &["worker"]),
-    ("stunedge_multishot_rearms_total", "io_uring: multishot receives re-armed after the kernel ended them.", Kind::Counter, &["worker"]),
-    ("stunedge_buffer_ring_exhausted_total", "io_uring: multishot receives ended because the buffer ring was empty.", Kind::Counter, &["worker"]),
-    ("stunedge_cq_overflow_total", "io_uring: completions the completion queue could not hold.", Kind::Counter, &["worker"]),
+    (
+        "stunedge_batch_duration_seconds",
+        "Time to process a batch, first datagram to answers handed to the kernel.",
+        Kind::Histogram,
+        &["worker"],
+    ),
+    (
+        "stunedge_send_slots_full_total",
+        "io_uring: answers dropped because every send slot was busy.",
+        Kind::Counter,
+        &["worker"],
+    ),
+    (
+        "stunedge_multishot_rearms_total",
+        "io_uring: multishot receives re-armed after the kernel ended them.",
+        Kind::Counter,
+        &["worker"],
+    ),
+    (
+        "stunedge_buffer_ring_exhausted_total",
+        "io_uring: multishot receives ended because the buffer ring was empty.",
+        Kind::Counter,
+        &["worker"],
+    ),
+    (
+        "stunedge_cq_overflow_total",
+        "io_uring: completions the completion queue could not hold.",
+        Kind::Counter,
+        &["worker"],
+    ),
     ("stunedge_config_reloads_total", "Configuration reloads (SIGHUP) by result.", Kind::Counter, &["result"]),
-    ("stunedge_config_last_reload_success_timestamp_seconds", "When the configuration was last loaded successfully.", Kind::Gauge, &[]),
-    ("stunedge_config_last_reload_successful", "Whether the last reload succeeded (1) or kept the old configuration (0).", Kind::Gauge, &[]),
+    (
+        "stunedge_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded successfully.",
+        Kind::Gauge,
+        &[],
+    ),
+    (
+        "stunedge_config_last_reload_successful",
+        "Whether the last reload succeeded (1) or kept the old configuration (0).",
+        Kind::Gauge,
+        &[],
+    ),
 ];
 
 /// Reads the workers' slots and the kernel's socket counters at scrape time and turns them into
@@ -477,7 +528,8 @@ impl Exporter {
             self.cpus.iter().zip(self.slots.iter()).map(|(cpu, slot)| (cpu.to_string(), slot.read())).collect();
         let mut families: Vec<MetricFamily> = Vec::with_capacity(METRICS.len());
         let mut family = |name: &str, metrics: Vec<proto::Metric>| {
-            let (_, help, kind, _) = METRICS.iter().find(|m| m.0 == name).unwrap_or_else(|| unreachable!("{name} is in METRICS"));
+            let (_, help, kind, _) =
+                METRICS.iter().find(|m| m.0 == name).unwrap_or_else(|| unreachable!("{name} is in METRICS"));
             let mut f = MetricFamily::default();
             f.set_name(name.to_string());
             f.set_help(help.to_string());
@@ -571,7 +623,9 @@ impl Exporter {
             "stunedge_batch_size",
             per_worker
                 .iter()
-                .map(|(w, s)| histogram(&[("worker", w)], s.batch_sizes(), &size_bounds, s.get(Counter::DatagramsIn) as f64))
+                .map(|(w, s)| {
+                    histogram(&[("worker", w)], s.batch_sizes(), &size_bounds, s.get(Counter::DatagramsIn) as f64)
+                })
                 .collect(),
         );
         family(

@@ -226,7 +226,13 @@ impl Server {
 
     /// A Prometheus exporter over this server's workers and sockets.
     pub fn exporter(&self, reloads: Arc<metrics::ReloadStats>) -> metrics::Exporter {
-        metrics::Exporter::new(self.slots.clone(), self.cpus.clone(), self.backend.name(), self.sockets.clone(), reloads)
+        metrics::Exporter::new(
+            self.slots.clone(),
+            self.cpus.clone(),
+            self.backend.name(),
+            self.sockets.clone(),
+            reloads,
+        )
     }
 
     /// The sum of every worker's last published counters.

@@ -86,7 +86,7 @@ impl Running {
         assert!(status.success());
     }
 
-    fn wait_exit(&mut self, within: Duration) -> i32 {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> i32 {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -2,6 +2,7 @@
 //! proof, the server on loopback (in-process, byte-exact answers and drop accounting), and the
 //! real `stunedge` binary (CLI, exit codes, interop with coturn's `turnutils_stunclient`).
 
+mod admin;
 mod alloc;
 mod auth;
 mod cli;
