@@ -15,7 +15,11 @@
 #   SERVERS      which servers, space-separated (default "stunedge-uring stunedge-mmsg baseline coturn";
 #                also stunedge-uring-sqe: io_uring sending one SENDMSG SQE per answer, and
 #                stunedge-auth: io_uring with short-term authentication required for the
-#                generator's default credentials; compare it with GEN_ARGS="... --mix integrity=1")
+#                generator's default credentials; compare it with GEN_ARGS="... --mix integrity=1";
+#                stunedge-scraped: io_uring with its admin endpoint scraped every second, to
+#                compare with stunedge-uring, whose admin endpoint is off, and stunedge-admin, whose
+#                endpoint is on but not scraped)
+#   SCRAPER_CPUS where stunedge-scraped's scraper runs (default: GEN_CPUS)
 #   RESULTS      results file (default bench/results/<date>-<host>.md)
 #   COMMIT       commit to name in the results (default: git rev-parse --short HEAD)
 set -euo pipefail
@@ -67,12 +71,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; esac; }
+port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; stunedge-scraped) echo 3484;; stunedge-admin) echo 3485;; esac; }
+ADMIN_PORT=${ADMIN_PORT:-19478}
+SCRAPER_CPUS=${SCRAPER_CPUS:-$GEN_CPUS}
 
 server_cmd() {
   local port; port=$(port_of "$1")
   case $1 in
-    stunedge-uring|stunedge-uring-sqe|stunedge-mmsg|stunedge-auth)
+    stunedge-uring|stunedge-uring-sqe|stunedge-mmsg|stunedge-auth|stunedge-scraped|stunedge-admin)
       # Build the CPU list in TOML from SERVER_CPUS.
       local list="" part backend=io_uring send=sendmmsg
       [[ $1 == stunedge-mmsg ]] && backend=mmsg
@@ -82,6 +88,12 @@ server_cmd() {
       done
       printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\nbackend = "%s"\nuring_send = "%s"\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "$backend" "$send" "${list%,}" > "$work/$1.toml"
       # The generator's default short-term credentials (stunedge-bench --username/--password).
+      # The admin endpoint (metrics) only where it is scraped.
+      if [[ $1 == stunedge-scraped || $1 == stunedge-admin ]]; then
+        printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$ADMIN_PORT" >> "$work/$1.toml"
+      else
+        printf '[admin]\nlisten = ""\n' >> "$work/$1.toml"
+      fi
       [[ $1 == stunedge-auth ]] && printf '[auth]\npolicy = "required"\nmechanism = "short-term"\nshort_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }\n' >> "$work/$1.toml"
       echo "$BIN/stunedge serve -c $work/$1.toml";;
     baseline) echo "$BIN/stunedge-baseline --listen 127.0.0.1:$port --cpus $SERVER_CPUS";;
@@ -109,10 +121,27 @@ run_one() {
       $([[ $name == stunedge-auth ]] && echo --mix integrity=1) >/dev/null 2>&1; then break; fi
     sleep 0.2
   done
+  local scraper=""
+  if [[ $name == stunedge-scraped ]]; then
+    # Prometheus's view of a 1 s scrape interval: one GET /metrics per second for the whole run.
+    # One long-lived scraper using bash's /dev/tcp (builtins only: no fork or exec per scrape,
+    # which would charge the scraper's process start-up to the comparison).
+    taskset -c "$SCRAPER_CPUS" bash -c '
+      n=0
+      while sleep 1; do
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || { echo "scrape failed" >&2; continue; }
+        printf "GET /metrics HTTP/1.0\r\n\r\n" >&3
+        while IFS= read -r -u 3 line; do :; done
+        exec 3<&-
+        n=$((n + 1))
+      done' scraper "$ADMIN_PORT" &
+    scraper=$!; started+=("$scraper")
+  fi
   t0=$(cpu_ticks "$pid")
   # shellcheck disable=SC2086
   taskset -c "$GEN_CPUS" "$BIN/stunedge-bench" -s "127.0.0.1:$port" --cpus "$GEN_CPUS" -d "$DURATION" --json -q $GEN_ARGS "$@" > "$out" || true
   t1=$(cpu_ticks "$pid")
+  if [[ -n $scraper ]]; then kill "$scraper"; wait "$scraper" 2>/dev/null || true; started=("${started[@]/$scraper}"); fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   started=("${started[@]/$pid}")
   echo $(( t1 - t0 )) > "$out.cpu"
@@ -197,6 +226,10 @@ table=$work/table.md
   fi
   if [[ -n "${med[coturn]:-}" ]]; then
     for s in $SERVERS; do [[ $s == stunedge-* ]] && echo "| $s ÷ coturn | $(ratio "${med[$s]}" "${med[coturn]}") |"; done
+  fi
+  if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-scraped]:-}" ]]; then
+    echo "| stunedge-scraped ÷ stunedge-uring (scraped every second ÷ metrics endpoint off) | $(ratio "${med[stunedge-scraped]}" "${med[stunedge-uring]}") |"
+    echo "| stunedge-uring ÷ stunedge-scraped, CPU µs per request | $(ratio "${cpu_us[stunedge-uring]}" "${cpu_us[stunedge-scraped]}") |"
   fi
   if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-auth]:-}" ]]; then
     echo "| stunedge-auth ÷ stunedge-uring | $(ratio "${med[stunedge-auth]}" "${med[stunedge-uring]}") |"

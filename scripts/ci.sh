@@ -58,7 +58,7 @@ smoke() {
 
 for backend in auto mmsg; do
   config=$(mktemp)
-  printf '[server]\nlisten = ["127.0.0.1:0"]\n[io]\nbackend = "%s"\n[log]\nlevel = "info"\n' "$backend" > "$config"
+  printf '[server]\nlisten = ["127.0.0.1:0"]\n[io]\nbackend = "%s"\n[admin]\nlisten = "127.0.0.1:0"\n[log]\nlevel = "info"\n' "$backend" > "$config"
   smoke "stunedge (io.backend = $backend)" '.*listen="127\.0\.0\.1:\([0-9]*\)".*' \
     -d 2 --sockets 4 --mix plain=4,fingerprint=2,software=1,integrity=1,ice=1,classic=1 -- \
     target/debug/stunedge serve -c "$config"
@@ -67,6 +67,12 @@ done
 # The bare baseline too (plain requests: it answers nothing else correctly, by design).
 smoke stunedge-baseline '.*listening on 127\.0\.0\.1:\([0-9]*\).*' -d 1 --sockets 4 -- \
   target/debug/stunedge-baseline --listen 127.0.0.1:0 --cpus 0
+
+step "Grafana dashboard against a real Prometheus; promtool, systemd-analyze and YAML checks of configs/"
+scripts/check-dashboard.sh
+
+step "host tuning script: dry run prints its plan and changes nothing"
+scripts/tune-host.sh > /dev/null
 
 step "fuzz target builds (bench/fuzz)"
 cargo build --manifest-path bench/fuzz/Cargo.toml --locked

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The Grafana dashboard against a real Prometheus: starts stunedge (admin endpoint on loopback)
+# under a short mixed load (requests with and without credentials, junk), starts Prometheus
+# (Debian package `prometheus`) on loopback scraping it every second, then sends every query of
+# grafana/stunedge-dashboard.json to Prometheus's HTTP API and requires each to parse and return
+# data. Also: `promtool check metrics` on /metrics, `promtool check config` on
+# configs/prometheus.yml, `systemd-analyze verify` on configs/stunedge.service (where systemd is
+# available), and the Kubernetes YAML parses. Stops every process it started, by PID.
+#
+# BIN_DIR: where stunedge and stunedge-bench are (default target/debug; built if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN_DIR:-target/debug}
+PY=/usr/bin/python3
+
+for tool in prometheus promtool curl; do
+  command -v "$tool" >/dev/null || { echo "check-dashboard.sh: $tool is missing (apt-get install prometheus curl)" >&2; exit 2; }
+done
+[[ -x $BIN/stunedge && -x $BIN/stunedge-bench ]] || cargo build --locked -p stunedge -p stunedge-bench
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+admin_port=$(free_port)
+prom_port=$(free_port)
+
+echo "== configs"
+promtool check config configs/prometheus.yml
+if command -v systemd-analyze >/dev/null; then
+  sed "s#/usr/local/bin/stunedge#$(realpath "$BIN/stunedge")#g" configs/stunedge.service > "$work/stunedge.service"
+  systemd-analyze verify "$work/stunedge.service"
+  echo "systemd-analyze verify: configs/stunedge.service ok"
+else
+  echo "SKIPPED systemd-analyze verify: systemd-analyze is not installed here"
+fi
+"$PY" -c '
+import sys, yaml
+for f in sys.argv[1:]:
+    docs = [d for d in yaml.safe_load_all(open(f)) if d]
+    assert docs, f + " is empty"
+    print(f + ": " + ", ".join(d.get("kind", "scrape config") for d in docs))
+' configs/kubernetes/*.yaml
+
+echo "== stunedge with the admin endpoint on 127.0.0.1:$admin_port"
+cat > "$work/stunedge.toml" <<TOML
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:$admin_port"
+[auth]
+policy = "optional"
+mechanism = "short-term"
+short_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }
+TOML
+"$BIN/stunedge" serve -c "$work/stunedge.toml" 2> "$work/stunedge.log" &
+pids+=($!)
+port=""
+for _ in $(seq 100); do
+  port=$(sed -n 's/.*listen="127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$work/stunedge.log")
+  [[ -n $port ]] && break
+  sleep 0.1
+done
+[[ -n $port ]] || { echo "stunedge did not start:"; cat "$work/stunedge.log"; exit 1; }
+# A steady mixed load for the whole check, junk included so drop reasons have data.
+"$BIN/stunedge-bench" -s "127.0.0.1:$port" -q -d 40 --rate 3000 --sockets 2 --junk 10 \
+  --mix plain=4,fingerprint=2,integrity=2,classic=1 > "$work/bench.log" 2>&1 &
+pids+=($!)
+
+curl -sf "http://127.0.0.1:$admin_port/metrics" > "$work/metrics.txt"
+promtool check metrics < "$work/metrics.txt"
+echo "promtool check metrics: ok ($(grep -c '^# TYPE' "$work/metrics.txt") metric families)"
+
+echo "== prometheus on 127.0.0.1:$prom_port, scraping every second"
+cat > "$work/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: stunedge
+    static_configs:
+      - targets: ["127.0.0.1:$admin_port"]
+YAML
+promtool check config "$work/prometheus.yml" >/dev/null
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
+  --web.listen-address="127.0.0.1:$prom_port" > "$work/prometheus.log" 2>&1 &
+pids+=($!)
+api=http://127.0.0.1:$prom_port/api/v1
+query() { curl -sf --get "$api/query" --data-urlencode "query=$1"; }
+# Enough samples for 30 s rate windows: wait until 8 scrapes have succeeded.
+for _ in $(seq 120); do
+  n=$(query 'count_over_time(up{job="stunedge"}[1m])' 2>/dev/null | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' 2>/dev/null || echo 0)
+  (( ${n%.*} >= 8 )) && break
+  sleep 0.5
+done
+(( ${n%.*} >= 8 )) || { echo "prometheus never scraped stunedge:"; tail -20 "$work/prometheus.log"; exit 1; }
+
+echo "== every dashboard query, through the Prometheus API"
+"$PY" - "$api" grafana/stunedge-dashboard.json <<'PYTHON'
+import json, sys, urllib.parse, urllib.request
+api, path = sys.argv[1], sys.argv[2]
+dash = json.load(open(path))
+failed = 0
+count = 0
+for panel in dash["panels"]:
+    for target in panel["targets"]:
+        expr = target["expr"]
+        # Grafana's variables, as the dashboard would fill them here.
+        q = expr.replace("$__rate_interval", "30s").replace('"$instance"', '".*"')
+        url = api + "/query?" + urllib.parse.urlencode({"query": q})
+        try:
+            reply = json.load(urllib.request.urlopen(url))
+        except Exception as e:  # an HTTP 400 is a query that does not parse
+            body = e.read().decode() if hasattr(e, "read") else str(e)
+            print(f"FAIL {panel['title']!r}: {q}\n     {body}")
+            failed += 1
+            continue
+        result = reply["data"]["result"]
+        kind = reply["data"]["resultType"]
+        ok = reply["status"] == "success" and (len(result) > 0 if kind in ("vector", "matrix") else result is not None)
+        count += 1
+        print(("ok  " if ok else "FAIL") + f" {panel['title']!r}: {len(result) if kind in ('vector', 'matrix') else kind} series")
+        if not ok:
+            print(f"     query: {q}")
+            failed += 1
+print(f"{count} queries, {failed} failed")
+sys.exit(1 if failed else 0)
+PYTHON
+echo "dashboard check passed"
