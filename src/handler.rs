@@ -11,7 +11,10 @@
 //!   before anything else about the request; 400 / 401 (long-term: with REALM, NONCE and
 //!   PASSWORD-ALGORITHMS) / 438 with a fresh NONCE; every answer to an authenticated request is
 //!   signed with MESSAGE-INTEGRITY(-SHA256) before FINGERPRINT.
-//! - Unknown comprehension-required attributes → 420 with UNKNOWN-ATTRIBUTES.
+//! - Unknown comprehension-required attributes → 420 with UNKNOWN-ATTRIBUTES. CHANGE-REQUEST
+//!   counts as unknown (RFC 5780 §6.1: a server without an alternate address and port answers
+//!   it with 420), except an all-zero one in an RFC 3489 classic request, which asks for nothing
+//!   and which legacy clients send with every request.
 //! - Broken attribute framing, other methods (TURN and the rest), or more than
 //!   [`MAX_UNKNOWN`] distinct unknown attributes → 400.
 //! - Anything else is dropped and counted under a [`DropReason`]: too short, not STUN, bad
@@ -29,8 +32,9 @@ use crate::stun::attr::{
 use crate::stun::integrity::{Check, check_fingerprint_attribute};
 use crate::stun::message::{COOKIE_OFFSET, ParseError, check_header};
 use crate::stun::registry::{
-    ATTR_FINGERPRINT, ATTR_PASSWORD_ALGORITHMS, ERR_BAD_REQUEST, ERR_STALE_NONCE, ERR_UNAUTHENTICATED,
-    ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING, is_comprehension_required, is_known_attribute,
+    ATTR_CHANGE_REQUEST, ATTR_FINGERPRINT, ATTR_PASSWORD_ALGORITHMS, ERR_BAD_REQUEST, ERR_STALE_NONCE,
+    ERR_UNAUTHENTICATED, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING, is_comprehension_required,
+    is_known_attribute,
 };
 use crate::stun::{Class, Message, MessageType, MessageWriter, WriteError};
 
@@ -205,6 +209,10 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
             request.fingerprint = true;
         } else if auth.is_some() && presented.offer(attr) {
             // Gathered for the credential check below.
+        } else if attr.attr_type == ATTR_CHANGE_REQUEST {
+            if !(classic && attr.value == [0, 0, 0, 0]) {
+                too_many_unknown |= !unknown.insert(ATTR_CHANGE_REQUEST);
+            }
         } else if is_comprehension_required(attr.attr_type) && !is_known_attribute(attr.attr_type) {
             too_many_unknown |= !unknown.insert(attr.attr_type);
         }
@@ -488,6 +496,29 @@ mod tests {
         assert_eq!(msg.get::<UnknownAttributes>().unwrap().unwrap().types(), &[0x0023, 0x7001]);
         assert_eq!(check_fingerprint(&msg), Check::Valid);
         assert_eq!(stats.get(Counter::Responses420), 1);
+    }
+
+    #[test]
+    fn change_request_gets_420_without_an_alternate_address() {
+        for flags in [[0, 0, 0, 0], [0, 0, 0, 4], [0, 0, 0, 6]] {
+            let (mut buf, n) = request(0x0001, &[(ATTR_CHANGE_REQUEST, &flags)], false);
+            let Action::Reply { len } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
+            let msg = Message::parse(&buf[..len]).unwrap();
+            assert_eq!(msg.get::<ErrorCode>().unwrap().unwrap().code, 420, "{flags:?}");
+            assert_eq!(msg.get::<UnknownAttributes>().unwrap().unwrap().types(), &[ATTR_CHANGE_REQUEST]);
+        }
+        // An RFC 3489 classic request with an all-zero CHANGE-REQUEST asks for nothing: answered.
+        let mut buf = [0u8; BUFFER_SIZE];
+        buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
+        buf[4..20].copy_from_slice(&[9; 16]);
+        buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0]);
+        assert_eq!(run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0, Action::Reply { len: 32 });
+        // … but one asking for a change gets 420.
+        buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
+        buf[4..20].copy_from_slice(&[9; 16]);
+        buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 2]);
+        let Action::Reply { len } = run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0 else { panic!() };
+        assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 420);
     }
 
     #[test]
