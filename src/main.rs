@@ -45,6 +45,30 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Ask a STUN server for this host's reflexive address (RFC 8489 Binding, with §6.2.1
+    /// retransmissions); exit 0 with the address, 1 with the reason when it fails.
+    Probe {
+        /// The server: `host`, `host:port` or `[v6]:port` (port 3478 when absent).
+        server: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Initial retransmission timeout in milliseconds (RFC 8489 RTO).
+        #[arg(long, default_value_t = 500)]
+        rto_ms: u64,
+        /// Requests sent before giving up (Rc).
+        #[arg(long, default_value_t = 7)]
+        retries: u32,
+        /// USERNAME for authenticated Binding (short-term unless --long-term).
+        #[arg(long, requires = "password")]
+        username: Option<String>,
+        /// Password for --username.
+        #[arg(long, requires = "username")]
+        password: Option<String>,
+        /// Use long-term credentials (answer the server's 401 challenge).
+        #[arg(long, requires = "username")]
+        long_term: bool,
+    },
     /// Check a configuration file and exit: 0 when valid, 2 with the reason when not.
     CheckConfig {
         /// TOML configuration file.
@@ -60,6 +84,21 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Some(Command::Serve { config }) => serve(config),
+        Some(Command::Probe { server, json, rto_ms, retries, username, password, long_term }) => {
+            let credentials = username.zip(password).map(|(username, password)| {
+                if long_term {
+                    stunedge::client::Credentials::LongTerm { username, password }
+                } else {
+                    stunedge::client::Credentials::ShortTerm { username, password }
+                }
+            });
+            let retransmit = stunedge::client::Retransmit {
+                rto: Duration::from_millis(rto_ms.max(1)),
+                rc: retries.max(1),
+                ..Default::default()
+            };
+            probe(&server, json, credentials.as_ref(), &retransmit)
+        }
         Some(Command::CheckConfig { file }) => match load(Some(file.clone())) {
             Ok(settings) => {
                 for warning in &settings.warnings {
@@ -73,6 +112,72 @@ fn main() -> ExitCode {
         None => {
             let _ = Cli::command().print_help();
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `stunedge probe`: one Binding (with retransmissions), printed as text or JSON.
+fn probe(
+    server: &str,
+    json: bool,
+    credentials: Option<&stunedge::client::Credentials>,
+    retransmit: &stunedge::client::Retransmit,
+) -> ExitCode {
+    use std::net::ToSocketAddrs;
+    let with_port = if server.parse::<std::net::IpAddr>().is_ok() || !server.contains(':') {
+        // A bare IPv4/IPv6 address or host name: the default STUN port.
+        match server.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:3478"),
+            _ => format!("{server}:3478"),
+        }
+    } else {
+        server.to_string()
+    };
+    let addr = match with_port.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => addr,
+        Ok(None) | Err(_) => {
+            eprintln!("stunedge probe: cannot resolve {server:?} (use host, host:port or [v6]:port)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let socket = match std::net::UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stunedge probe: cannot open a UDP socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match stunedge::client::binding(&socket, addr, credentials, retransmit) {
+        Ok(b) => {
+            if json {
+                println!(
+                    "{{\"server\": \"{addr}\", \"local\": \"{}\", \"mapped\": \"{}\", \"rtt_ms\": {:.3}, \"attempts\": {}, \"authenticated\": {}}}",
+                    b.local,
+                    b.mapped,
+                    b.rtt.as_secs_f64() * 1e3,
+                    b.attempts,
+                    b.authenticated
+                );
+            } else {
+                println!(
+                    "mapped address {} (from {}, server {addr}, rtt {:.2} ms, {} request{}{})",
+                    b.mapped,
+                    b.local,
+                    b.rtt.as_secs_f64() * 1e3,
+                    b.attempts,
+                    if b.attempts == 1 { "" } else { "s" },
+                    if b.authenticated { ", authenticated" } else { "" }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                println!("{{\"server\": \"{addr}\", \"error\": \"{}\"}}", e.to_string().replace('"', "'"));
+            }
+            eprintln!("stunedge probe: {addr}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

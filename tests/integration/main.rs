@@ -8,5 +8,6 @@ mod auth;
 mod cli;
 mod iana;
 mod loopback;
+mod probe;
 mod rfc5769;
 mod support;

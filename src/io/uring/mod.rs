@@ -6,11 +6,13 @@
 //! has completed.
 //!
 //! Kernel floors of what is used: io_uring (5.1), IORING_ENTER_EXT_ARG wait timeouts (5.11),
-//! io_uring_register_buf_ring (5.19), multishot IORING_OP_RECVMSG (6.0), COOP_TASKRUN (5.19)
-//! and SINGLE_ISSUER (6.0). [`probe`] checks them at start. DEFER_TASKRUN (6.1) is deliberately
-//! not used: with it the kernel runs the receive completions' task work only inside our
-//! io_uring_enter, and that measured 7–18 % slower than COOP_TASKRUN on a 16-CPU Xeon (and
-//! ~4 % on the 2-vCPU VM); see bench/results/2026-11-26-levers.md.
+//! io_uring_register_buf_ring (5.19), multishot IORING_OP_RECVMSG (6.0), SINGLE_ISSUER (6.0)
+//! and DEFER_TASKRUN (6.1, used when present; COOP_TASKRUN, 5.19, otherwise). [`probe`] checks
+//! them at start. COOP_TASKRUN + SINGLE_ISSUER measured 7–18 % faster than DEFER_TASKRUN on a
+//! 16-CPU Xeon, but with it the burst test (`io_uring_sustains_a_burst_larger_than_its_buffer_ring`)
+//! stalled about once in a dozen runs under CPU load (a request after the burst unanswered for
+//! 2 s; DEFER: 0 of 14); it stays off until that is understood. See
+//! bench/results/2026-11-26-levers.md.
 
 mod buf_ring;
 mod send;
@@ -193,14 +195,11 @@ impl Driver {
     /// Sets up a ring for `fds` (non-blocking UDP sockets) and arms a multishot receive on each;
     /// [`Driver::turn`] returns at least every `heartbeat`.
     pub fn new(fds: &[RawFd], mode: SendMode, heartbeat: Duration) -> io::Result<Driver> {
-        // COOP_TASKRUN: no inter-processor interrupt to run task work, it runs when this thread
-        // next enters the kernel; SINGLE_ISSUER: only this (pinned) thread submits. Measured
-        // faster than DEFER_TASKRUN here (bench/results/2026-11-26-levers.md).
         let mut builder = IoUring::builder();
-        builder.setup_cqsize(SQ_ENTRIES * 4).setup_single_issuer().setup_coop_taskrun();
+        builder.setup_cqsize(SQ_ENTRIES * 4).setup_single_issuer().setup_defer_taskrun();
         let ring = match builder.build(SQ_ENTRIES) {
             Ok(ring) => ring,
-            // SINGLE_ISSUER needs 6.0; without it the ring still works.
+            // DEFER_TASKRUN needs 6.1; COOP_TASKRUN (5.19) is the next best.
             Err(_) => IoUring::builder().setup_cqsize(SQ_ENTRIES * 4).setup_coop_taskrun().build(SQ_ENTRIES)?,
         };
         let bufs = BufRing::new(PAYLOAD_OFFSET + BUFFER_SIZE)?;

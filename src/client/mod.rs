@@ -1,0 +1,339 @@
+//! The STUN client: Binding transactions with RFC 8489 §6.2.1 retransmission over UDP, optional
+//! short-term or long-term credentials (401 → retry with REALM and NONCE, 438 → retry with the
+//! new NONCE), and clear errors for timeouts and ICMP unreachable. Used by `stunedge probe`.
+//! Blocking and allocation-tolerant: this is a tool, never the server's packet path, and it
+//! shares no code path with the server that the server does not need.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::auth::keys::{Algorithm, long_term_key};
+use crate::stun::attr::{
+    ErrorCode, MappedAddress, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm, Username, XorMappedAddress,
+};
+use crate::stun::integrity::{Check, check_integrity_sha1, check_integrity_sha256};
+use crate::stun::registry::{ATTR_PASSWORD_ALGORITHM, ATTR_PASSWORD_ALGORITHMS, MAGIC_COOKIE};
+use crate::stun::{Class, Message, MessageType, MessageWriter};
+
+/// Retransmission parameters (RFC 8489 §6.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retransmit {
+    /// Initial retransmission timeout (RFC default 500 ms).
+    pub rto: Duration,
+    /// Requests sent in all (Rc, default 7).
+    pub rc: u32,
+    /// After the last request, wait `rm` × RTO for an answer (Rm, default 16).
+    pub rm: u32,
+}
+
+impl Default for Retransmit {
+    fn default() -> Self {
+        Retransmit { rto: Duration::from_millis(500), rc: 7, rm: 16 }
+    }
+}
+
+impl Retransmit {
+    /// When each request goes out, from the first, and when the transaction times out: with the
+    /// defaults 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s, timeout at 39.5 s (§6.2.1's example).
+    pub fn schedule(&self) -> (Vec<Duration>, Duration) {
+        let mut sends = Vec::with_capacity(self.rc as usize);
+        let mut at = Duration::ZERO;
+        let mut rto = self.rto;
+        for _ in 0..self.rc.max(1) {
+            sends.push(at);
+            at += rto;
+            rto *= 2;
+        }
+        let last = *sends.last().unwrap_or(&Duration::ZERO);
+        (sends, last + self.rto * self.rm)
+    }
+}
+
+/// Credentials for an authenticated Binding.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// USERNAME + MESSAGE-INTEGRITY keyed with the password.
+    ShortTerm {
+        /// USERNAME.
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// Answer the server's 401 challenge (realm and nonce) with these.
+    LongTerm {
+        /// USERNAME.
+        username: String,
+        /// The password.
+        password: String,
+    },
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::ShortTerm { username, .. } => write!(f, "ShortTerm({username:?}, <password>)"),
+            Credentials::LongTerm { username, .. } => write!(f, "LongTerm({username:?}, <password>)"),
+        }
+    }
+}
+
+/// A successful Binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    /// The server-reflexive address (XOR-MAPPED-ADDRESS, else MAPPED-ADDRESS).
+    pub mapped: SocketAddr,
+    /// The local address the request left from.
+    pub local: SocketAddr,
+    /// Round-trip time of the answered request.
+    pub rtt: Duration,
+    /// Requests sent in the last transaction (1 when the first was answered).
+    pub attempts: u32,
+    /// Whether the answer was signed and checked with the credentials.
+    pub authenticated: bool,
+}
+
+/// Why a Binding failed.
+#[derive(Debug)]
+pub enum ProbeError {
+    /// No answer before the transaction timed out.
+    Timeout {
+        /// How long it waited.
+        after: Duration,
+        /// Requests sent.
+        attempts: u32,
+    },
+    /// ICMP port or host unreachable (nothing listens there).
+    Unreachable(io::Error),
+    /// Another socket error.
+    Io(io::Error),
+    /// The server answered with an error response.
+    ErrorResponse {
+        /// The code, e.g. 401.
+        code: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
+    /// A success response without a mapped address, or failing its integrity check.
+    BadResponse(&'static str),
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::Timeout { after, attempts } => {
+                write!(f, "no answer after {:.1} s and {attempts} requests", after.as_secs_f64())
+            }
+            ProbeError::Unreachable(e) => write!(f, "unreachable: nothing answers there ({e})"),
+            ProbeError::Io(e) => write!(f, "socket error: {e}"),
+            ProbeError::ErrorResponse { code, reason } => {
+                // The registered name when the server sent no reason phrase (stunedge sends
+                // none with 401 and 438, to keep challenges small).
+                let name = crate::stun::registry::error_code(*code).map_or("", |r| r.name);
+                let text = if reason.is_empty() { name } else { reason.as_str() };
+                write!(f, "error response {code} ({text})")
+            }
+            ProbeError::BadResponse(why) => write!(f, "bad response: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+fn random_tid() -> [u8; 12] {
+    use std::io::Read;
+    let mut tid = [0u8; 12];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut tid)).is_err() {
+        // No /dev/urandom: the clock's nanoseconds and the process ID are unique enough for a
+        // transaction ID (it is matched, not secret).
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        tid[..8].copy_from_slice(&(t as u64).to_le_bytes());
+        tid[8..].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    tid
+}
+
+/// What the request carries for authentication.
+enum Sign<'a> {
+    None,
+    ShortTerm { username: &'a str, password: &'a str },
+    LongTerm { username: &'a str, key: Vec<u8>, realm: Vec<u8>, nonce: Vec<u8>, algorithms: Option<Vec<u8>> },
+}
+
+fn build(tid: [u8; 12], sign: &Sign<'_>) -> Vec<u8> {
+    let mut buf = [0u8; 1024];
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    key[4..].copy_from_slice(&tid);
+    // The buffer holds any request built here: errors cannot happen, but are not unwrapped.
+    let n = (|| -> Result<usize, crate::stun::WriteError> {
+        let mut w = MessageWriter::new(&mut buf, MessageType::BINDING_REQUEST, &key)?;
+        match sign {
+            Sign::None => {}
+            Sign::ShortTerm { username, password } => {
+                w.add(&Username(username.as_bytes()))?;
+                w.add_integrity_sha1(password.as_bytes())?;
+            }
+            Sign::LongTerm { username, key, realm, nonce, algorithms } => {
+                w.add(&Username(username.as_bytes()))?;
+                w.add(&Realm(realm))?;
+                w.add(&Nonce(nonce))?;
+                if let Some(list) = algorithms {
+                    w.add_raw(ATTR_PASSWORD_ALGORITHMS, list)?;
+                    w.add_raw(ATTR_PASSWORD_ALGORITHM, &[0, 2, 0, 0])?;
+                    w.add_integrity_sha256(key, 32)?;
+                } else {
+                    w.add_integrity_sha1(key)?;
+                }
+            }
+        }
+        w.add_fingerprint()?;
+        Ok(w.finish())
+    })()
+    .unwrap_or(0);
+    buf[..n].to_vec()
+}
+
+/// One transaction: sends `request` on the schedule until an answer with its transaction ID
+/// arrives. Returns the answer, its round-trip time and the requests sent.
+fn transact(
+    socket: &UdpSocket,
+    request: &[u8],
+    tid: [u8; 12],
+    retransmit: &Retransmit,
+) -> Result<(Vec<u8>, Duration, u32), ProbeError> {
+    let (sends, timeout) = retransmit.schedule();
+    let start = Instant::now();
+    let mut sent = 0u32;
+    let mut last_send = start;
+    let mut buf = [0u8; 2048];
+    loop {
+        let now = start.elapsed();
+        if let Some(&due) = sends.get(sent as usize) {
+            if now >= due {
+                socket.send(request).map_err(classify)?;
+                sent += 1;
+                last_send = Instant::now();
+                continue;
+            }
+        }
+        let next = sends.get(sent as usize).copied().unwrap_or(timeout);
+        if now >= timeout {
+            return Err(ProbeError::Timeout { after: now, attempts: sent });
+        }
+        socket.set_read_timeout(Some((next - now).max(Duration::from_millis(1)))).map_err(ProbeError::Io)?;
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let Ok(msg) = Message::parse(&buf[..n]) else { continue };
+                if msg.transaction_id().0 != tid || msg.message_type().method != crate::stun::registry::METHOD_BINDING {
+                    continue; // a stray or late answer to something else
+                }
+                return Ok((buf[..n].to_vec(), last_send.elapsed(), sent));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(classify(e)),
+        }
+    }
+}
+
+fn classify(e: io::Error) -> ProbeError {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => ProbeError::Unreachable(e),
+        _ => ProbeError::Io(e),
+    }
+}
+
+/// Sends Binding requests to `server` from `socket` (connected to it here, so ICMP errors are
+/// reported) until one is answered; handles the long-term challenge.
+pub fn binding(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    credentials: Option<&Credentials>,
+    retransmit: &Retransmit,
+) -> Result<Binding, ProbeError> {
+    socket.connect(server).map_err(ProbeError::Io)?;
+    let local = socket.local_addr().map_err(ProbeError::Io)?;
+    let mut sign = match credentials {
+        None | Some(Credentials::LongTerm { .. }) => Sign::None,
+        Some(Credentials::ShortTerm { username, password }) => Sign::ShortTerm { username, password },
+    };
+    // A long-term exchange takes at most: challenge, request, and one 438 retry.
+    for _ in 0..3 {
+        let tid = random_tid();
+        let request = build(tid, &sign);
+        let (answer, rtt, attempts) = transact(socket, &request, tid, retransmit)?;
+        let msg = Message::parse(&answer).map_err(|_| ProbeError::BadResponse("unparsable"))?;
+        let key: Option<Vec<u8>> = match &sign {
+            Sign::None => None,
+            Sign::ShortTerm { password, .. } => Some(password.as_bytes().to_vec()),
+            Sign::LongTerm { key, .. } => Some(key.clone()),
+        };
+        if msg.message_type().class == Class::ErrorResponse {
+            let error = msg.get::<ErrorCode>().and_then(Result::ok);
+            let code = error.map_or(0, |e| e.code);
+            if let (401 | 438, Some(Credentials::LongTerm { username, password })) = (code, credentials) {
+                let realm = msg.get::<Realm>().and_then(Result::ok).map(|r| r.0.to_vec());
+                let nonce = msg.get::<Nonce>().and_then(Result::ok).map(|n| n.0.to_vec());
+                let retry_401 = code == 401 && matches!(sign, Sign::None);
+                let retry_438 = code == 438 && matches!(sign, Sign::LongTerm { .. });
+                if let (Some(realm), Some(nonce), true) = (realm, nonce, retry_401 || retry_438) {
+                    // RFC 8489 §9.2.5: echo PASSWORD-ALGORITHMS and pick SHA-256 when offered.
+                    let offered = msg.get::<PasswordAlgorithms>().and_then(Result::ok);
+                    let sha256 = offered.is_some_and(|l| l.iter().any(|a: PasswordAlgorithm<'_>| a.algorithm == 2));
+                    let algorithm = if sha256 { Algorithm::Sha256 } else { Algorithm::Md5 };
+                    let key = long_term_key(algorithm, username.as_bytes(), &realm, password.as_bytes());
+                    sign = Sign::LongTerm {
+                        username,
+                        key: key.as_bytes().to_vec(),
+                        realm,
+                        nonce,
+                        algorithms: if sha256 { offered.map(|l| l.0.to_vec()) } else { None },
+                    };
+                    continue;
+                }
+            }
+            let reason = error.map_or(String::new(), |e| e.reason.to_string());
+            return Err(ProbeError::ErrorResponse { code, reason });
+        }
+        let authenticated = match &key {
+            None => false,
+            Some(key) => {
+                let checks = [check_integrity_sha256(&msg, key), check_integrity_sha1(&msg, key)];
+                if checks.contains(&Check::Invalid) || !checks.contains(&Check::Valid) {
+                    return Err(ProbeError::BadResponse("integrity check failed"));
+                }
+                true
+            }
+        };
+        let mapped = match msg.get::<XorMappedAddress>() {
+            Some(Ok(a)) => a.0,
+            _ => match msg.get::<MappedAddress>() {
+                Some(Ok(a)) => a.0,
+                _ => return Err(ProbeError::BadResponse("no mapped address")),
+            },
+        };
+        return Ok(Binding { mapped, local, rtt, attempts, authenticated });
+    }
+    Err(ProbeError::BadResponse("the server kept challenging"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc8489_schedule() {
+        let (sends, timeout) = Retransmit::default().schedule();
+        let ms: Vec<u128> = sends.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 500, 1500, 3500, 7500, 15500, 31500]);
+        assert_eq!(timeout.as_millis(), 39500);
+        let (sends, timeout) = Retransmit { rto: Duration::from_millis(10), rc: 2, rm: 3 }.schedule();
+        assert_eq!(sends, [Duration::ZERO, Duration::from_millis(10)]);
+        assert_eq!(timeout, Duration::from_millis(40));
+    }
+}

@@ -1,0 +1,109 @@
+//! The STUN client (`stunedge::client`, `stunedge probe`) against the server on loopback: plain
+//! Binding on IPv4 and IPv6, short-term and long-term credentials (the 401 challenge answered,
+//! SHA-256 negotiated), a wrong password, a silent server (RFC 8489 §6.2.1 schedule, then a
+//! timeout), a closed port (ICMP unreachable), and the CLI's JSON.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use stunedge::client::{Credentials, ProbeError, Retransmit, binding};
+use stunedge::config::Config;
+use stunedge::worker::Server;
+
+fn server() -> Server {
+    let cpu = core_affinity::get_core_ids().unwrap()[0].id;
+    let (long, short) = (crate::cli::free_port(), crate::cli::free_port());
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\", \"127.0.0.2:{long}\", \"127.0.0.3:{short}\"]\n\
+         [io]\ncpus = [{cpu}]\n[auth]\nrealm = \"example.org\"\nlong_term_users = {{ alice = \"wonderland\" }}\n\
+         short_term_users = {{ bob = \"builder\" }}\nlisteners = [{{ listen = \"127.0.0.2:{long}\", policy = \"required\" }}, \
+         {{ listen = \"127.0.0.3:{short}\", policy = \"required\", mechanism = \"short-term\" }}]\n"
+    );
+    Server::start(&Config::from_toml(&text, "test").unwrap().validate(&[cpu]).unwrap()).unwrap()
+}
+
+fn fast() -> Retransmit {
+    Retransmit { rto: Duration::from_millis(100), rc: 4, rm: 4 }
+}
+
+fn socket_for(addr: SocketAddr) -> UdpSocket {
+    UdpSocket::bind(if addr.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }).unwrap()
+}
+
+#[test]
+fn binding_with_and_without_credentials() {
+    let server = server();
+    let a = server.local_addrs().to_vec();
+    for addr in [a[0], a[1]] {
+        let s = socket_for(addr);
+        let b = binding(&s, addr, None, &fast()).unwrap();
+        assert_eq!(b.mapped, s.local_addr().unwrap(), "{addr}");
+        assert!(!b.authenticated);
+    }
+    let alice = Credentials::LongTerm { username: "alice".into(), password: "wonderland".into() };
+    let s = socket_for(a[2]);
+    let b = binding(&s, a[2], Some(&alice), &fast()).unwrap();
+    assert!(b.authenticated, "answer signed and checked");
+    assert_eq!(b.mapped, s.local_addr().unwrap());
+    let wrong = Credentials::LongTerm { username: "alice".into(), password: "nope".into() };
+    match binding(&socket_for(a[2]), a[2], Some(&wrong), &fast()) {
+        Err(e @ ProbeError::ErrorResponse { code: 401, .. }) => {
+            assert_eq!(e.to_string(), "error response 401 (Unauthenticated)")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without credentials the long-term listener's challenge is the answer.
+    assert!(matches!(
+        binding(&socket_for(a[2]), a[2], None, &fast()),
+        Err(ProbeError::ErrorResponse { code: 401, .. })
+    ));
+    let bob = Credentials::ShortTerm { username: "bob".into(), password: "builder".into() };
+    assert!(binding(&socket_for(a[3]), a[3], Some(&bob), &fast()).unwrap().authenticated);
+}
+
+#[test]
+fn silence_times_out_on_the_rfc_schedule_and_a_closed_port_is_unreachable() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let retransmit = Retransmit { rto: Duration::from_millis(20), rc: 3, rm: 2 };
+    let start = Instant::now();
+    match binding(&socket_for(addr), addr, None, &retransmit) {
+        Err(ProbeError::Timeout { attempts: 3, after }) => {
+            // Sends at 0, 20, 60 ms; timeout 40 ms after the last: 100 ms.
+            assert!(after >= Duration::from_millis(100) && start.elapsed() < Duration::from_secs(2), "{after:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut buf = [0u8; 64];
+    silent.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut seen = 0;
+    while silent.recv_from(&mut buf).is_ok() {
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "three requests reached the silent server");
+
+    drop(silent);
+    match binding(&socket_for(addr), addr, None, &retransmit) {
+        Err(e @ ProbeError::Unreachable(_)) => assert!(e.to_string().starts_with("unreachable"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn probe_command_prints_json() {
+    let server = server();
+    let addr = server.local_addrs()[0];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stunedge"))
+        .args(["probe", &addr.to_string(), "--json", "--rto-ms", "100"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with(&format!("{{\"server\": \"{addr}\", \"local\": \"127.0.0.1:")), "{text}");
+    let local = text.split("\"local\": \"").nth(1).unwrap().split('"').next().unwrap();
+    assert!(text.contains(&format!("\"mapped\": \"{local}\"")), "mapped is the local address on loopback: {text}");
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_stunedge")).args(["probe", "no such host!"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resolve"));
+}
