@@ -18,15 +18,8 @@ for tool in prometheus promtool curl; do
 done
 [[ -x $BIN/stunedge && -x $BIN/stunedge-bench ]] || cargo build --locked -p stunedge -p stunedge-bench
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 admin_port=$(free_port)
@@ -61,7 +54,7 @@ mechanism = "short-term"
 short_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }
 TOML
 "$BIN/stunedge" serve -c "$work/stunedge.toml" 2> "$work/stunedge.log" &
-pids+=($!)
+started+=($!)
 port=""
 for _ in $(seq 100); do
   port=$(sed -n 's/.*listen="127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$work/stunedge.log")
@@ -72,7 +65,7 @@ done
 # A steady mixed load for the whole check, junk included so drop reasons have data.
 "$BIN/stunedge-bench" -s "127.0.0.1:$port" -q -d 40 --rate 3000 --sockets 2 --junk 10 \
   --mix plain=4,fingerprint=2,integrity=2,classic=1 > "$work/bench.log" 2>&1 &
-pids+=($!)
+started+=($!)
 
 curl -sf "http://127.0.0.1:$admin_port/metrics" > "$work/metrics.txt"
 promtool check metrics < "$work/metrics.txt"
@@ -91,7 +84,7 @@ YAML
 promtool check config "$work/prometheus.yml" >/dev/null
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
   --web.listen-address="127.0.0.1:$prom_port" > "$work/prometheus.log" 2>&1 &
-pids+=($!)
+started+=($!)
 api=http://127.0.0.1:$prom_port/api/v1
 query() { curl -sf --get "$api/query" --data-urlencode "query=$1"; }
 # Enough samples for 30 s rate windows: wait until 8 scrapes have succeeded.
