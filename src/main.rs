@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use stunedge::admin::{Admin, Health};
 use stunedge::config::{Config, Settings};
 use stunedge::metrics::ReloadStats;
-use stunedge::worker::Server;
+use stunedge::worker::{Server, unix_now};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -221,10 +221,6 @@ fn reload_config(server: &Server, path: Option<&std::path::Path>, running: &Sett
             false
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The CPUs this process may run on (its affinity mask).

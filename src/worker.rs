@@ -82,8 +82,9 @@ impl HandlersView {
     }
 }
 
-/// Unix time in seconds, for nonces (read once per loop turn; the vDSO answers, no syscall).
-fn unix_now() -> u64 {
+/// Unix time in seconds: nonces (read once per loop turn; the vDSO answers, no syscall) and
+/// the reload timestamps of the metrics.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
