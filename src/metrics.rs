@@ -541,8 +541,21 @@ impl Exporter {
             f.set_metric(metrics);
             families.push(f);
         };
-        let counter = |w: &str, s: &Stats, c: Counter| sample(&[("worker", w)], s.get(c) as f64, &Kind::Counter);
-        let each = |c: Counter| -> Vec<proto::Metric> { per_worker.iter().map(|(w, s)| counter(w, s, c)).collect() };
+        // Per worker, one sample per entry: the `worker` label, then the entry's labels.
+        let split = |entries: &[(&[(&str, &str)], Counter)]| -> Vec<proto::Metric> {
+            per_worker
+                .iter()
+                .flat_map(|(w, s)| {
+                    entries.iter().map(move |(labels, c)| {
+                        let mut all = vec![("worker", w.as_str())];
+                        all.extend_from_slice(labels);
+                        sample(&all, s.get(*c) as f64, &Kind::Counter)
+                    })
+                })
+                .collect()
+        };
+        // One sample per worker, labelled by worker only.
+        let each = |c: Counter| split(&[(&[], c)]);
 
         family("stunedge_build_info", vec![sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0, &Kind::Gauge)]);
         family("stunedge_io_backend_info", vec![sample(&[("backend", self.backend)], 1.0, &Kind::Gauge)]);
@@ -551,28 +564,24 @@ impl Exporter {
         family("stunedge_received_bytes_total", each(Counter::BytesIn));
         family("stunedge_sent_datagrams_total", each(Counter::DatagramsOut));
         family("stunedge_sent_bytes_total", each(Counter::BytesOut));
-        let mut requests = Vec::new();
-        for (w, s) in &per_worker {
-            for (method, c) in [("binding", Counter::RequestsBinding), ("other", Counter::RequestsOther)] {
-                requests.push(sample(&[("worker", w), ("method", method)], s.get(c) as f64, &Kind::Counter));
-            }
-        }
-        family("stunedge_requests_total", requests);
+        family(
+            "stunedge_requests_total",
+            split(&[
+                (&[("method", "binding")], Counter::RequestsBinding),
+                (&[("method", "other")], Counter::RequestsOther),
+            ]),
+        );
         family("stunedge_classic_requests_total", each(Counter::RequestsClassic));
-        let mut responses = Vec::new();
-        for (w, s) in &per_worker {
-            for (class, code, c) in [
-                ("success", "", Counter::ResponsesSuccess),
-                ("error", "400", Counter::Responses400),
-                ("error", "401", Counter::Responses401),
-                ("error", "420", Counter::Responses420),
-                ("error", "438", Counter::Responses438),
-            ] {
-                let labels = [("worker", w.as_str()), ("class", class), ("code", code)];
-                responses.push(sample(&labels, s.get(c) as f64, &Kind::Counter));
-            }
-        }
-        family("stunedge_responses_total", responses);
+        family(
+            "stunedge_responses_total",
+            split(&[
+                (&[("class", "success"), ("code", "")], Counter::ResponsesSuccess),
+                (&[("class", "error"), ("code", "400")], Counter::Responses400),
+                (&[("class", "error"), ("code", "401")], Counter::Responses401),
+                (&[("class", "error"), ("code", "420")], Counter::Responses420),
+                (&[("class", "error"), ("code", "438")], Counter::Responses438),
+            ]),
+        );
         let mut drops = Vec::new();
         for (w, s) in &per_worker {
             for r in DropReason::ALL {
@@ -580,29 +589,23 @@ impl Exporter {
             }
         }
         family("stunedge_dropped_total", drops);
-        let mut auth = Vec::new();
-        for (w, s) in &per_worker {
-            for (outcome, c) in [
-                ("authenticated", Counter::RequestsAuthenticated),
-                ("rejected", Counter::Responses401),
-                ("stale_nonce", Counter::Responses438),
-            ] {
-                auth.push(sample(&[("worker", w), ("outcome", outcome)], s.get(c) as f64, &Kind::Counter));
-            }
-        }
-        family("stunedge_auth_total", auth);
-        let mut send_errors = Vec::new();
-        for (w, s) in &per_worker {
-            for (errno, c) in [
-                ("EAGAIN", Counter::SendErrorsEagain),
-                ("ENOBUFS", Counter::SendErrorsEnobufs),
-                ("EPERM", Counter::SendErrorsEperm),
-                ("other", Counter::SendErrorsOther),
-            ] {
-                send_errors.push(sample(&[("worker", w), ("errno", errno)], s.get(c) as f64, &Kind::Counter));
-            }
-        }
-        family("stunedge_send_errors_total", send_errors);
+        family(
+            "stunedge_auth_total",
+            split(&[
+                (&[("outcome", "authenticated")], Counter::RequestsAuthenticated),
+                (&[("outcome", "rejected")], Counter::Responses401),
+                (&[("outcome", "stale_nonce")], Counter::Responses438),
+            ]),
+        );
+        family(
+            "stunedge_send_errors_total",
+            split(&[
+                (&[("errno", "EAGAIN")], Counter::SendErrorsEagain),
+                (&[("errno", "ENOBUFS")], Counter::SendErrorsEnobufs),
+                (&[("errno", "EPERM")], Counter::SendErrorsEperm),
+                (&[("errno", "other")], Counter::SendErrorsOther),
+            ]),
+        );
         family("stunedge_receive_errors_total", each(Counter::RecvErrors));
         let kernel = kernel_drops();
         let socket_drops = self
