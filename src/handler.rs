@@ -228,10 +228,10 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
                 request.signer = Some(signer);
             }
             Verdict::BadRequest => return bad_request(buf, &request, config, stats),
-            Verdict::Unauthenticated => return challenge(buf, &request, auth, meta, config, stats),
+            Verdict::Unauthenticated => return challenge(buf, &request, Stale::No, auth, meta, config, stats),
             Verdict::StaleNonce(signer) => {
                 request.signer = Some(signer);
-                return challenge(buf, &request, auth, meta, config, stats);
+                return challenge(buf, &request, Stale::Yes, auth, meta, config, stats);
             }
         }
     }
@@ -275,6 +275,14 @@ fn bad_request(buf: &mut [u8], request: &Request<'_>, config: &HandlerConfig, st
     reply(buf, stats, Counter::Responses400, |b| error(b, request, ERR_BAD_REQUEST, "Bad Request", None, config))
 }
 
+/// Which challenge: 438 for a request that authenticated with a nonce no longer valid, 401
+/// otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stale {
+    Yes,
+    No,
+}
+
 /// 401 (no or wrong credentials) or, when the request authenticated with an expired nonce, 438
 /// signed with its key (RFC 8489 §9.2.4). Long-term challenges carry REALM, a fresh NONCE and
 /// PASSWORD-ALGORITHMS; short-term 401s carry nothing more (§9.1.3). The reason phrase is empty:
@@ -284,15 +292,15 @@ fn bad_request(buf: &mut [u8], request: &Request<'_>, config: &HandlerConfig, st
 fn challenge(
     buf: &mut [u8],
     request: &Request<'_>,
+    stale: Stale,
     auth: &ListenerAuth,
     meta: &Meta,
     config: &HandlerConfig,
     stats: &mut Stats,
 ) -> Action {
-    let (code, counter) = if request.signer.is_some() {
-        (ERR_STALE_NONCE, Counter::Responses438)
-    } else {
-        (ERR_UNAUTHENTICATED, Counter::Responses401)
+    let (code, counter) = match stale {
+        Stale::Yes => (ERR_STALE_NONCE, Counter::Responses438),
+        Stale::No => (ERR_UNAUTHENTICATED, Counter::Responses401),
     };
     reply(buf, stats, counter, |b| {
         let mut w = MessageWriter::over(b, MessageType::new(request.method, Class::ErrorResponse))?;
