@@ -123,22 +123,9 @@ fn probe(
     credentials: Option<&stunedge::client::Credentials>,
     retransmit: &stunedge::client::Retransmit,
 ) -> ExitCode {
-    use std::net::ToSocketAddrs;
-    let with_port = if server.parse::<std::net::IpAddr>().is_ok() || !server.contains(':') {
-        // A bare IPv4/IPv6 address or host name: the default STUN port.
-        match server.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:3478"),
-            _ => format!("{server}:3478"),
-        }
-    } else {
-        server.to_string()
-    };
-    let addr = match with_port.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(addr)) => addr,
-        Ok(None) | Err(_) => {
-            eprintln!("stunedge probe: cannot resolve {server:?} (use host, host:port or [v6]:port)");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let Some(addr) = stunedge::client::resolve(server) else {
+        eprintln!("stunedge probe: cannot resolve {server:?} (use host, host:port or [v6]:port)");
+        return ExitCode::from(EXIT_CONFIG);
     };
     let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let socket = match std::net::UdpSocket::bind(bind) {

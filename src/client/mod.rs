@@ -141,6 +141,20 @@ impl fmt::Display for ProbeError {
 
 impl std::error::Error for ProbeError {}
 
+/// The STUN port when a server is named without one (RFC 8489 §18.6).
+pub const DEFAULT_PORT: u16 = 3478;
+
+/// A server named as `host`, `host:port`, `IPv4`, `IPv4:port`, `IPv6` or `[IPv6]:port`; port 3478
+/// when none is given. Resolves host names (the first address wins).
+pub fn resolve(server: &str) -> Option<SocketAddr> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    if let Ok(ip) = server.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let with_port = if server.contains(':') { server.to_string() } else { format!("{server}:{DEFAULT_PORT}") };
+    with_port.to_socket_addrs().ok()?.next()
+}
+
 fn random_tid() -> [u8; 12] {
     use std::io::Read;
     let mut tid = [0u8; 12];
@@ -325,6 +339,16 @@ pub fn binding(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_names() {
+        assert_eq!(resolve("192.0.2.1"), Some("192.0.2.1:3478".parse().unwrap()));
+        assert_eq!(resolve("192.0.2.1:19302"), Some("192.0.2.1:19302".parse().unwrap()));
+        assert_eq!(resolve("2001:db8::1"), Some("[2001:db8::1]:3478".parse().unwrap()));
+        assert_eq!(resolve("[2001:db8::1]:5349"), Some("[2001:db8::1]:5349".parse().unwrap()));
+        assert_eq!(resolve("localhost").map(|a| a.port()), Some(3478));
+        assert_eq!(resolve("no such host!"), None);
+    }
 
     #[test]
     fn rfc8489_schedule() {
