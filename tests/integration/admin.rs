@@ -13,17 +13,23 @@ fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn drain_flips_readyz_keeps_answering_then_exits() {
-    let (port, admin_port) = (free_port(), free_tcp_port());
-    let udp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+/// `stunedge serve` on a free UDP port with its admin endpoint on a free TCP port and the given
+/// drain, once it answers; returns the process and both addresses.
+fn serve_with_drain(name: &str, drain_seconds: u64) -> (Running, SocketAddr, SocketAddr) {
+    let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let config = write_config(
-        "drain.toml",
-        &format!("[server]\nlisten = [\"{udp}\"]\n[admin]\nlisten = \"{admin}\"\ndrain_seconds = 2\n"),
+        name,
+        &format!("[server]\nlisten = [\"{udp}\"]\n[admin]\nlisten = \"{admin}\"\ndrain_seconds = {drain_seconds}\n"),
     );
     let mut server = Running::start(&["serve", "-c", config.to_str().unwrap()]);
     server.wait_answering(udp);
+    (server, udp, admin)
+}
+
+#[test]
+fn drain_flips_readyz_keeps_answering_then_exits() {
+    let (mut server, udp, admin) = serve_with_drain("drain.toml", 2);
     assert_eq!(http_get(admin, "/healthz").unwrap().0, 200);
     assert_eq!(http_get(admin, "/readyz").unwrap(), (200, "ready\n".to_string()));
     assert_eq!(http_get(admin, "/nope").unwrap().0, 404);
@@ -56,14 +62,7 @@ fn drain_flips_readyz_keeps_answering_then_exits() {
 
 #[test]
 fn sigint_stops_at_once_even_with_a_drain_configured() {
-    let (port, admin_port) = (free_port(), free_tcp_port());
-    let udp: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = write_config(
-        "drain-int.toml",
-        &format!("[server]\nlisten = [\"{udp}\"]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ndrain_seconds = 30\n"),
-    );
-    let mut server = Running::start(&["serve", "-c", config.to_str().unwrap()]);
-    server.wait_answering(udp);
+    let (mut server, _, _) = serve_with_drain("drain-int.toml", 30);
     server.signal(libc::SIGINT);
     assert_eq!(server.wait_exit(Duration::from_secs(1)), 0);
 }
