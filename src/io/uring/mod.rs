@@ -8,7 +8,7 @@
 //! Kernel floors of what is used: io_uring (5.1), IORING_ENTER_EXT_ARG wait timeouts (5.11),
 //! io_uring_register_buf_ring (5.19), multishot IORING_OP_RECVMSG (6.0), SINGLE_ISSUER (6.0)
 //! and DEFER_TASKRUN (6.1, used when present; COOP_TASKRUN, 5.19, otherwise). [`probe`] checks
-//! them at start. COOP_TASKRUN + SINGLE_ISSUER measured 7–18 % faster than DEFER_TASKRUN on a
+//! them at start. COOP_TASKRUN + SINGLE_ISSUER measured 6–18 % faster than DEFER_TASKRUN on a
 //! 16-CPU Xeon, but with it the burst test (`io_uring_sustains_a_burst_larger_than_its_buffer_ring`)
 //! stalled about once in a dozen runs under CPU load (a request after the burst unanswered for
 //! 2 s; DEFER: 0 of 14); it stays off until that is understood. See
