@@ -197,11 +197,6 @@ impl Key<'_> {
 }
 
 impl Signer<'_> {
-    /// Whether the response carries MESSAGE-INTEGRITY-SHA256 (else MESSAGE-INTEGRITY).
-    pub fn uses_sha256(&self) -> bool {
-        self.sha256
-    }
-
     /// Appends the integrity attribute; call it after every other attribute but FINGERPRINT.
     pub fn sign(&self, w: &mut MessageWriter<'_>) -> Result<(), WriteError> {
         if self.sha256 {
