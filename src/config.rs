@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -174,6 +174,23 @@ struct CredentialsFile {
 }
 
 section! {
+    /// RFC 5780 NAT behaviour discovery: off unless `alternate_ips` names an address. Then the
+    /// one `server.listen` address of each alternate IP's family is the primary, and stunedge
+    /// listens on all four of primary/alternate IP × primary/alternate port; answers carry
+    /// OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST, RESPONSE-PORT and PADDING are
+    /// honoured. Answers grow to 68 bytes (IPv4) / 116 (IPv6) for a 20-byte request: only
+    /// turn it on for nodes meant for NAT discovery. Without it, CHANGE-REQUEST gets 420.
+    Rfc5780 "rfc5780" {
+        /// The alternate IP addresses, at most one per address family, e.g. `["192.0.2.2"]`.
+        /// Each needs exactly one `server.listen` address of its family, on a concrete IP (not
+        /// 0.0.0.0 or [::]) other than itself.
+        alternate_ips: Vec<String> = Vec::new(),
+        /// The alternate port (not the primary's). 0 picks a free one (tests).
+        alternate_port: u16 = 3479,
+    }
+}
+
+section! {
     /// The admin HTTP endpoint (/metrics, /healthz, /readyz) and the stop sequence.
     Admin "admin" {
         /// Address of the admin endpoint, `"IP:port"`. Keep it off public addresses: it is
@@ -205,6 +222,8 @@ pub struct Config {
     pub io: Io,
     /// `[auth]`
     pub auth: Auth,
+    /// `[rfc5780]`
+    pub rfc5780: Rfc5780,
     /// `[admin]`
     pub admin: Admin,
     /// `[log]`
@@ -278,6 +297,8 @@ pub struct Settings {
     pub socket_send_buffer: usize,
     /// How each listener answers, in `listen` order (reloadable).
     pub handlers: Vec<HandlerConfig>,
+    /// RFC 5780 groups: each adds three sockets to its primary listen address.
+    pub nat: Vec<NatPlan>,
     /// Log level.
     pub log_level: tracing::Level,
     /// Admin endpoint address; `None` when disabled.
@@ -287,6 +308,17 @@ pub struct Settings {
     /// Things worth a warning that are not errors (world-readable secrets, a random nonce
     /// secret), logged once logging is up.
     pub warnings: Vec<String>,
+}
+
+/// One RFC 5780 group as configured: a primary listen address and its alternate IP and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatPlan {
+    /// Index of the primary in [`Settings::listen`].
+    pub primary: usize,
+    /// The alternate IP address.
+    pub alternate_ip: IpAddr,
+    /// The alternate port; 0 = any free one.
+    pub alternate_port: u16,
 }
 
 const BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=(1 << 30);
@@ -410,6 +442,7 @@ impl Config {
             ));
         }
         let auth = self.validate_auth(&listen, &mut warnings)?;
+        let nat = self.validate_rfc5780(&listen)?;
         let handlers = auth
             .into_iter()
             .map(|auth| HandlerConfig {
@@ -417,6 +450,7 @@ impl Config {
                 response_origin: self.server.response_origin,
                 rfc3489_classic: self.server.rfc3489_classic,
                 auth,
+                nat: None,
             })
             .collect();
         Ok(Settings {
@@ -429,11 +463,56 @@ impl Config {
             socket_recv_buffer: self.io.socket_recv_buffer,
             socket_send_buffer: self.io.socket_send_buffer,
             handlers,
+            nat,
             log_level,
             admin_listen,
             drain: std::time::Duration::from_secs(self.admin.drain_seconds),
             warnings,
         })
+    }
+
+    /// Validates `[rfc5780]`: each alternate IP pairs with the one concrete listen address of
+    /// its family.
+    fn validate_rfc5780(&self, listen: &[SocketAddr]) -> Result<Vec<NatPlan>, ConfigError> {
+        let r = &self.rfc5780;
+        let mut plans: Vec<NatPlan> = Vec::new();
+        for (i, text) in r.alternate_ips.iter().enumerate() {
+            let field = format!("rfc5780.alternate_ips[{i}]");
+            let bad = |why: &str| invalid(&field, format!("{text:?}"), why);
+            let ip: IpAddr = text.parse().map_err(|_| bad("not an IP address"))?;
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(bad("must be a unicast address of this host, not a wildcard"));
+            }
+            let same_family: Vec<usize> = (0..listen.len()).filter(|&k| listen[k].is_ipv4() == ip.is_ipv4()).collect();
+            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            let [primary] = same_family[..] else {
+                return Err(bad(&format!(
+                    "needs exactly one {family} address in server.listen (the primary), found {}",
+                    same_family.len()
+                )));
+            };
+            let p = listen[primary];
+            if p.ip().is_unspecified() {
+                return Err(bad(&format!(
+                    "the primary server.listen[{primary}] = \"{p}\" is a wildcard; RFC 5780 mode needs a concrete IP"
+                )));
+            }
+            if p.ip() == ip {
+                return Err(bad(&format!("is the primary address itself (server.listen[{primary}])")));
+            }
+            if plans.iter().any(|q| q.primary == primary) {
+                return Err(bad(&format!("a second {family} alternate address")));
+            }
+            if r.alternate_port != 0 && r.alternate_port == p.port() {
+                return Err(invalid(
+                    "rfc5780.alternate_port",
+                    r.alternate_port,
+                    format!("must differ from the primary's port (server.listen[{primary}])"),
+                ));
+            }
+            plans.push(NatPlan { primary, alternate_ip: ip, alternate_port: r.alternate_port });
+        }
+        Ok(plans)
     }
 
     /// Validates `[auth]` and the credentials file; returns each listener's authentication.
@@ -612,6 +691,7 @@ impl Config {
             (Server::KEY, Server::DOC, self.server.fields()),
             (Io::KEY, Io::DOC, self.io.fields()),
             (Auth::KEY, Auth::DOC, self.auth.fields()),
+            (Rfc5780::KEY, Rfc5780::DOC, self.rfc5780.fields()),
             (Admin::KEY, Admin::DOC, self.admin.fields()),
             (Log::KEY, Log::DOC, self.log.fields()),
         ];

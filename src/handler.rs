@@ -11,10 +11,16 @@
 //!   before anything else about the request; 400 / 401 (long-term: with REALM, NONCE and
 //!   PASSWORD-ALGORITHMS) / 438 with a fresh NONCE; every answer to an authenticated request is
 //!   signed with MESSAGE-INTEGRITY(-SHA256) before FINGERPRINT.
-//! - Unknown comprehension-required attributes → 420 with UNKNOWN-ATTRIBUTES. CHANGE-REQUEST
-//!   counts as unknown (RFC 5780 §6.1: a server without an alternate address and port answers
-//!   it with 420), except an all-zero one in an RFC 3489 classic request, which asks for nothing
+//! - Unknown comprehension-required attributes → 420 with UNKNOWN-ATTRIBUTES. On a listener
+//!   outside RFC 5780 mode, CHANGE-REQUEST, RESPONSE-PORT and PADDING count as unknown (RFC 5780
+//!   §6.1: a server without an alternate address and port answers CHANGE-REQUEST with 420),
+//!   except an all-zero CHANGE-REQUEST in an RFC 3489 classic request, which asks for nothing
 //!   and which legacy clients send with every request.
+//! - RFC 5780 mode (a [`NatRole`] on the listener): Binding answers carry XOR-MAPPED-ADDRESS,
+//!   MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS (classic: MAPPED-ADDRESS, SOURCE-ADDRESS,
+//!   CHANGED-ADDRESS); CHANGE-REQUEST picks the socket the answer leaves from and RESPONSE-PORT
+//!   the port it goes to ([`Route`]); PADDING pads the answer, never past the request's size;
+//!   PADDING with RESPONSE-PORT, or a malformed value of either, is 400.
 //! - Broken attribute framing, other methods (TURN and the rest), or more than
 //!   [`MAX_UNKNOWN`] distinct unknown attributes → 400.
 //! - Anything else is dropped and counted under a [`DropReason`]: too short, not STUN, bad
@@ -26,13 +32,13 @@ use std::sync::Arc;
 use crate::auth::{Authenticator, Mechanism, Policy, Presented, Signer, Verdict};
 use crate::metrics::{Counter, Stats};
 use crate::stun::attr::{
-    MAX_UNKNOWN, MappedAddress, Nonce, Realm, ResponseOrigin, Software, SourceAddress, UnknownAttributes,
-    XorMappedAddress,
+    Attribute, ChangeRequest, ChangedAddress, MAX_UNKNOWN, MappedAddress, Nonce, OtherAddress, Realm, ResponseOrigin,
+    ResponsePort, Software, SourceAddress, UnknownAttributes, XorMappedAddress,
 };
 use crate::stun::integrity::{Check, check_fingerprint_attribute};
 use crate::stun::message::{COOKIE_OFFSET, ParseError, check_header};
 use crate::stun::registry::{
-    ATTR_CHANGE_REQUEST, ATTR_FINGERPRINT, ATTR_PASSWORD_ALGORITHMS, ERR_BAD_REQUEST, ERR_STALE_NONCE,
+    ATTR_CHANGE_REQUEST, ATTR_FINGERPRINT, ATTR_PADDING, ATTR_PASSWORD_ALGORITHMS, ATTR_RESPONSE_PORT, ERR_BAD_REQUEST, ERR_STALE_NONCE,
     ERR_UNAUTHENTICATED, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING, is_comprehension_required,
     is_known_attribute,
 };
@@ -103,6 +109,34 @@ pub struct HandlerConfig {
     pub rfc3489_classic: bool,
     /// Credential checks; `None` checks nothing (integrity attributes are ignored).
     pub auth: Option<ListenerAuth>,
+    /// RFC 5780 NAT behaviour discovery: this listener's place among the four sockets; `None`
+    /// outside RFC 5780 mode.
+    pub nat: Option<NatRole>,
+}
+
+/// Role bit: the socket is on the alternate IP address.
+pub const ALT_IP: u8 = 1;
+/// Role bit: the socket is on the alternate port.
+pub const ALT_PORT: u8 = 2;
+
+/// A listener's place in an RFC 5780 group: the four sockets on the primary and alternate IP
+/// address × the primary and alternate port (RFC 5780 §6), and which one it is. Roles index
+/// the arrays: bit [`ALT_IP`] set = alternate IP, bit [`ALT_PORT`] set = alternate port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatRole {
+    /// Each role's address.
+    pub addrs: [SocketAddr; 4],
+    /// Each role's listener index (the order of a worker's sockets).
+    pub listeners: [u16; 4],
+    /// This listener's role.
+    pub role: u8,
+}
+
+impl NatRole {
+    /// OTHER-ADDRESS: where answers to "change IP and port" come from (RFC 5780 §7.4).
+    pub fn other(&self) -> SocketAddr {
+        self.addrs[usize::from(self.role ^ (ALT_IP | ALT_PORT))]
+    }
 }
 
 /// A listener's authentication: policy, mechanism and the shared credentials.
@@ -127,13 +161,26 @@ pub struct Meta {
     pub now: u64,
 }
 
+/// Where an answer goes when it does not simply go back: RFC 5780's CHANGE-REQUEST and
+/// RESPONSE-PORT. The default sends it back to the source from the address it came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Route {
+    /// Send from this listener (an index into the worker's sockets) instead.
+    pub via: Option<u16>,
+    /// Send to this port of the source's IP address instead of the source port.
+    pub port: Option<u16>,
+}
+
 /// The decision for one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Send the first `len` bytes of the buffer back to the source, from the local address.
+    /// Send the first `len` bytes of the buffer back to the source, from the local address,
+    /// unless `route` says otherwise.
     Reply {
         /// Response length in bytes.
         len: usize,
+        /// Another socket or port (RFC 5780 mode only).
+        route: Route,
     },
     /// Send nothing.
     Drop(DropReason),
@@ -154,6 +201,8 @@ pub fn handle(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, s
 struct Request<'s> {
     method: u16,
     classic: bool,
+    /// The request's length: the cap on a PADDING-ed answer.
+    len: usize,
     /// The request carried a (valid) FINGERPRINT, so the answer carries one too.
     fingerprint: bool,
     /// The request authenticated: every answer is signed with its key.
@@ -192,7 +241,7 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
         stats.bump(Counter::RequestsClassic);
     }
 
-    let mut request = Request { method: message_type.method, classic, fingerprint: false, signer: None };
+    let mut request = Request { method: message_type.method, classic, len, fingerprint: false, signer: None };
     let Ok(message) = Message::parse(datagram) else {
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.
         return bad_request(buf, &request, config, stats);
@@ -201,6 +250,7 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let mut too_many_unknown = false;
     let mut presented = Presented::default();
     let auth = config.auth.as_ref();
+    let mut discovery = Discovery::default();
     for attr in message.attributes() {
         if attr.attr_type == ATTR_FINGERPRINT {
             if check_fingerprint_attribute(&message, &attr) != Check::Valid {
@@ -209,9 +259,11 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
             request.fingerprint = true;
         } else if auth.is_some() && presented.offer(attr) {
             // Gathered for the credential check below.
-        } else if attr.attr_type == ATTR_CHANGE_REQUEST {
-            if !(classic && attr.value == [0, 0, 0, 0]) {
-                too_many_unknown |= !unknown.insert(ATTR_CHANGE_REQUEST);
+        } else if matches!(attr.attr_type, ATTR_CHANGE_REQUEST | ATTR_RESPONSE_PORT | ATTR_PADDING) {
+            if config.nat.is_some() {
+                discovery.offer(attr.attr_type, attr.value);
+            } else if !(classic && attr.attr_type == ATTR_CHANGE_REQUEST && attr.value == [0, 0, 0, 0]) {
+                too_many_unknown |= !unknown.insert(attr.attr_type);
             }
         } else if is_comprehension_required(attr.attr_type) && !is_known_attribute(attr.attr_type) {
             too_many_unknown |= !unknown.insert(attr.attr_type);
@@ -248,6 +300,9 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     if request.method != METHOD_BINDING {
         return bad_request(buf, &request, config, stats);
     }
+    if let Some(nat) = &config.nat {
+        return discovery_success(buf, &request, &discovery, nat, meta, config, stats);
+    }
     reply(buf, stats, Counter::ResponsesSuccess, |b| binding_success(b, &request, meta, config))
 }
 
@@ -261,10 +316,108 @@ fn reply(
     match write(buf) {
         Ok(len) => {
             stats.bump(counter);
-            Action::Reply { len }
+            Action::Reply { len, route: Route::default() }
         }
         Err(_) => Action::Drop(DropReason::ResponseTooLarge),
     }
+}
+
+/// What an RFC 5780 request asks for (gathered only on listeners in RFC 5780 mode).
+#[derive(Debug, Default)]
+struct Discovery {
+    /// Role bits to flip: [`ALT_IP`] for "change IP", [`ALT_PORT`] for "change port".
+    change: u8,
+    response_port: Option<u16>,
+    /// The PADDING value's length.
+    padding: Option<usize>,
+    /// A CHANGE-REQUEST or RESPONSE-PORT of the wrong length.
+    malformed: bool,
+}
+
+impl Discovery {
+    fn offer(&mut self, attr_type: u16, value: &[u8]) {
+        let key = [0; 16]; // none of the three is XOR-ed
+        match attr_type {
+            ATTR_CHANGE_REQUEST => match ChangeRequest::decode(value, &key) {
+                Ok(c) => self.change = if c.change_ip { ALT_IP } else { 0 } | if c.change_port { ALT_PORT } else { 0 },
+                Err(_) => self.malformed = true,
+            },
+            ATTR_RESPONSE_PORT => match ResponsePort::decode(value, &key) {
+                Ok(p) => self.response_port = Some(p.0),
+                Err(_) => self.malformed = true,
+            },
+            _ => self.padding = Some(value.len()),
+        }
+    }
+}
+
+/// A Binding success in RFC 5780 mode (§6.1): sent from the socket CHANGE-REQUEST picks, to
+/// the port RESPONSE-PORT names, with RESPONSE-ORIGIN (that socket's address), OTHER-ADDRESS
+/// and both mapped-address forms; PADDING-ed up to the request's size at most.
+#[cold]
+#[inline(never)]
+fn discovery_success(
+    buf: &mut [u8],
+    request: &Request<'_>,
+    discovery: &Discovery,
+    nat: &NatRole,
+    meta: &Meta,
+    config: &HandlerConfig,
+    stats: &mut Stats,
+) -> Action {
+    if discovery.malformed || (discovery.padding.is_some() && discovery.response_port.is_some()) {
+        return bad_request(buf, request, config, stats);
+    }
+    let target = nat.role ^ discovery.change;
+    let origin = nat.addrs[usize::from(target)];
+    let other = nat.other();
+    let mut padded = false;
+    let action = reply(buf, stats, Counter::ResponsesSuccess, |b| {
+        let mut w = MessageWriter::over(b, MessageType::BINDING_SUCCESS)?;
+        if request.classic {
+            w.add(&MappedAddress(meta.src))?;
+            w.add(&SourceAddress(origin))?;
+            w.add(&ChangedAddress(other))?;
+        } else {
+            w.add(&XorMappedAddress(meta.src))?;
+            w.add(&MappedAddress(meta.src))?;
+            w.add(&ResponseOrigin(origin))?;
+            w.add(&OtherAddress(other))?;
+        }
+        if let Some(asked) = discovery.padding {
+            // Never larger than the request: room left after the PADDING header and the tail.
+            let room = request.len.saturating_sub(w.len() + 4 + finish_len(request, config));
+            let pad = asked.min(room) & !3;
+            if pad > 0 {
+                w.add_raw(ATTR_PADDING, &ZEROS[..pad])?;
+                padded = true;
+            }
+        }
+        finish(w, request, config)
+    });
+    let Action::Reply { len, .. } = action else { return action };
+    let via = (discovery.change != 0).then(|| nat.listeners[usize::from(target)]);
+    if padded {
+        stats.bump(Counter::DiscoveryPadded);
+    }
+    if via.is_some() {
+        stats.bump(Counter::DiscoveryChanged);
+    }
+    if discovery.response_port.is_some() {
+        stats.bump(Counter::DiscoveryResponsePort);
+    }
+    Action::Reply { len, route: Route { via, port: discovery.response_port } }
+}
+
+/// PADDING's source of zeros: no answer is padded past the largest request.
+static ZEROS: [u8; MAX_REQUEST] = [0; MAX_REQUEST];
+
+/// The bytes [`finish`] will add.
+fn finish_len(request: &Request<'_>, config: &HandlerConfig) -> usize {
+    let software = if config.software.is_empty() { 0 } else { 4 + config.software.len().next_multiple_of(4) };
+    let integrity = request.signer.as_ref().map_or(0, Signer::attribute_len);
+    let fingerprint = if request.fingerprint { 8 } else { 0 };
+    software + integrity + fingerprint
 }
 
 /// 400 Bad Request: broken attribute framing, a method this edge does not serve, or more
@@ -382,6 +535,7 @@ const _: () =
 mod tests {
     use super::*;
     use crate::stun::attr::{ErrorCode, ResponseOrigin};
+    use crate::stun::registry::{ATTR_PADDING, ATTR_RESPONSE_PORT};
     use crate::stun::integrity::check_fingerprint;
     use crate::stun::registry::{ATTR_SOFTWARE, METHOD_ALLOCATE};
     use proptest::prelude::*;
@@ -426,7 +580,7 @@ mod tests {
     fn binding_answer_is_byte_exact() {
         let (mut buf, n) = request(0x0001, &[], false);
         let (action, stats) = run(&mut buf, n, &meta("192.0.2.1:32853"), &classic_on());
-        assert_eq!(action, Action::Reply { len: 32 });
+        assert_eq!(action, Action::Reply { len: 32, route: Route::default() });
         // RFC 5769 §2.2's XOR-MAPPED-ADDRESS for 192.0.2.1:32853.
         let mut expected = vec![0x01, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
         expected.extend_from_slice(&TID);
@@ -440,7 +594,7 @@ mod tests {
     fn binding_answer_ipv6_matches_rfc5769() {
         let (mut buf, n) = request(0x0001, &[], false);
         let m = meta("[2001:db8:1234:5678:11:2233:4455:6677]:32853");
-        assert_eq!(run(&mut buf, n, &m, &classic_on()).0, Action::Reply { len: 44 });
+        assert_eq!(run(&mut buf, n, &m, &classic_on()).0, Action::Reply { len: 44, route: Route::default() });
         let value = [
             0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25, 0xf4, 0xb5, 0xbe, 0xd2,
             0xb9, 0xd9,
@@ -453,9 +607,9 @@ mod tests {
     fn fingerprint_software_and_origin() {
         let (mut buf, n) = request(0x0001, &[(ATTR_SOFTWARE, b"client")], true);
         let config =
-            HandlerConfig { software: "edge".into(), response_origin: true, rfc3489_classic: true, auth: None };
+            HandlerConfig { software: "edge".into(), response_origin: true, rfc3489_classic: true, auth: None, nat: None };
         let m = meta("198.51.100.7:4000");
-        let Action::Reply { len } = run(&mut buf, n, &m, &config).0 else { panic!("no reply") };
+        let Action::Reply { len, .. } = run(&mut buf, n, &m, &config).0 else { panic!("no reply") };
         let msg = Message::parse(&buf[..len]).unwrap();
         assert_eq!(msg.message_type(), MessageType::BINDING_SUCCESS);
         assert_eq!(msg.transaction_id().0, TID);
@@ -469,7 +623,7 @@ mod tests {
     #[test]
     fn no_fingerprint_unless_asked() {
         let (mut buf, n) = request(0x0001, &[], false);
-        let Action::Reply { len } = run(&mut buf, n, &meta("10.1.1.1:1"), &classic_on()).0 else { panic!() };
+        let Action::Reply { len, .. } = run(&mut buf, n, &meta("10.1.1.1:1"), &classic_on()).0 else { panic!() };
         assert_eq!(check_fingerprint(&Message::parse(&buf[..len]).unwrap()), Check::Absent);
     }
 
@@ -480,7 +634,7 @@ mod tests {
         buf[4..20].copy_from_slice(&[9; 16]);
         let config = HandlerConfig { response_origin: true, ..classic_on() };
         let (action, stats) = run(&mut buf, 20, &meta("192.0.2.1:32853"), &config);
-        assert_eq!(action, Action::Reply { len: 44 });
+        assert_eq!(action, Action::Reply { len: 44, route: Route::default() });
         assert_eq!(&buf[..4], &[0x01, 0x01, 0x00, 0x18]);
         assert_eq!(&buf[4..20], &[9; 16], "the 128-bit classic transaction ID is kept");
         assert_eq!(&buf[20..32], &[0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x80, 0x55, 192, 0, 2, 1]);
@@ -497,7 +651,7 @@ mod tests {
         let (mut buf, n) =
             request(0x0001, &[(0x0023, b"x"), (0x8050, b"optional"), (0x0023, b"again"), (0x7001, b"")], true);
         let (action, stats) = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on());
-        let Action::Reply { len } = action else { panic!("{action:?}") };
+        let Action::Reply { len, .. } = action else { panic!("{action:?}") };
         let msg = Message::parse(&buf[..len]).unwrap();
         assert_eq!(msg.message_type(), MessageType::BINDING_ERROR);
         assert_eq!(msg.get::<ErrorCode>().unwrap().unwrap().code, 420);
@@ -510,7 +664,7 @@ mod tests {
     fn change_request_gets_420_without_an_alternate_address() {
         for flags in [[0, 0, 0, 0], [0, 0, 0, 4], [0, 0, 0, 6]] {
             let (mut buf, n) = request(0x0001, &[(ATTR_CHANGE_REQUEST, &flags)], false);
-            let Action::Reply { len } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
+            let Action::Reply { len, .. } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
             let msg = Message::parse(&buf[..len]).unwrap();
             assert_eq!(msg.get::<ErrorCode>().unwrap().unwrap().code, 420, "{flags:?}");
             assert_eq!(msg.get::<UnknownAttributes>().unwrap().unwrap().types(), &[ATTR_CHANGE_REQUEST]);
@@ -520,25 +674,147 @@ mod tests {
         buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
         buf[4..20].copy_from_slice(&[9; 16]);
         buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0]);
-        assert_eq!(run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0, Action::Reply { len: 32 });
+        assert_eq!(run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0, Action::Reply { len: 32, route: Route::default() });
         // … but one asking for a change gets 420.
         buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
         buf[4..20].copy_from_slice(&[9; 16]);
         buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 2]);
-        let Action::Reply { len } = run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0 else { panic!() };
+        let Action::Reply { len, .. } = run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0 else { panic!() };
         assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 420);
+    }
+
+    /// A listener in RFC 5780 mode with role `role` of a group on 192.0.2.10/.11, ports 3478/3479.
+    fn nat_on(role: u8) -> HandlerConfig {
+        let addrs = ["192.0.2.10:3478", "192.0.2.11:3478", "192.0.2.10:3479", "192.0.2.11:3479"].map(|a| a.parse().unwrap());
+        HandlerConfig { nat: Some(NatRole { addrs, listeners: [0, 5, 6, 7], role }), ..classic_on() }
+    }
+
+    fn nat_meta(role: u8) -> Meta {
+        let local = nat_on(role).nat.unwrap().addrs[usize::from(role)];
+        Meta { src: "198.51.100.7:4000".parse().unwrap(), local, now: 0 }
+    }
+
+    #[test]
+    fn rfc5780_answers_carry_origin_other_and_both_mapped_addresses() {
+        let (mut buf, n) = request(0x0001, &[], true);
+        let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
+        let Action::Reply { len, route } = action else { panic!("{action:?}") };
+        assert_eq!(route, Route::default(), "no CHANGE-REQUEST: back the way it came");
+        let msg = Message::parse(&buf[..len]).unwrap();
+        let src: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        assert_eq!(msg.get::<XorMappedAddress>(), Some(Ok(XorMappedAddress(src))));
+        assert_eq!(msg.get::<MappedAddress>(), Some(Ok(MappedAddress(src))));
+        assert_eq!(msg.get::<ResponseOrigin>(), Some(Ok(ResponseOrigin("192.0.2.10:3478".parse().unwrap()))));
+        assert_eq!(msg.get::<OtherAddress>(), Some(Ok(OtherAddress("192.0.2.11:3479".parse().unwrap()))));
+        assert_eq!(check_fingerprint(&msg), Check::Valid);
+        assert_eq!(len, 20 + 4 * 12 + 8, "68 bytes plus FINGERPRINT");
+        assert_eq!(stats.get(Counter::DiscoveryChanged), 0);
+    }
+
+    #[test]
+    fn rfc5780_change_request_picks_the_socket() {
+        // (role received on, flags) → (listener index, RESPONSE-ORIGIN, OTHER-ADDRESS)
+        let cases = [
+            (0, 4, Some(5), "192.0.2.11:3478", "192.0.2.11:3479"),
+            (0, 2, Some(6), "192.0.2.10:3479", "192.0.2.11:3479"),
+            (0, 6, Some(7), "192.0.2.11:3479", "192.0.2.11:3479"),
+            (0, 0, None, "192.0.2.10:3478", "192.0.2.11:3479"),
+            (3, 4, Some(6), "192.0.2.10:3479", "192.0.2.10:3478"),
+            (3, 6, Some(0), "192.0.2.10:3478", "192.0.2.10:3478"),
+            (1, 2, Some(7), "192.0.2.11:3479", "192.0.2.10:3479"),
+        ];
+        for (role, flags, via, origin, other) in cases {
+            let (mut buf, n) = request(0x0001, &[(ATTR_CHANGE_REQUEST, &[0, 0, 0, flags])], false);
+            let (action, stats) = run(&mut buf, n, &nat_meta(role), &nat_on(role));
+            let Action::Reply { len, route } = action else { panic!("{action:?}") };
+            assert_eq!(route, Route { via, port: None }, "role {role} flags {flags}");
+            let msg = Message::parse(&buf[..len]).unwrap();
+            assert_eq!(msg.get::<ResponseOrigin>(), Some(Ok(ResponseOrigin(origin.parse().unwrap()))));
+            assert_eq!(msg.get::<OtherAddress>(), Some(Ok(OtherAddress(other.parse().unwrap()))));
+            assert_eq!(stats.get(Counter::DiscoveryChanged), u64::from(via.is_some()));
+        }
+    }
+
+    #[test]
+    fn rfc5780_classic_request_gets_changed_and_source_address() {
+        let mut buf = [0u8; BUFFER_SIZE];
+        buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
+        buf[4..20].copy_from_slice(&[9; 16]);
+        buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 6]);
+        let (action, _) = run(&mut buf, 28, &nat_meta(0), &nat_on(0));
+        let Action::Reply { len, route } = action else { panic!("{action:?}") };
+        assert_eq!(route.via, Some(7));
+        let msg = Message::parse(&buf[..len]).unwrap();
+        assert_eq!(msg.get::<SourceAddress>(), Some(Ok(SourceAddress("192.0.2.11:3479".parse().unwrap()))));
+        assert_eq!(msg.get::<ChangedAddress>(), Some(Ok(ChangedAddress("192.0.2.11:3479".parse().unwrap()))));
+        assert!(msg.get::<XorMappedAddress>().is_none(), "classic clients get MAPPED-ADDRESS only");
+        assert!(msg.get::<MappedAddress>().is_some());
+    }
+
+    #[test]
+    fn rfc5780_response_port_and_padding() {
+        let (mut buf, n) = request(0x0001, &[(ATTR_RESPONSE_PORT, &[0x13, 0x88, 0, 0])], false);
+        let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
+        assert!(matches!(action, Action::Reply { route: Route { via: None, port: Some(5000) }, .. }), "{action:?}");
+        assert_eq!(stats.get(Counter::DiscoveryResponsePort), 1);
+
+        // PADDING: the answer is padded, but never past the request's size (a small request
+        // gets no PADDING at all: the unpadded answer is already larger).
+        for (asked, expect_padding) in [(400usize, true), (4, false), (0, false)] {
+            let value = vec![0u8; asked];
+            let (mut buf, n) = request(0x0001, &[(ATTR_PADDING, &value)], true);
+            let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
+            let Action::Reply { len, .. } = action else { panic!("{action:?}") };
+            let msg = Message::parse(&buf[..len]).unwrap();
+            assert_eq!(check_fingerprint(&msg), Check::Valid);
+            let padding = msg.attributes().find(|a| a.attr_type == ATTR_PADDING);
+            assert_eq!(padding.is_some(), expect_padding, "asked {asked}");
+            assert_eq!(stats.get(Counter::DiscoveryPadded), u64::from(expect_padding));
+            if let Some(p) = padding {
+                assert!(len <= n, "padded answer {len} bytes > request {n} bytes");
+                assert!(p.value.len() <= asked && p.value.len() % 4 == 0);
+                assert!(len + 4 > n, "padded as far as the request's size allows ({len} of {n})");
+            }
+        }
+
+        // PADDING with RESPONSE-PORT, or malformed values: 400 (RFC 5780 §6.1).
+        let bad: [&[(u16, &[u8])]; 3] = [
+            &[(ATTR_PADDING, &[0; 8]), (ATTR_RESPONSE_PORT, &[0x13, 0x88, 0, 0])],
+            &[(ATTR_CHANGE_REQUEST, &[0, 4])],
+            &[(ATTR_RESPONSE_PORT, &[0x13, 0x88])],
+        ];
+        for attrs in bad {
+            let (mut buf, n) = request(0x0001, attrs, false);
+            let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
+            let Action::Reply { len, route } = action else { panic!("{action:?}") };
+            assert_eq!(route, Route::default());
+            assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 400);
+            assert_eq!(stats.get(Counter::Responses400), 1);
+        }
+    }
+
+    #[test]
+    fn rfc5780_attributes_get_420_outside_rfc5780_mode() {
+        for (t, v) in [(ATTR_RESPONSE_PORT, &[0x13, 0x88, 0, 0][..]), (ATTR_PADDING, &[0; 8][..])] {
+            let (mut buf, n) = request(0x0001, &[(t, v)], false);
+            let Action::Reply { len, route } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
+            assert_eq!(route, Route::default());
+            let msg = Message::parse(&buf[..len]).unwrap();
+            assert_eq!(msg.get::<ErrorCode>().unwrap().unwrap().code, 420);
+            assert_eq!(msg.get::<UnknownAttributes>().unwrap().unwrap().types(), &[t]);
+        }
     }
 
     #[test]
     fn unknown_optional_and_known_required_are_fine() {
         let (mut buf, n) = request(0x0001, &[(0x8050, b"x"), (0x0024, &[0, 0, 0, 1]), (0x0025, b"")], false);
-        assert!(matches!(run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0, Action::Reply { len: 32 }));
+        assert!(matches!(run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0, Action::Reply { len: 32, .. }));
     }
 
     #[test]
     fn unknown_after_integrity_is_ignored() {
         let (mut buf, n) = request(0x0001, &[(0x0008, &[0; 20]), (0x0023, b"late")], false);
-        assert_eq!(run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0, Action::Reply { len: 32 });
+        assert_eq!(run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0, Action::Reply { len: 32, route: Route::default() });
     }
 
     #[test]
@@ -546,7 +822,7 @@ mod tests {
         let types: Vec<u16> = (0..=MAX_UNKNOWN as u16).map(|i| 0x7000 + i).collect();
         let attrs: Vec<(u16, &[u8])> = types.iter().map(|t| (*t, &b""[..])).collect();
         let (mut buf, n) = request(0x0001, &attrs, false);
-        let Action::Reply { len } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
+        let Action::Reply { len, .. } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
         assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 400);
     }
 
@@ -554,7 +830,7 @@ mod tests {
     fn other_methods_get_400() {
         let (mut buf, n) = request(MessageType::new(METHOD_ALLOCATE, Class::Request).to_u16(), &[], false);
         let (action, stats) = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on());
-        let Action::Reply { len } = action else { panic!() };
+        let Action::Reply { len, .. } = action else { panic!() };
         let msg = Message::parse(&buf[..len]).unwrap();
         assert_eq!(msg.message_type(), MessageType::new(METHOD_ALLOCATE, Class::ErrorResponse));
         assert_eq!(msg.get::<ErrorCode>().unwrap().unwrap(), ErrorCode { code: 400, reason: "Bad Request" });
@@ -566,7 +842,7 @@ mod tests {
     fn broken_attributes_get_400() {
         let (mut buf, n) = request(0x0001, &[(ATTR_SOFTWARE, b"abcdefgh")], false);
         buf[23] = 200; // SOFTWARE length runs past the message
-        let Action::Reply { len } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
+        let Action::Reply { len, .. } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
         assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 400);
     }
 
@@ -619,7 +895,7 @@ mod tests {
             }
             let len = if force_cookie && bytes.len() >= 20 { 20 + ((bytes.len() - 20) & !3) } else { bytes.len() };
             let (action, _) = run(&mut buf, len, &meta("[::1]:5"), &classic_on());
-            if let Action::Reply { len } = action {
+            if let Action::Reply { len, .. } = action {
                 let msg = Message::parse(&buf[..len]).expect("replies are well-formed");
                 prop_assert!(matches!(msg.message_type().class, Class::SuccessResponse | Class::ErrorResponse));
             }
@@ -638,7 +914,7 @@ mod tests {
             let src = SocketAddr::from((ip, port));
             let m = Meta { src, local: "10.0.0.1:3478".parse().unwrap(), now: 0 };
             let (action, _) = run(&mut buf, n, &m, &classic_on());
-            let Action::Reply { len } = action else { panic!("{action:?}") };
+            let Action::Reply { len, .. } = action else { panic!("{action:?}") };
             let msg = Message::parse(&buf[..len]).unwrap();
             prop_assert_eq!(msg.transaction_id().0, tid);
             prop_assert_eq!(msg.get::<XorMappedAddress>(), Some(Ok(XorMappedAddress(src))));

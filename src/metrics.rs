@@ -84,6 +84,12 @@ counters! {
     Responses438 => "responses_438",
     /// Requests whose credentials were checked and accepted (their answers are signed).
     RequestsAuthenticated => "requests_authenticated",
+    /// RFC 5780: answers sent from another socket (CHANGE-REQUEST).
+    DiscoveryChanged => "rfc5780_changed",
+    /// RFC 5780: answers sent to another port (RESPONSE-PORT).
+    DiscoveryResponsePort => "rfc5780_response_port",
+    /// RFC 5780: answers carrying PADDING.
+    DiscoveryPadded => "rfc5780_padded",
     /// Time spent processing batches (from the first datagram of a batch to its answers
     /// handed to the kernel), in nanoseconds: the histogram's sum.
     BatchNanoseconds => "batch_nanoseconds",
@@ -363,6 +369,12 @@ const METRICS: &[(&str, &str, Kind, &[&str])] = &[
         &["worker", "outcome"],
     ),
     (
+        "stunedge_rfc5780_answers_total",
+        "RFC 5780 answers: sent from another address (changed), to another port (response_port), padded.",
+        Kind::Counter,
+        &["worker", "kind"],
+    ),
+    (
         "stunedge_send_errors_total",
         "Answers the kernel refused to send, by errno.",
         Kind::Counter,
@@ -595,6 +607,14 @@ impl Exporter {
                 (&[("outcome", "authenticated")], Counter::RequestsAuthenticated),
                 (&[("outcome", "rejected")], Counter::Responses401),
                 (&[("outcome", "stale_nonce")], Counter::Responses438),
+            ]),
+        );
+        family(
+            "stunedge_rfc5780_answers_total",
+            split(&[
+                (&[("kind", "changed")], Counter::DiscoveryChanged),
+                (&[("kind", "response_port")], Counter::DiscoveryResponsePort),
+                (&[("kind", "padded")], Counter::DiscoveryPadded),
             ]),
         );
         family(

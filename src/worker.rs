@@ -7,15 +7,15 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::config::{BackendChoice, Settings};
-use crate::handler::{self, Action, DropReason, HandlerConfig, Meta};
+use crate::config::{BackendChoice, NatPlan, Settings};
+use crate::handler::{self, ALT_IP, ALT_PORT, Action, DropReason, HandlerConfig, Meta, NatRole};
 use crate::io::mmsg::{MmsgBatch, wait_readable};
 use crate::io::socket::{self, Listener, SocketOptions};
 use crate::io::uring::{self, Driver, Unavailable};
@@ -96,6 +96,10 @@ pub struct Server {
     handlers: Arc<Handlers>,
     slots: Arc<[WorkerSlot]>,
     local_addrs: Vec<SocketAddr>,
+    /// Where each socket's answer configuration comes from (config listener, RFC 5780 role).
+    origins: Vec<Origin>,
+    /// How many listen addresses the configuration names (the rest are RFC 5780's).
+    configured: usize,
     cpus: Vec<usize>,
     backend: Backend,
     sockets: Vec<metrics::SocketInfo>,
@@ -117,6 +121,7 @@ impl Server {
             .iter()
             .map(|addr| socket::claim(*addr).map_err(|error| bind_error(*addr, error)))
             .collect::<Result<_, _>>()?;
+        let (resolved, origins) = expand_nat(resolved, &settings.nat)?;
         // After the addresses, so a port in use is reported alone, not after a fallback notice.
         let backend = select_backend(settings.backend, uring::probe)
             .map_err(|why| StartError { what: "io.backend".into(), error: std::io::Error::other(why) })?;
@@ -161,14 +166,18 @@ impl Server {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let slots: Arc<[WorkerSlot]> = settings.cpus.iter().map(|_| WorkerSlot::default()).collect();
-        let handlers =
-            Arc::new(Handlers { generation: AtomicU64::new(0), current: Mutex::new(settings.handlers.clone().into()) });
+        let handlers = Arc::new(Handlers {
+            generation: AtomicU64::new(0),
+            current: Mutex::new(per_socket(&settings.handlers, &origins).into()),
+        });
         let mut server = Server {
             threads: Vec::new(),
             stop: stop.clone(),
             handlers: handlers.clone(),
             slots: slots.clone(),
             local_addrs: resolved,
+            origins,
+            configured: settings.listen.len(),
             cpus: settings.cpus.clone(),
             backend,
             sockets,
@@ -215,7 +224,8 @@ impl Server {
         self.backend
     }
 
-    /// The addresses listened on (ports resolved).
+    /// The addresses listened on (ports resolved): the configured ones in order, then three
+    /// per RFC 5780 group (alternate IP, alternate port, both).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }
@@ -250,14 +260,15 @@ impl Server {
     /// options) without stopping a worker: each picks it up at its next loop turn (within
     /// 200 ms when idle). `handlers` must have one entry per listen address, in order.
     pub fn reload(&self, handlers: Vec<HandlerConfig>) -> Result<(), String> {
-        if handlers.len() != self.local_addrs.len() {
+        if handlers.len() != self.configured {
             return Err(format!(
                 "{} listener configurations for {} listen addresses; changing server.listen needs a restart",
                 handlers.len(),
-                self.local_addrs.len()
+                self.configured
             ));
         }
-        *self.handlers.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handlers.into();
+        let expanded = per_socket(&handlers, &self.origins);
+        *self.handlers.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = expanded.into();
         self.handlers.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
@@ -287,6 +298,78 @@ impl Drop for Server {
 
 fn bind_error(addr: SocketAddr, error: std::io::Error) -> StartError {
     StartError { what: format!("cannot listen on {addr}"), error }
+}
+
+/// Where a socket's answer configuration comes from.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    /// The configured listener it copies.
+    config: usize,
+    /// Its RFC 5780 role, if any.
+    nat: Option<NatRole>,
+}
+
+/// One answer configuration per socket: the configured listener's, with the RFC 5780 role.
+fn per_socket(configured: &[HandlerConfig], origins: &[Origin]) -> Vec<HandlerConfig> {
+    origins.iter().map(|o| HandlerConfig { nat: o.nat, ..configured[o.config].clone() }).collect()
+}
+
+/// Adds the three RFC 5780 sockets of each group (alternate IP, alternate port, both) after
+/// the configured addresses, claiming each, and gives every socket its origin.
+fn expand_nat(
+    mut addrs: Vec<SocketAddr>,
+    plans: &[NatPlan],
+) -> Result<(Vec<SocketAddr>, Vec<Origin>), StartError> {
+    let mut origins: Vec<Origin> = (0..addrs.len()).map(|config| Origin { config, nat: None }).collect();
+    for plan in plans {
+        let primary = addrs[plan.primary];
+        let port = match plan.alternate_port {
+            0 => free_alternate_port(primary, plan.alternate_ip)?,
+            port => port,
+        };
+        let role_addrs = [
+            primary,
+            SocketAddr::new(plan.alternate_ip, primary.port()),
+            SocketAddr::new(primary.ip(), port),
+            SocketAddr::new(plan.alternate_ip, port),
+        ];
+        let mut listeners = [plan.primary as u16, 0, 0, 0];
+        for role in [ALT_IP, ALT_PORT, ALT_IP | ALT_PORT] {
+            let addr = role_addrs[usize::from(role)];
+            socket::claim(addr).map_err(|error| StartError {
+                what: format!("cannot listen on {addr} (RFC 5780 alternate address)"),
+                error,
+            })?;
+            listeners[usize::from(role)] = addrs.len() as u16;
+            addrs.push(addr);
+            origins.push(Origin { config: plan.primary, nat: None });
+        }
+        for role in 0..4u8 {
+            let index = usize::from(listeners[usize::from(role)]);
+            origins[index].nat = Some(NatRole { addrs: role_addrs, listeners, role });
+        }
+    }
+    Ok((addrs, origins))
+}
+
+/// A port free on both the primary and the alternate IP (`rfc5780.alternate_port = 0`).
+fn free_alternate_port(primary: SocketAddr, alternate: std::net::IpAddr) -> Result<u16, StartError> {
+    let mut last = std::io::Error::other("no free port");
+    for _ in 0..64 {
+        let candidate = match socket::claim(SocketAddr::new(primary.ip(), 0)) {
+            Ok(a) => a.port(),
+            Err(e) => return Err(bind_error(SocketAddr::new(primary.ip(), 0), e)),
+        };
+        if candidate == primary.port() {
+            continue;
+        }
+        let both = [SocketAddr::new(alternate, primary.port()), SocketAddr::new(alternate, candidate)];
+        match both.iter().try_for_each(|a| socket::claim(*a).map(drop)) {
+            Ok(()) => return Ok(candidate),
+            Err(e) => last = e,
+        }
+    }
+    Err(StartError { what: format!("rfc5780.alternate_port = 0: no port free on {primary} and {alternate}"), error: last })
 }
 
 /// The backend a server runs.
@@ -385,14 +468,15 @@ impl Worker {
             .iter()
             .map(|l| libc::pollfd { fd: l.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 })
             .collect();
+        let fds: Vec<RawFd> = self.listeners.iter().map(|l| l.socket.as_raw_fd()).collect();
         let mut view = HandlersView::new(&self.handlers);
         while !self.stop.load(Ordering::Relaxed) {
             let mut busy = false;
             view.refresh(&self.handlers);
             let now = unix_now();
-            for (listener, config) in self.listeners.iter().zip(view.current.iter()) {
+            for (socket, config) in view.current.iter().enumerate().take(self.listeners.len()) {
                 for _ in 0..BATCHES_PER_TURN {
-                    let n = self.serve_batch(listener, config, now, &mut batch, stats);
+                    let n = self.serve_batch(socket, &fds, config, now, &mut batch, stats);
                     busy |= n > 0;
                     if n < self.batch_size {
                         break;
@@ -474,24 +558,30 @@ impl Worker {
         let local_ip = packet.dst.map_or(listener.local.ip(), |(ip, _)| ip);
         let meta = Meta { src, local: SocketAddr::new(local_ip, listener.local.port()), now };
         match handler::handle(packet.buf, packet.len, &meta, config, stats) {
-            Action::Reply { len } => Some(Reply { len, from: if listener.wildcard { packet.dst } else { None } }),
+            Action::Reply { len, route } => {
+                let via = route.via.map(usize::from);
+                // The socket the answer leaves from: PKTINFO only applies to a wildcard one.
+                let sender = via.and_then(|v| self.listeners.get(v)).unwrap_or(listener);
+                Some(Reply { len, from: if sender.wildcard { packet.dst } else { None }, via, port: route.port })
+            }
             Action::Drop(_) => None,
         }
     }
 
-    /// Receives one batch from `listener`, answers it, sends the replies. Returns the number
-    /// of datagrams received.
+    /// Receives one batch from socket `socket` (of `fds`, the worker's sockets), answers it,
+    /// sends the replies. Returns the number of datagrams received.
     #[inline]
     fn serve_batch(
         &self,
-        listener: &Listener,
+        socket: usize,
+        fds: &[RawFd],
         config: &HandlerConfig,
         now: u64,
         batch: &mut MmsgBatch,
         stats: &mut Stats,
     ) -> usize {
-        let fd = listener.socket.as_raw_fd();
-        let n = match batch.recv(fd) {
+        let listener = &self.listeners[socket];
+        let n = match batch.recv(fds[socket]) {
             Ok(n) => n,
             Err(_) => {
                 stats.bump(Counter::RecvErrors);
@@ -508,10 +598,10 @@ impl Worker {
             stats.bump(Counter::DatagramsIn);
             stats.add(Counter::BytesIn, packet.len as u64);
             if let Some(reply) = self.answer(listener, config, now, packet, stats) {
-                batch.queue_reply(i, reply.len, reply.from);
+                batch.queue(i, &reply);
             }
         }
-        let sent = batch.flush(fd);
+        let sent = batch.flush_routed(fds, socket);
         stats.add(Counter::DatagramsOut, sent.datagrams);
         stats.add(Counter::BytesOut, sent.bytes);
         stats.send_errors_add(sent.errors);

@@ -732,7 +732,7 @@ mod tests {
         let n = write_request(kind, tag.to_tid(), &Credentials::default(), &mut buf).unwrap();
         let meta = Meta { src: local, local: "127.0.0.1:3478".parse().unwrap(), now: 0 };
         let config = HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() };
-        let Action::Reply { len } = handle(&mut buf, n, &meta, &config, &mut Stats::default()) else { panic!() };
+        let Action::Reply { len, .. } = handle(&mut buf, n, &meta, &config, &mut Stats::default()) else { panic!() };
         edit(&mut buf, len);
         check_answer(&buf[..len], local, &Credentials::default()).inspect(|t| assert_eq!(*t, tag))
     }

@@ -197,6 +197,11 @@ impl Key<'_> {
 }
 
 impl Signer<'_> {
+    /// The size of the attribute [`Signer::sign`] appends, header included.
+    pub fn attribute_len(&self) -> usize {
+        4 + if self.sha256 { crate::stun::integrity::SHA256_LEN } else { 20 }
+    }
+
     /// Appends the integrity attribute; call it after every other attribute but FINGERPRINT.
     pub fn sign(&self, w: &mut MessageWriter<'_>) -> Result<(), WriteError> {
         if self.sha256 {

@@ -14,8 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::ptr::null_mut;
 
-use super::Received;
-use super::msg::{Control, pktinfo, prepare_send, socket_addr, write_sockaddr};
+use super::msg::{Control, pktinfo, prepare_send, set_port, socket_addr, storage_bytes, write_sockaddr};
+use super::{Received, Reply};
 use crate::handler::BUFFER_SIZE;
 
 /// What one flush sent.
@@ -29,6 +29,17 @@ pub struct Sent {
     pub errors: super::SendErrors,
 }
 
+impl Sent {
+    fn add(&mut self, o: Sent) {
+        self.datagrams += o.datagrams;
+        self.bytes += o.bytes;
+        self.errors.add(o.errors);
+    }
+}
+
+/// `out_via` for an answer that leaves from the socket it arrived on.
+const OWN: u16 = u16::MAX;
+
 /// A worker's receive/send batch. Not `Send` (raw pointers), by design.
 pub struct MmsgBatch {
     bufs: Box<[[u8; BUFFER_SIZE]]>,
@@ -39,6 +50,11 @@ pub struct MmsgBatch {
     out_iovs: Box<[libc::iovec]>,
     out_controls: Box<[Control]>,
     out_hdrs: Box<[libc::mmsghdr]>,
+    /// For each queued answer, the socket it leaves from (an index into the worker's sockets),
+    /// or [`OWN`].
+    out_via: Box<[u16]>,
+    /// Answers regrouped by socket when some leave from another one (RFC 5780).
+    scratch: Box<[libc::mmsghdr]>,
     queued: usize,
 }
 
@@ -69,6 +85,8 @@ impl MmsgBatch {
             out_iovs: boxed(iov, size),
             out_controls: boxed(Control([0; 64]), size),
             out_hdrs: boxed(hdr, size),
+            out_via: boxed(OWN, size),
+            scratch: boxed(hdr, size),
             queued: 0,
         };
         for i in 0..size {
@@ -135,6 +153,7 @@ impl MmsgBatch {
         self.queued += 1;
         self.out_iovs[k] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: len.min(BUFFER_SIZE) };
         let name_len = self.hdrs[i].msg_hdr.msg_namelen;
+        self.out_via[k] = OWN;
         let out = &mut self.out_hdrs[k];
         out.msg_len = 0;
         prepare_send(
@@ -145,6 +164,20 @@ impl MmsgBatch {
             &mut self.out_controls[k],
             from,
         );
+    }
+
+    /// Queues buffer `i`'s answer as `reply` says: back to the sender, or (RFC 5780) to another
+    /// port of its address and from another of the worker's sockets; send with
+    /// [`MmsgBatch::flush_routed`].
+    pub fn queue(&mut self, i: usize, reply: &Reply) {
+        if let Some(port) = reply.port {
+            set_port(storage_bytes(&mut self.names[i]), port);
+        }
+        let k = self.queued;
+        self.queue_reply(i, reply.len, reply.from);
+        if let Some(via) = reply.via {
+            self.out_via[k] = u16::try_from(via).unwrap_or(OWN - 1);
+        }
     }
 
     /// The number of buffers.
@@ -164,16 +197,52 @@ impl MmsgBatch {
         self.queue_reply(i, len, None);
     }
 
-    /// Sends every queued reply with as few sendmmsg calls as the kernel allows.
+    /// Sends every queued reply on `fd` with as few sendmmsg calls as the kernel allows.
     pub fn flush(&mut self, fd: RawFd) -> Sent {
-        // SAFETY: out_hdrs[..queued] were built by `queue_reply`: each name points at a
-        // sockaddr_storage in `names` with its length, each iov at a buffer in `bufs` with a
-        // length ≤ BUFFER_SIZE, each control (if any) at a filled `Control`; all are owned by
-        // `self` and outlive the call.
-        let sent = unsafe { send_all(fd, &mut self.out_hdrs[..self.queued]) };
-        self.queued = 0;
+        self.flush_routed(&[fd], 0)
+    }
+
+    /// Sends every queued reply: those queued with a `via` on `fds[via]`, the rest on
+    /// `fds[own]`, one sendmmsg series per socket. A `via` with no socket is counted as lost.
+    pub fn flush_routed(&mut self, fds: &[RawFd], own: usize) -> Sent {
+        let queued = std::mem::take(&mut self.queued);
+        if self.out_via[..queued].iter().all(|&v| v == OWN) {
+            let Some(&fd) = fds.get(own) else { return lost(queued) };
+            // SAFETY: out_hdrs[..queued] were built by `queue_reply`: each name points at a
+            // sockaddr_storage in `names` with its length, each iov at a buffer in `bufs` with
+            // a length ≤ BUFFER_SIZE, each control (if any) at a filled `Control`; all are
+            // owned by `self` and outlive the call.
+            return unsafe { send_all(fd, &mut self.out_hdrs[..queued]) };
+        }
+        // Some answers leave from other sockets (RFC 5780): regroup the headers by socket.
+        // Copies of a header point at the same names, iovecs and controls.
+        let mut sent = Sent::default();
+        let mut grouped = 0;
+        for (socket, &fd) in fds.iter().enumerate() {
+            let mut n = 0;
+            for k in 0..queued {
+                let via = if self.out_via[k] == OWN { own } else { usize::from(self.out_via[k]) };
+                if via == socket {
+                    self.scratch[n] = self.out_hdrs[k];
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                // SAFETY: scratch[..n] are copies of headers built by `queue_reply` (see above).
+                sent.add(unsafe { send_all(fd, &mut self.scratch[..n]) });
+                grouped += n;
+            }
+        }
+        sent.add(lost(queued - grouped));
         sent
     }
+}
+
+/// `n` answers that had no socket to leave from.
+fn lost(n: usize) -> Sent {
+    let mut sent = Sent::default();
+    sent.errors.count(libc::EBADF, n as u64);
+    sent
 }
 
 /// Sends `hdrs` on `fd` with as few sendmmsg calls as the kernel allows. A reply the kernel

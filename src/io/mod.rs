@@ -81,4 +81,16 @@ pub struct Reply {
     /// Send from this local address (and IPv6 interface) with PKTINFO; `None` lets the socket's
     /// own address stand.
     pub from: Option<(IpAddr, u32)>,
+    /// Send on this socket (an index into the worker's sockets) instead of the one the
+    /// datagram arrived on (RFC 5780 CHANGE-REQUEST).
+    pub via: Option<usize>,
+    /// Send to this port of the sender's IP address (RFC 5780 RESPONSE-PORT).
+    pub port: Option<u16>,
+}
+
+impl Reply {
+    /// An answer back to the sender, from `from` (or the socket's own address).
+    pub const fn back(len: usize, from: Option<(IpAddr, u32)>) -> Reply {
+        Reply { len, from, via: None, port: None }
+    }
 }

@@ -44,6 +44,14 @@ pub(crate) fn write_sockaddr(storage: &mut libc::sockaddr_storage, addr: SocketA
     }
 }
 
+/// Replaces the port of the sockaddr_in / sockaddr_in6 in the first bytes of `name` (both keep
+/// it at offset 2, in network order); a name too short to hold one is left alone.
+pub(crate) fn set_port(name: &mut [u8], port: u16) {
+    if let Some(field) = name.get_mut(2..4) {
+        field.copy_from_slice(&port.to_be_bytes());
+    }
+}
+
 /// Converts a received sockaddr to a `SocketAddr`.
 pub(crate) fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(storage.ss_family) {
@@ -176,5 +184,16 @@ pub(crate) fn prepare_send(
             hdr.msg_control = std::ptr::null_mut();
             hdr.msg_controllen = 0;
         }
+    }
+}
+
+/// The bytes of a sockaddr_storage (to copy a name in, or patch its port).
+pub(crate) fn storage_bytes(storage: &mut libc::sockaddr_storage) -> &mut [u8] {
+    // SAFETY: sockaddr_storage is plain old data of exactly this size, borrowed exclusively.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            (storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            size_of::<libc::sockaddr_storage>(),
+        )
     }
 }

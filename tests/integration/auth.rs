@@ -115,7 +115,7 @@ fn ask_from(config: &HandlerConfig, bytes: &[u8], src: std::net::SocketAddr, now
     let mut stats = Stats::default();
     let action = handle(&mut buf, bytes.len(), &meta, config, &mut stats);
     let answer = match action {
-        Action::Reply { len } => buf[..len].to_vec(),
+        Action::Reply { len, .. } => buf[..len].to_vec(),
         Action::Drop(_) => Vec::new(),
     };
     (action, answer, stats)

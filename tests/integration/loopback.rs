@@ -14,7 +14,7 @@ use crate::support::{binding_request, client_for, exchange, expected_answer, hex
 
 /// The backends every loopback test runs on: mmsg always, io_uring where this kernel allows it
 /// (otherwise the test says why it skips that backend).
-fn backends() -> Vec<&'static str> {
+pub(crate) fn backends() -> Vec<&'static str> {
     match stunedge::io::uring::probe() {
         // "io_uring-sqe": the io_uring backend sending one SENDMSG SQE per answer.
         Ok(()) => vec!["mmsg", "io_uring", "io_uring-sqe"],
@@ -61,7 +61,7 @@ fn settings_text(listen: &str, server: &str, backend: &str, io: &str) -> String 
 }
 
 /// Polls the published counters until `done` holds (workers publish once per loop turn).
-fn wait_for(server: &Server, done: impl Fn(&Stats) -> bool) -> Stats {
+pub(crate) fn wait_for(server: &Server, done: impl Fn(&Stats) -> bool) -> Stats {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let stats = server.stats();

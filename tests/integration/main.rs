@@ -9,5 +9,6 @@ mod cli;
 mod iana;
 mod loopback;
 mod probe;
+mod rfc5780;
 mod rfc5769;
 mod support;

@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
         now: 1_790_000_000,
     };
     let mut stats = Stats::default();
-    if let Action::Reply { len } = handle(&mut buf, len, &meta, config, &mut stats) {
+    if let Action::Reply { len, .. } = handle(&mut buf, len, &meta, config, &mut stats) {
         assert!(Message::parse(&buf[..len]).is_ok(), "every reply is a well-formed message");
     }
 });

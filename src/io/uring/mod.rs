@@ -27,7 +27,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 use self::buf_ring::{BUFFERS, BufRing, Lease};
 use self::send::SendSlots;
-use super::msg::{Control, pktinfo, prepare_send, socket_addr};
+use super::msg::{Control, pktinfo, prepare_send, set_port, socket_addr, storage_bytes};
 use super::{Received, Reply};
 use crate::handler::BUFFER_SIZE;
 
@@ -449,6 +449,17 @@ impl Driver {
             self.bufs.recycle(lease);
             return Ok(());
         };
+        // RFC 5780: another socket of this worker (CHANGE-REQUEST), another port (RESPONSE-PORT).
+        let socket = reply.via.unwrap_or(socket);
+        if socket >= self.fds.len() {
+            t.send_errors.count(libc::EBADF, 1);
+            self.bufs.recycle(lease);
+            return Ok(());
+        }
+        if let Some(port) = reply.port {
+            let buf = self.bufs.buffer_mut(&lease);
+            set_port(&mut buf[RECVMSG_OUT_LEN..RECVMSG_OUT_LEN + name_len], port);
+        }
         if self.mode == SendMode::Sendmmsg {
             self.pending.push(Pending {
                 socket: socket as u16,
@@ -480,15 +491,6 @@ fn sockaddr_storage_zeroed() -> libc::sockaddr_storage {
     unsafe { std::mem::zeroed() }
 }
 
-fn storage_bytes(storage: &mut libc::sockaddr_storage) -> &mut [u8] {
-    // SAFETY: sockaddr_storage is plain old data of exactly this size, borrowed exclusively.
-    unsafe {
-        std::slice::from_raw_parts_mut(
-            (storage as *mut libc::sockaddr_storage).cast::<u8>(),
-            size_of::<libc::sockaddr_storage>(),
-        )
-    }
-}
 
 impl Drop for Driver {
     fn drop(&mut self) {

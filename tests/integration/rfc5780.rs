@@ -1,0 +1,105 @@
+//! RFC 5780 mode on loopback: 127.0.0.1 is the primary address, 127.0.0.2 the alternate, each
+//! with a primary and an alternate port. Every one of the four sockets answers; CHANGE-REQUEST
+//! makes the answer leave from the socket it names (checked on the datagram's real source
+//! address, not only on RESPONSE-ORIGIN); RESPONSE-PORT sends it to another port of the client;
+//! OTHER-ADDRESS always names the socket with both changed. On every backend.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use stunedge::config::Config;
+use stunedge::metrics::Counter;
+use stunedge::stun::attr::{OtherAddress, ResponseOrigin, XorMappedAddress};
+use stunedge::stun::{Message, MessageType};
+use stunedge::worker::Server;
+
+use crate::support::{binding_request, recv_from};
+
+/// A server in RFC 5780 mode on 127.0.0.1 / 127.0.0.2 (free ports) with `backend`.
+pub(crate) fn start(backend: &str) -> Server {
+    let cpu = core_affinity::get_core_ids().unwrap()[0].id;
+    let (backend, send) = match backend {
+        "io_uring-sqe" => ("io_uring", "sqe"),
+        other => (other, "sendmmsg"),
+    };
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[rfc5780]\nalternate_ips = [\"127.0.0.2\"]\nalternate_port = 0\n\
+         [io]\ncpus = [{cpu}]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n"
+    );
+    Server::start(&Config::from_toml(&text, "test").unwrap().validate(&[cpu]).unwrap()).unwrap()
+}
+
+fn client() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket
+}
+
+/// CHANGE-REQUEST with the given flags (4 = change IP, 2 = change port).
+fn change_request(flags: u8) -> Vec<u8> {
+    vec![0x00, 0x03, 0x00, 0x04, 0, 0, 0, flags]
+}
+
+#[test]
+fn every_socket_answers_and_change_request_picks_the_source() {
+    for backend in crate::loopback::backends() {
+        let server = start(backend);
+        let a = server.local_addrs().to_vec();
+        assert_eq!(a.len(), 4, "{a:?}");
+        let (primary, alt_ip, alt_port, both) = (a[0], a[1], a[2], a[3]);
+        assert_eq!(alt_ip, SocketAddr::new("127.0.0.2".parse().unwrap(), primary.port()));
+        assert_eq!(alt_port, SocketAddr::new(primary.ip(), both.port()));
+        assert_eq!(both.ip(), alt_ip.ip());
+        assert_ne!(both.port(), primary.port());
+        let mut changed = 0;
+        for (role, target) in a.iter().enumerate() {
+            for flags in [0u8, 2, 4, 6] {
+                let c = client();
+                let tid = [role as u8 * 16 + flags; 12];
+                c.send_to(&binding_request(tid, &change_request(flags)), target).unwrap();
+                let mut buf = [0u8; 1024];
+                let (n, from) = recv_from(&c, &mut buf).unwrap_or_else(|e| panic!("{backend}: {target} {flags}: {e}"));
+                // Role bits: 1 = alternate IP, 2 = alternate port; flags 4 = change IP, 2 = port.
+                let expect = a[role ^ usize::from(flags >> 2 & 1) ^ usize::from(flags & 2)];
+                assert_eq!(from, expect, "{backend}: request to {target} with flags {flags}");
+                let msg = Message::parse(&buf[..n]).unwrap();
+                assert_eq!(msg.message_type(), MessageType::BINDING_SUCCESS);
+                assert_eq!(msg.transaction_id().0, tid);
+                assert_eq!(msg.get::<XorMappedAddress>(), Some(Ok(XorMappedAddress(c.local_addr().unwrap()))));
+                assert_eq!(msg.get::<ResponseOrigin>(), Some(Ok(ResponseOrigin(expect))));
+                assert_eq!(msg.get::<OtherAddress>(), Some(Ok(OtherAddress(a[role ^ 3]))));
+                changed += u64::from(flags != 0);
+            }
+        }
+        let stats = crate::loopback::wait_for(&server, |s| s.get(Counter::DiscoveryChanged) == changed);
+        assert_eq!(stats.get(Counter::DiscoveryChanged), changed, "{backend}");
+        assert_eq!(stats.get(Counter::ResponsesSuccess), 16, "{backend}");
+        assert_eq!(stats.get(Counter::DatagramsOut), 16, "{backend}");
+    }
+}
+
+#[test]
+fn response_port_sends_the_answer_to_another_port() {
+    for backend in crate::loopback::backends() {
+        let server = start(backend);
+        let primary = server.local_addrs()[0];
+        let (asker, receiver) = (client(), client());
+        let port = receiver.local_addr().unwrap().port();
+        let mut attr = vec![0x00, 0x27, 0x00, 0x04];
+        attr.extend_from_slice(&port.to_be_bytes());
+        attr.extend_from_slice(&[0, 0]);
+        let tid = [7; 12];
+        asker.send_to(&binding_request(tid, &attr), primary).unwrap();
+        let mut buf = [0u8; 1024];
+        let (n, from) = recv_from(&receiver, &mut buf).unwrap_or_else(|e| panic!("{backend}: {e}"));
+        assert_eq!(from, primary);
+        let msg = Message::parse(&buf[..n]).unwrap();
+        assert_eq!(msg.transaction_id().0, tid);
+        // The mapped address is still the asker's: RESPONSE-PORT only redirects the answer.
+        assert_eq!(msg.get::<XorMappedAddress>(), Some(Ok(XorMappedAddress(asker.local_addr().unwrap()))));
+        asker.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(recv_from(&asker, &mut buf).is_err(), "{backend}: the asker gets nothing");
+        let stats = crate::loopback::wait_for(&server, |s| s.get(Counter::DiscoveryResponsePort) == 1);
+        assert_eq!(stats.get(Counter::DiscoveryResponsePort), 1, "{backend}");
+    }
+}
