@@ -853,6 +853,59 @@ mod tests {
     }
 
     #[test]
+    fn rfc5780_pairs_each_alternate_with_its_family_primary() {
+        let ok = check(
+            "[server]\nlisten = [\"192.0.2.1:3478\", \"[2001:db8::1]:3478\"]\n\
+             [rfc5780]\nalternate_ips = [\"2001:db8::2\", \"192.0.2.2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.nat,
+            [
+                NatPlan { primary: 1, alternate_ip: "2001:db8::2".parse().unwrap(), alternate_port: 3479 },
+                NatPlan { primary: 0, alternate_ip: "192.0.2.2".parse().unwrap(), alternate_port: 3479 },
+            ]
+        );
+        assert!(check("").unwrap().nat.is_empty(), "off by default");
+        let err = |listen: &str, rfc: &str| {
+            check(&format!("[server]\nlisten = {listen}\n[rfc5780]\n{rfc}\n")).unwrap_err().to_string()
+        };
+        let one = "[\"192.0.2.1:3478\"]";
+        assert_eq!(
+            err(one, "alternate_ips = [\"nope\"]"),
+            "rfc5780.alternate_ips[0] = \"nope\": not an IP address"
+        );
+        assert_eq!(
+            err("[\"0.0.0.0:3478\"]", "alternate_ips = [\"192.0.2.2\"]"),
+            "rfc5780.alternate_ips[0] = \"192.0.2.2\": the primary server.listen[0] = \"0.0.0.0:3478\" is a wildcard; RFC 5780 mode needs a concrete IP"
+        );
+        assert_eq!(
+            err("[\"192.0.2.1:3478\", \"192.0.2.3:3478\"]", "alternate_ips = [\"192.0.2.2\"]"),
+            "rfc5780.alternate_ips[0] = \"192.0.2.2\": needs exactly one IPv4 address in server.listen (the primary), found 2"
+        );
+        assert_eq!(
+            err(one, "alternate_ips = [\"2001:db8::2\"]"),
+            "rfc5780.alternate_ips[0] = \"2001:db8::2\": needs exactly one IPv6 address in server.listen (the primary), found 0"
+        );
+        assert_eq!(
+            err(one, "alternate_ips = [\"192.0.2.1\"]"),
+            "rfc5780.alternate_ips[0] = \"192.0.2.1\": is the primary address itself (server.listen[0])"
+        );
+        assert_eq!(
+            err(one, "alternate_ips = [\"192.0.2.2\", \"192.0.2.4\"]"),
+            "rfc5780.alternate_ips[1] = \"192.0.2.4\": a second IPv4 alternate address"
+        );
+        assert_eq!(
+            err(one, "alternate_ips = [\"192.0.2.2\"]\nalternate_port = 3478"),
+            "rfc5780.alternate_port = 3478: must differ from the primary's port (server.listen[0])"
+        );
+        assert_eq!(
+            err(one, "alternate_ips = [\"0.0.0.0\"]"),
+            "rfc5780.alternate_ips[0] = \"0.0.0.0\": must be a unicast address of this host, not a wildcard"
+        );
+    }
+
+    #[test]
     fn defaults_validate() {
         let s = check("").unwrap();
         assert_eq!(s.listen, ["0.0.0.0:3478".parse().unwrap(), "[::]:3478".parse().unwrap()]);

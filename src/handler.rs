@@ -48,9 +48,11 @@ use crate::stun::{Class, Message, MessageType, MessageWriter, WriteError};
 /// dropped as [`DropReason::Truncated`]) with room to answer it in place.
 pub const BUFFER_SIZE: usize = 2048;
 
-/// The largest request answered; the rest of [`BUFFER_SIZE`] is headroom for the response,
-/// which can be longer than the request (a 20-byte request gets a 32-byte answer).
-pub const MAX_REQUEST: usize = 1500;
+/// The largest request answered: the whole buffer. The answer is written over the request
+/// from its first byte and is bounded on its own (see the assertion at the end of this file),
+/// so a request of any size up to the buffer leaves room for it. RFC 5780 clients pad requests
+/// past the MTU on purpose (coturn's `turnutils_natdiscovery -P` sends 1524 bytes).
+pub const MAX_REQUEST: usize = BUFFER_SIZE;
 
 macro_rules! drop_reasons {
     ($( $(#[doc = $doc:literal])* $variant:ident => $name:literal, )*) => {
@@ -874,7 +876,7 @@ mod tests {
             (vec![0; MAX_REQUEST + 4], DropReason::Truncated),
         ];
         for (bytes, reason) in cases {
-            let mut buf = [0u8; BUFFER_SIZE];
+            let mut buf = vec![0u8; BUFFER_SIZE.max(bytes.len())];
             buf[..bytes.len()].copy_from_slice(&bytes);
             let (action, stats) = run(&mut buf, bytes.len(), &m, &classic_on());
             assert_eq!(action, Action::Drop(reason), "{bytes:02x?}");

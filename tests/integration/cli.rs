@@ -47,7 +47,7 @@ impl Running {
     }
 
     /// Waits until `addr` answers a Binding request with the minimal answer.
-    fn wait_ready(&mut self, addr: SocketAddr) {
+    pub(crate) fn wait_ready(&mut self, addr: SocketAddr) {
         let answer = self.wait_answering(addr);
         let client = client_for(addr);
         let expected = expected_answer(client.local_addr().unwrap(), [3; 12]);

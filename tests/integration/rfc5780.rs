@@ -103,3 +103,59 @@ fn response_port_sends_the_answer_to_another_port() {
         assert_eq!(stats.get(Counter::DiscoveryResponsePort), 1, "{backend}");
     }
 }
+
+/// Runs a coturn tool (bounded by `timeout`) and returns what it printed.
+fn coturn(tool: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("timeout").arg("30").arg(tool).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{tool} {args:?} failed ({}): {text}", out.status);
+    text
+}
+
+/// The addresses a coturn tool printed after `label` (e.g. "Response origin: : ").
+fn printed(text: &str, label: &str) -> Vec<String> {
+    text.lines().filter_map(|l| l.split(label).nth(1)).map(|a| a.trim().to_string()).collect()
+}
+
+/// Debian's coturn tools against the real binary in RFC 5780 mode: `turnutils_natdiscovery`
+/// runs RFC 5780's mapping and filtering tests (with and without 1500 bytes of PADDING), and
+/// `turnutils_stunclient` its RFC 5780 exchange (CHANGE-REQUEST with RESPONSE-PORT, then with
+/// PADDING). On loopback there is no NAT: both tests must say "endpoint independent".
+#[test]
+fn coturn_natdiscovery_and_stunclient_against_rfc5780_mode() {
+    if crate::support::tool_missing("turnutils_natdiscovery") || crate::support::tool_missing("timeout") {
+        return;
+    }
+    let (port, alt) = (crate::cli::free_port(), crate::cli::free_port());
+    let config = crate::cli::write_config(
+        "rfc5780.toml",
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[rfc5780]\nalternate_ips = [\"127.0.0.2\"]\nalternate_port = {alt}\n"
+        ),
+    );
+    let mut server = crate::cli::Running::start(&["serve", "-c", config.to_str().unwrap()]);
+    let primary: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    server.wait_answering(primary);
+    let other = format!("127.0.0.2:{alt}");
+    let port_arg = port.to_string();
+    for padding in [false, true] {
+        let mut args = vec!["-m", "-f", "-p", &port_arg];
+        if padding {
+            args.push("-P");
+        }
+        args.push("127.0.0.1");
+        let text = coturn("turnutils_natdiscovery", &args);
+        assert!(text.contains("NAT with Endpoint Independent Mapping!"), "{text}");
+        assert!(text.contains("NAT with Endpoint Independent Filtering!"), "{text}");
+        assert!(printed(&text, "Other addr: : ").contains(&other), "{text}");
+        // Mapping test II goes to the alternate IP; filtering test II asks for both changed.
+        let origins = printed(&text, "Response origin: : ");
+        for origin in [primary.to_string(), format!("127.0.0.2:{port}"), other.clone()] {
+            assert!(origins.contains(&origin), "no answer from {origin}: {text}");
+        }
+    }
+    let text = coturn("turnutils_stunclient", &["-p", &port_arg, "127.0.0.1"]);
+    assert_eq!(text.matches("RFC 5780 response").count(), 3, "{text}");
+    assert!(printed(&text, "Response origin: : ").contains(&other), "{text}");
+    assert!(server.alive(), "{}", server.stderr());
+}
