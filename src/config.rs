@@ -871,10 +871,7 @@ mod tests {
             check(&format!("[server]\nlisten = {listen}\n[rfc5780]\n{rfc}\n")).unwrap_err().to_string()
         };
         let one = "[\"192.0.2.1:3478\"]";
-        assert_eq!(
-            err(one, "alternate_ips = [\"nope\"]"),
-            "rfc5780.alternate_ips[0] = \"nope\": not an IP address"
-        );
+        assert_eq!(err(one, "alternate_ips = [\"nope\"]"), "rfc5780.alternate_ips[0] = \"nope\": not an IP address");
         assert_eq!(
             err("[\"0.0.0.0:3478\"]", "alternate_ips = [\"192.0.2.2\"]"),
             "rfc5780.alternate_ips[0] = \"192.0.2.2\": the primary server.listen[0] = \"0.0.0.0:3478\" is a wildcard; RFC 5780 mode needs a concrete IP"

@@ -38,9 +38,9 @@ use crate::stun::attr::{
 use crate::stun::integrity::{Check, check_fingerprint_attribute};
 use crate::stun::message::{COOKIE_OFFSET, ParseError, check_header};
 use crate::stun::registry::{
-    ATTR_CHANGE_REQUEST, ATTR_FINGERPRINT, ATTR_PADDING, ATTR_PASSWORD_ALGORITHMS, ATTR_RESPONSE_PORT, ERR_BAD_REQUEST, ERR_STALE_NONCE,
-    ERR_UNAUTHENTICATED, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING, is_comprehension_required,
-    is_known_attribute,
+    ATTR_CHANGE_REQUEST, ATTR_FINGERPRINT, ATTR_PADDING, ATTR_PASSWORD_ALGORITHMS, ATTR_RESPONSE_PORT, ERR_BAD_REQUEST,
+    ERR_STALE_NONCE, ERR_UNAUTHENTICATED, ERR_UNKNOWN_ATTRIBUTE, MAGIC_COOKIE, METHOD_BINDING,
+    is_comprehension_required, is_known_attribute,
 };
 use crate::stun::{Class, Message, MessageType, MessageWriter, WriteError};
 
@@ -537,8 +537,8 @@ const _: () =
 mod tests {
     use super::*;
     use crate::stun::attr::{ErrorCode, ResponseOrigin};
-    use crate::stun::registry::{ATTR_PADDING, ATTR_RESPONSE_PORT};
     use crate::stun::integrity::check_fingerprint;
+    use crate::stun::registry::{ATTR_PADDING, ATTR_RESPONSE_PORT};
     use crate::stun::registry::{ATTR_SOFTWARE, METHOD_ALLOCATE};
     use proptest::prelude::*;
 
@@ -608,8 +608,13 @@ mod tests {
     #[test]
     fn fingerprint_software_and_origin() {
         let (mut buf, n) = request(0x0001, &[(ATTR_SOFTWARE, b"client")], true);
-        let config =
-            HandlerConfig { software: "edge".into(), response_origin: true, rfc3489_classic: true, auth: None, nat: None };
+        let config = HandlerConfig {
+            software: "edge".into(),
+            response_origin: true,
+            rfc3489_classic: true,
+            auth: None,
+            nat: None,
+        };
         let m = meta("198.51.100.7:4000");
         let Action::Reply { len, .. } = run(&mut buf, n, &m, &config).0 else { panic!("no reply") };
         let msg = Message::parse(&buf[..len]).unwrap();
@@ -676,7 +681,10 @@ mod tests {
         buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
         buf[4..20].copy_from_slice(&[9; 16]);
         buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0]);
-        assert_eq!(run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0, Action::Reply { len: 32, route: Route::default() });
+        assert_eq!(
+            run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0,
+            Action::Reply { len: 32, route: Route::default() }
+        );
         // … but one asking for a change gets 420.
         buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
         buf[4..20].copy_from_slice(&[9; 16]);
@@ -687,7 +695,8 @@ mod tests {
 
     /// A listener in RFC 5780 mode with role `role` of a group on 192.0.2.10/.11, ports 3478/3479.
     fn nat_on(role: u8) -> HandlerConfig {
-        let addrs = ["192.0.2.10:3478", "192.0.2.11:3478", "192.0.2.10:3479", "192.0.2.11:3479"].map(|a| a.parse().unwrap());
+        let addrs =
+            ["192.0.2.10:3478", "192.0.2.11:3478", "192.0.2.10:3479", "192.0.2.11:3479"].map(|a| a.parse().unwrap());
         HandlerConfig { nat: Some(NatRole { addrs, listeners: [0, 5, 6, 7], role }), ..classic_on() }
     }
 
@@ -816,7 +825,10 @@ mod tests {
     #[test]
     fn unknown_after_integrity_is_ignored() {
         let (mut buf, n) = request(0x0001, &[(0x0008, &[0; 20]), (0x0023, b"late")], false);
-        assert_eq!(run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0, Action::Reply { len: 32, route: Route::default() });
+        assert_eq!(
+            run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0,
+            Action::Reply { len: 32, route: Route::default() }
+        );
     }
 
     #[test]

@@ -68,6 +68,32 @@ enum Command {
         /// Use long-term credentials (answer the server's 401 challenge).
         #[arg(long, requires = "username")]
         long_term: bool,
+        /// Run the RFC 5780 mapping and filtering tests and print both behaviours and the NAT
+        /// type (the server must run RFC 5780: answer with OTHER-ADDRESS, honour CHANGE-REQUEST).
+        #[arg(long, conflicts_with_all = ["keepalive", "lifetime", "candidates", "username"])]
+        nat: bool,
+        /// Send a Binding every SECONDS from one socket, keeping its NAT binding alive; print
+        /// the first mapping, every change and every unanswered request.
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["lifetime", "candidates", "username"])]
+        keepalive: Option<f64>,
+        /// With --keepalive: stop after N requests (default: until interrupted).
+        #[arg(long, value_name = "N", requires = "keepalive")]
+        count: Option<u64>,
+        /// Measure how long the NAT keeps an idle binding (RFC 5780 §4.6; needs RFC 5780's
+        /// RESPONSE-PORT on the server): idle times double until a binding dies, then a binary
+        /// search. Takes about three times the lifetime.
+        #[arg(long, conflicts_with_all = ["candidates", "username"])]
+        lifetime: bool,
+        /// With --lifetime: give up above this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600.0, requires = "lifetime")]
+        lifetime_max: f64,
+        /// With --lifetime: the precision of the result, seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0, requires = "lifetime")]
+        lifetime_precision: f64,
+        /// Gather host candidates (this host's addresses) and server-reflexive candidates and
+        /// print them as SDP a=candidate lines with RFC 8445 priorities.
+        #[arg(long, conflicts_with = "username")]
+        candidates: bool,
     },
     /// Check a configuration file and exit: 0 when valid, 2 with the reason when not.
     CheckConfig {
@@ -84,7 +110,22 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Some(Command::Serve { config }) => serve(config),
-        Some(Command::Probe { server, json, rto_ms, retries, username, password, long_term }) => {
+        Some(Command::Probe {
+            server,
+            json,
+            rto_ms,
+            retries,
+            username,
+            password,
+            long_term,
+            nat,
+            keepalive,
+            count,
+            lifetime,
+            lifetime_max,
+            lifetime_precision,
+            candidates,
+        }) => {
             let credentials = username.zip(password).map(|(username, password)| {
                 if long_term {
                     stunedge::client::Credentials::LongTerm { username, password }
@@ -97,7 +138,24 @@ fn main() -> ExitCode {
                 rc: retries.max(1),
                 ..Default::default()
             };
-            probe(&server, json, credentials.as_ref(), &retransmit)
+            let mode = if nat {
+                ProbeMode::Nat
+            } else if let Some(every) = keepalive {
+                match seconds("--keepalive", every) {
+                    Ok(every) => ProbeMode::Keepalive(every, count),
+                    Err(code) => return code,
+                }
+            } else if lifetime {
+                match (seconds("--lifetime-max", lifetime_max), seconds("--lifetime-precision", lifetime_precision)) {
+                    (Ok(max), Ok(precision)) => ProbeMode::Lifetime { max, precision },
+                    (Err(code), _) | (_, Err(code)) => return code,
+                }
+            } else if candidates {
+                ProbeMode::Candidates
+            } else {
+                ProbeMode::Binding(credentials)
+            };
+            probe(&server, json, mode, &retransmit)
         }
         Some(Command::CheckConfig { file }) => match load(Some(file.clone())) {
             Ok(settings) => {
@@ -116,17 +174,110 @@ fn main() -> ExitCode {
     }
 }
 
-/// `stunedge probe`: one Binding (with retransmissions), printed as text or JSON.
-fn probe(
-    server: &str,
-    json: bool,
-    credentials: Option<&stunedge::client::Credentials>,
-    retransmit: &stunedge::client::Retransmit,
-) -> ExitCode {
+/// What `stunedge probe` does.
+enum ProbeMode {
+    /// One Binding, with optional credentials.
+    Binding(Option<stunedge::client::Credentials>),
+    /// RFC 5780 mapping and filtering tests.
+    Nat,
+    /// Keepalives every interval, optionally a given number of them.
+    Keepalive(Duration, Option<u64>),
+    /// Binding lifetime measurement.
+    Lifetime { max: Duration, precision: Duration },
+    /// ICE candidates.
+    Candidates,
+}
+
+/// A positive, finite number of seconds from the command line.
+fn seconds(flag: &str, value: f64) -> Result<Duration, ExitCode> {
+    if value.is_finite() && value > 0.0 && value <= 86_400.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        eprintln!("stunedge probe: {flag} {value}: must be a number of seconds above 0 and at most 86400");
+        Err(ExitCode::from(EXIT_CONFIG))
+    }
+}
+
+/// `stunedge probe`: resolves the server and runs the mode.
+fn probe(server: &str, json: bool, mode: ProbeMode, retransmit: &stunedge::client::Retransmit) -> ExitCode {
     let Some(addr) = stunedge::client::resolve(server) else {
         eprintln!("stunedge probe: cannot resolve {server:?} (use host, host:port or [v6]:port)");
         return ExitCode::from(EXIT_CONFIG);
     };
+    let outcome = match mode {
+        ProbeMode::Binding(credentials) => return probe_binding(addr, json, credentials.as_ref(), retransmit),
+        ProbeMode::Nat => stunedge::client::nat::discover(addr, retransmit).map(|report| {
+            println!("{}", if json { report.json() } else { report.to_string() });
+        }),
+        ProbeMode::Keepalive(every, count) => stunedge::client::nat::keepalive(addr, every, count, retransmit, |e| {
+            if json {
+                println!("{}", e.json());
+            } else {
+                let mapped = e.mapped.map_or("no answer".to_string(), |m| format!("mapped {m}"));
+                println!("{:8.3} s  {mapped}{}", e.at.as_secs_f64(), if e.changed { "  (changed)" } else { "" });
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        })
+        .map(|changes| {
+            if !json {
+                println!("{changes} mapping change{}", if changes == 1 { "" } else { "s" });
+            }
+        }),
+        ProbeMode::Lifetime { max, precision } => {
+            let mut trials = Vec::new();
+            stunedge::client::nat::binding_lifetime(addr, precision, max, retransmit, |idle, alive| {
+                if !json {
+                    println!("idle {:7.2} s: binding {}", idle.as_secs_f64(), if alive { "alive" } else { "expired" });
+                }
+                trials.push(format!("{{\"idle_s\": {:.3}, \"alive\": {alive}}}", idle.as_secs_f64()));
+            })
+            .map(|range| match (range, json) {
+                (Some((alive, dead)), false) => {
+                    println!("binding lifetime: between {:.2} s and {:.2} s", alive.as_secs_f64(), dead.as_secs_f64())
+                }
+                (None, false) => println!("binding lifetime: more than {:.2} s", max.as_secs_f64()),
+                (range, true) => println!(
+                    "{{\"server\": \"{addr}\", \"lifetime_min_s\": {:.3}, \"lifetime_max_s\": {}, \"trials\": [{}]}}",
+                    range.map_or(max, |r| r.0).as_secs_f64(),
+                    range.map_or("null".to_string(), |r| format!("{:.3}", r.1.as_secs_f64())),
+                    trials.join(", ")
+                ),
+            })
+        }
+        ProbeMode::Candidates => stunedge::client::nat::candidates(addr, retransmit).map(|list| {
+            if json {
+                let items: Vec<String> = list.iter().map(|c| c.json()).collect();
+                println!("[{}]", items.join(", "));
+            } else {
+                for c in &list {
+                    println!("{}", c.sdp());
+                }
+            }
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(addr, json, &e),
+    }
+}
+
+/// Prints a probe failure (and the JSON error object in JSON mode); exit 1.
+fn fail(addr: std::net::SocketAddr, json: bool, e: &stunedge::client::ProbeError) -> ExitCode {
+    if json {
+        println!("{{\"server\": \"{addr}\", \"error\": \"{}\"}}", e.to_string().replace('"', "'"));
+    }
+    eprintln!("stunedge probe: {addr}: {e}");
+    ExitCode::FAILURE
+}
+
+/// One Binding (with retransmissions and optional credentials), printed as text or JSON.
+fn probe_binding(
+    addr: std::net::SocketAddr,
+    json: bool,
+    credentials: Option<&stunedge::client::Credentials>,
+    retransmit: &stunedge::client::Retransmit,
+) -> ExitCode {
     let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let socket = match std::net::UdpSocket::bind(bind) {
         Ok(s) => s,
@@ -159,13 +310,7 @@ fn probe(
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            if json {
-                println!("{{\"server\": \"{addr}\", \"error\": \"{}\"}}", e.to_string().replace('"', "'"));
-            }
-            eprintln!("stunedge probe: {addr}: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(addr, json, &e),
     }
 }
 

@@ -316,10 +316,7 @@ fn per_socket(configured: &[HandlerConfig], origins: &[Origin]) -> Vec<HandlerCo
 
 /// Adds the three RFC 5780 sockets of each group (alternate IP, alternate port, both) after
 /// the configured addresses, claiming each, and gives every socket its origin.
-fn expand_nat(
-    mut addrs: Vec<SocketAddr>,
-    plans: &[NatPlan],
-) -> Result<(Vec<SocketAddr>, Vec<Origin>), StartError> {
+fn expand_nat(mut addrs: Vec<SocketAddr>, plans: &[NatPlan]) -> Result<(Vec<SocketAddr>, Vec<Origin>), StartError> {
     let mut origins: Vec<Origin> = (0..addrs.len()).map(|config| Origin { config, nat: None }).collect();
     for plan in plans {
         let primary = addrs[plan.primary];
@@ -369,7 +366,10 @@ fn free_alternate_port(primary: SocketAddr, alternate: std::net::IpAddr) -> Resu
             Err(e) => last = e,
         }
     }
-    Err(StartError { what: format!("rfc5780.alternate_port = 0: no port free on {primary} and {alternate}"), error: last })
+    Err(StartError {
+        what: format!("rfc5780.alternate_port = 0: no port free on {primary} and {alternate}"),
+        error: last,
+    })
 }
 
 /// The backend a server runs.

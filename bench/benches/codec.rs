@@ -180,7 +180,8 @@ fn auth(c: &mut Criterion) {
         let mut stats = Stats::default();
         // Check once that the case does what its name says.
         buf[..bytes.len()].copy_from_slice(&bytes);
-        let stunedge::handler::Action::Reply { len, .. } = handle(&mut buf, bytes.len(), &meta, config, &mut stats) else {
+        let stunedge::handler::Action::Reply { len, .. } = handle(&mut buf, bytes.len(), &meta, config, &mut stats)
+        else {
             panic!("{name}: no answer")
         };
         let answer = Message::parse(&buf[..len]).unwrap();

@@ -4,6 +4,8 @@
 //! Blocking and allocation-tolerant: this is a tool, never the server's packet path, and it
 //! shares no code path with the server that the server does not need.
 
+pub mod nat;
+
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -117,6 +119,16 @@ pub enum ProbeError {
     },
     /// A success response without a mapped address, or failing its integrity check.
     BadResponse(&'static str),
+    /// An RFC 5780 answer that came from another address than the one CHANGE-REQUEST asked
+    /// for: the server does not honour it, and NAT tests would mean nothing.
+    Misrouted {
+        /// What was asked ("change IP and port", "change port").
+        asked: &'static str,
+        /// Where the answer should have come from.
+        expected: SocketAddr,
+        /// Where it came from.
+        from: SocketAddr,
+    },
 }
 
 impl fmt::Display for ProbeError {
@@ -135,6 +147,10 @@ impl fmt::Display for ProbeError {
                 write!(f, "error response {code} ({text})")
             }
             ProbeError::BadResponse(why) => write!(f, "bad response: {why}"),
+            ProbeError::Misrouted { asked, expected, from } => write!(
+                f,
+                "asked for \"{asked}\" but the answer came from {from}, not {expected}: the server does not honour CHANGE-REQUEST"
+            ),
         }
     }
 }
@@ -155,7 +171,7 @@ pub fn resolve(server: &str) -> Option<SocketAddr> {
     with_port.to_socket_addrs().ok()?.next()
 }
 
-fn random_tid() -> [u8; 12] {
+pub(crate) fn random_tid() -> [u8; 12] {
     use std::io::Read;
     let mut tid = [0u8; 12];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut tid)).is_err() {
@@ -209,14 +225,27 @@ fn build(tid: [u8; 12], sign: &Sign<'_>) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
-/// One transaction: sends `request` on the schedule until an answer with its transaction ID
-/// arrives. Returns the answer, its round-trip time and the requests sent.
-fn transact(
+/// An answer to one transaction.
+pub(crate) struct Answer {
+    /// The whole message.
+    pub(crate) bytes: Vec<u8>,
+    /// Where it came from.
+    pub(crate) from: SocketAddr,
+    /// Time since the last request went out.
+    pub(crate) rtt: Duration,
+    /// Requests sent.
+    pub(crate) attempts: u32,
+}
+
+/// One transaction: sends `request` on the schedule (to `to`, or on the connected socket when
+/// `None`) until an answer with its transaction ID arrives, from any address.
+pub(crate) fn transact(
     socket: &UdpSocket,
+    to: Option<SocketAddr>,
     request: &[u8],
     tid: [u8; 12],
     retransmit: &Retransmit,
-) -> Result<(Vec<u8>, Duration, u32), ProbeError> {
+) -> Result<Answer, ProbeError> {
     let (sends, timeout) = retransmit.schedule();
     let start = Instant::now();
     let mut sent = 0u32;
@@ -226,7 +255,11 @@ fn transact(
         let now = start.elapsed();
         if let Some(&due) = sends.get(sent as usize) {
             if now >= due {
-                socket.send(request).map_err(classify)?;
+                match to {
+                    Some(to) => socket.send_to(request, to),
+                    None => socket.send(request),
+                }
+                .map_err(classify)?;
                 sent += 1;
                 last_send = Instant::now();
                 continue;
@@ -237,13 +270,13 @@ fn transact(
             return Err(ProbeError::Timeout { after: now, attempts: sent });
         }
         socket.set_read_timeout(Some((next - now).max(Duration::from_millis(1)))).map_err(ProbeError::Io)?;
-        match socket.recv(&mut buf) {
-            Ok(n) => {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
                 let Ok(msg) = Message::parse(&buf[..n]) else { continue };
                 if msg.transaction_id().0 != tid || msg.message_type().method != crate::stun::registry::METHOD_BINDING {
                     continue; // a stray or late answer to something else
                 }
-                return Ok((buf[..n].to_vec(), last_send.elapsed(), sent));
+                return Ok(Answer { bytes: buf[..n].to_vec(), from, rtt: last_send.elapsed(), attempts: sent });
             }
             Err(e)
                 if matches!(
@@ -280,7 +313,7 @@ pub fn binding(
     for _ in 0..3 {
         let tid = random_tid();
         let request = build(tid, &sign);
-        let (answer, rtt, attempts) = transact(socket, &request, tid, retransmit)?;
+        let Answer { bytes: answer, rtt, attempts, .. } = transact(socket, None, &request, tid, retransmit)?;
         let msg = Message::parse(&answer).map_err(|_| ProbeError::BadResponse("unparsable"))?;
         let key: Option<Vec<u8>> = match &sign {
             Sign::None => None,

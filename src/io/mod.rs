@@ -6,6 +6,7 @@
 //! IPV6_RECVPKTINFO (both long before). Linux only.
 #![allow(unsafe_code)]
 
+pub mod ifaddrs;
 pub mod mmsg;
 mod msg;
 pub mod socket;

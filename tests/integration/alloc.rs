@@ -91,8 +91,13 @@ fn handler_never_allocates() {
         vec![0xFF; 40],                                                     // not STUN
         vec![0; 7],                                                         // too short
     ];
-    let config =
-        HandlerConfig { software: "stunedge".into(), response_origin: true, rfc3489_classic: true, auth: None, nat: None };
+    let config = HandlerConfig {
+        software: "stunedge".into(),
+        response_origin: true,
+        rfc3489_classic: true,
+        auth: None,
+        nat: None,
+    };
     let metas = [
         Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: 0 },
         Meta {

@@ -491,7 +491,6 @@ fn sockaddr_storage_zeroed() -> libc::sockaddr_storage {
     unsafe { std::mem::zeroed() }
 }
 
-
 impl Drop for Driver {
     fn drop(&mut self) {
         // Answers a failed turn left unsent still hold their buffers.
