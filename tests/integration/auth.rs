@@ -8,7 +8,7 @@ use md5::{Digest, Md5};
 use sha1::Sha1;
 use sha2::Sha256;
 use stunedge::config::Config;
-use stunedge::handler::{Action, DropReason, HandlerConfig, Meta, handle};
+use stunedge::handler::{Action, DropReason, HandlerConfig, Meta, NatRole, handle};
 use stunedge::metrics::{Counter, Stats};
 use stunedge::stun::attr::{ErrorCode, Nonce, Realm};
 use stunedge::stun::integrity::{Check, check_fingerprint, check_integrity_sha1, check_integrity_sha256};
@@ -796,6 +796,15 @@ fn amplification_table_in_readme_is_measured() {
         request([2; 12], &attrs, sign, false)
     };
     let st = |password: &'static [u8]| request([3; 12], &[(ATTR_USERNAME, b"bob")], Sign::Sha1(password), false);
+    // RFC 5780 mode: a group on 192.0.2.1 / 192.0.2.2 (IPv6: 2001:db8::1 / ::2), ports 3478 / 3479.
+    let nat = |ips: [&str; 2]| {
+        let at = |ip: &str, port: u16| std::net::SocketAddr::new(ip.parse().unwrap(), port);
+        let addrs = [at(ips[0], 3478), at(ips[1], 3478), at(ips[0], 3479), at(ips[1], 3479)];
+        HandlerConfig { nat: Some(NatRole { addrs, listeners: [0, 1, 2, 3], role: 0 }), ..off.clone() }
+    };
+    let (nat4, nat6) = (nat(["192.0.2.1", "192.0.2.2"]), nat(["2001:db8::1", "2001:db8::2"]));
+    let change = request([4; 12], &[(ATTR_CHANGE_REQUEST, &[0, 0, 0, 6])], Sign::Unsigned, false);
+    let padded = request([5; 12], &[(ATTR_PADDING, &[0; 1500])], Sign::Unsigned, false);
     let rows: Vec<(&str, &HandlerConfig, Vec<u8>, std::net::SocketAddr, u64)> = vec![
         ("Binding, no authentication", &off, plain.clone(), client(), NOW),
         ("Binding, no authentication, IPv6 client", &off, plain.clone(), v6, NOW),
@@ -814,6 +823,10 @@ fn amplification_table_in_readme_is_measured() {
         ("short-term 400, no credentials", &short, plain.clone(), client(), NOW),
         ("short-term 401, wrong password", &short, st(b"nope"), client(), NOW),
         ("short-term success (MESSAGE-INTEGRITY)", &short, st(b"builder"), client(), NOW),
+        ("RFC 5780 mode Binding", &nat4, plain.clone(), client(), NOW),
+        ("RFC 5780 mode Binding, IPv6", &nat6, plain.clone(), v6, NOW),
+        ("RFC 5780 mode, CHANGE-REQUEST", &nat4, change, client(), NOW),
+        ("RFC 5780 mode, PADDING of 1500 bytes", &nat4, padded, client(), NOW),
     ];
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut table = String::new();
