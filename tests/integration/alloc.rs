@@ -124,6 +124,44 @@ fn handler_never_allocates() {
 }
 
 #[test]
+fn rfc5780_answers_never_allocate() {
+    use stunedge::handler::NatRole;
+    let tid = [7; 12];
+    let addrs = ["192.0.2.1:3478", "192.0.2.2:3478", "192.0.2.1:3479", "192.0.2.2:3479"].map(|a| a.parse().unwrap());
+    let config = HandlerConfig {
+        nat: Some(NatRole { addrs, listeners: [0, 1, 2, 3], role: 0 }),
+        rfc3489_classic: true,
+        ..HandlerConfig::default()
+    };
+    let mut padded = hex("00 26 00 40");
+    padded.extend_from_slice(&[0; 64]);
+    let inputs: Vec<Vec<u8>> = vec![
+        binding_request(tid, &[]),
+        binding_request(tid, &hex("00 03 00 04 00 00 00 06")), // change IP and port
+        binding_request(tid, &hex("00 27 00 04 13 88 00 00")), // RESPONSE-PORT
+        binding_request(tid, &padded),                         // PADDING
+        binding_request(tid, &hex("00 03 00 02 00 06 00 00")), // malformed: 400
+        hex("00 01 00 08 00 00 00 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 00 03 00 04 00 00 00 04"), // classic
+    ];
+    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: addrs[0], now: 0 };
+    let mut buffers: Vec<[u8; BUFFER_SIZE]> = vec![[0u8; BUFFER_SIZE]; inputs.len()];
+    let mut stats = Stats::default();
+    let mut replies = 0;
+    let before = allocations();
+    for (i, input) in inputs.iter().enumerate() {
+        let buf = &mut buffers[i];
+        buf[..input.len()].copy_from_slice(input);
+        if let Action::Reply { .. } = handle(buf, input.len(), &meta, &config, &mut stats) {
+            replies += 1;
+        }
+    }
+    assert_eq!(allocations() - before, 0, "the RFC 5780 packet path allocated");
+    assert_eq!(replies, inputs.len(), "every input is answered");
+    assert_eq!(stats.get(stunedge::metrics::Counter::DiscoveryChanged), 2, "{stats}");
+    assert_eq!(stats.get(stunedge::metrics::Counter::DiscoveryPadded), 1, "{stats}");
+}
+
+#[test]
 fn authentication_never_allocates() {
     use crate::auth::{NOW, REALM, Sign, handler, md5_key, request, rest_password};
     use stunedge::stun::registry::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};

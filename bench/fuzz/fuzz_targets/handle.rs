@@ -3,22 +3,24 @@
 //! 20 bytes or more, so the fuzzer spends its time in the attribute walker rather than being
 //! turned away by the header checks; the first input byte picks classic mode instead and which
 //! listener configuration answers: no authentication, short-term or long-term required (users,
-//! TURN REST secrets, USERHASH), so the credential checks see fuzzed attributes too.
+//! TURN REST secrets, USERHASH), or RFC 5780 mode (CHANGE-REQUEST, RESPONSE-PORT, PADDING), so
+//! the credential checks and the NAT-discovery answers see fuzzed attributes too.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use stunedge::config::Config;
-use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
+use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, NatRole, handle};
 use stunedge::metrics::Stats;
 use stunedge::stun::attr::*;
 use stunedge::stun::integrity::{check_fingerprint, check_integrity_sha1, check_integrity_sha256};
 use stunedge::stun::{MAGIC_COOKIE, Message};
 
-/// The three listener configurations: auth off, short-term required, long-term required.
-fn configs() -> &'static [HandlerConfig; 3] {
-    static CONFIGS: OnceLock<[HandlerConfig; 3]> = OnceLock::new();
+/// The four listener configurations: auth off, short-term required, long-term required, and
+/// RFC 5780 mode (auth off).
+fn configs() -> &'static [HandlerConfig; 4] {
+    static CONFIGS: OnceLock<[HandlerConfig; 4]> = OnceLock::new();
     CONFIGS.get_or_init(|| {
         let config = |auth: &str| {
             let text = format!(
@@ -28,10 +30,15 @@ fn configs() -> &'static [HandlerConfig; 3] {
             );
             Config::from_toml(&text, "fuzz").unwrap().validate(&[0]).unwrap().handlers.remove(0)
         };
+        let at = |a: &str| a.parse().unwrap();
+        let addrs =
+            [at("[2001:db8::2]:3478"), at("[2001:db8::3]:3478"), at("[2001:db8::2]:3479"), at("[2001:db8::3]:3479")];
+        let nat = NatRole { addrs, listeners: [0, 1, 2, 3], role: 0 };
         [
             config("policy = \"none\""),
             config("policy = \"required\"\nmechanism = \"short-term\""),
             config("policy = \"required\"\nmechanism = \"long-term\""),
+            HandlerConfig { nat: Some(nat), ..config("policy = \"none\"") },
         ]
     })
 }
@@ -68,14 +75,22 @@ fuzz_target!(|data: &[u8]| {
         let _ = check_integrity_sha1(&msg, b"key");
         let _ = check_integrity_sha256(&msg, b"key");
     }
-    let config = &configs()[usize::from(data.first().map_or(0, |b| (b >> 1) & 3)) % 3];
+    let config = &configs()[usize::from(data.first().map_or(0, |b| (b >> 1) & 3))];
     let meta = Meta {
         src: "[2001:db8::1]:5".parse().unwrap(),
         local: "[2001:db8::2]:3478".parse().unwrap(),
         now: 1_790_000_000,
     };
     let mut stats = Stats::default();
-    if let Action::Reply { len, .. } = handle(&mut buf, len, &meta, config, &mut stats) {
-        assert!(Message::parse(&buf[..len]).is_ok(), "every reply is a well-formed message");
+    let request_len = len;
+    if let Action::Reply { len, route } = handle(&mut buf, len, &meta, config, &mut stats) {
+        let reply = Message::parse(&buf[..len]).expect("every reply is a well-formed message");
+        if let Some(padding) = reply.attributes().find(|a| a.attr_type == stunedge::stun::registry::ATTR_PADDING) {
+            assert!(len <= request_len, "PADDING never makes an answer larger than its request");
+            assert_eq!(padding.value.len() % 4, 0);
+        }
+        if config.nat.is_none() {
+            assert_eq!(route, Default::default(), "only RFC 5780 mode routes answers elsewhere");
+        }
     }
 });
