@@ -20,7 +20,8 @@
 //!   MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS (classic: MAPPED-ADDRESS, SOURCE-ADDRESS,
 //!   CHANGED-ADDRESS); CHANGE-REQUEST picks the socket the answer leaves from and RESPONSE-PORT
 //!   the port it goes to ([`Route`]); PADDING pads the answer, never past the request's size;
-//!   PADDING with RESPONSE-PORT, or a malformed value of either, is 400.
+//!   PADDING with RESPONSE-PORT, a malformed CHANGE-REQUEST or RESPONSE-PORT, or a RESPONSE-PORT
+//!   of 0, is 400.
 //! - Broken attribute framing, other methods (TURN and the rest), or more than
 //!   [`MAX_UNKNOWN`] distinct unknown attributes → 400.
 //! - Anything else is dropped and counted under a [`DropReason`]: too short, not STUN, bad
@@ -163,14 +164,53 @@ pub struct Meta {
     pub now: u64,
 }
 
-/// Where an answer goes when it does not simply go back: RFC 5780's CHANGE-REQUEST and
-/// RESPONSE-PORT. The default sends it back to the source from the address it came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Route {
-    /// Send from this listener (an index into the worker's sockets) instead.
-    pub via: Option<u16>,
-    /// Send to this port of the source's IP address instead of the source port.
-    pub port: Option<u16>,
+/// Where an answer goes when it does not simply go back: RFC 5780's CHANGE-REQUEST (send from
+/// another of the worker's sockets) and RESPONSE-PORT (send to another port of the source's IP
+/// address). The default sends it back to the source from the address it came to. Packed in
+/// 32 bits so that [`Action`] stays two registers wide on the Binding path: the low half is the
+/// socket index + 1 (0: the receiving socket), the high half the port (0: the source port; a
+/// RESPONSE-PORT of 0 is refused with 400, as nothing can be sent to port 0).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Route(u32);
+
+impl Route {
+    /// Back to the source, from the socket it came to.
+    pub const BACK: Route = Route(0);
+
+    /// From socket `via` (an index into the worker's sockets; at most 65534) and to `port`.
+    pub const fn new(via: Option<u16>, port: Option<u16>) -> Route {
+        let via = match via {
+            Some(v) if v < u16::MAX => v as u32 + 1,
+            _ => 0,
+        };
+        let port = match port {
+            Some(p) => p as u32,
+            None => 0,
+        };
+        Route(via | port << 16)
+    }
+
+    /// The socket to send from, when not the receiving one.
+    pub const fn via(self) -> Option<u16> {
+        match self.0 & 0xFFFF {
+            0 => None,
+            v => Some(v as u16 - 1),
+        }
+    }
+
+    /// The port to send to, when not the source port.
+    pub const fn port(self) -> Option<u16> {
+        match self.0 >> 16 {
+            0 => None,
+            p => Some(p as u16),
+        }
+    }
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route").field("via", &self.via()).field("port", &self.port()).finish()
+    }
 }
 
 /// The decision for one datagram.
@@ -318,7 +358,7 @@ fn reply(
     match write(buf) {
         Ok(len) => {
             stats.bump(counter);
-            Action::Reply { len, route: Route::default() }
+            Action::Reply { len, route: Route::BACK }
         }
         Err(_) => Action::Drop(DropReason::ResponseTooLarge),
     }
@@ -345,8 +385,8 @@ impl Discovery {
                 Err(_) => self.malformed = true,
             },
             ATTR_RESPONSE_PORT => match ResponsePort::decode(value, &key) {
+                Ok(ResponsePort(0)) | Err(_) => self.malformed = true,
                 Ok(p) => self.response_port = Some(p.0),
-                Err(_) => self.malformed = true,
             },
             _ => self.padding = Some(value.len()),
         }
@@ -408,7 +448,7 @@ fn discovery_success(
     if discovery.response_port.is_some() {
         stats.bump(Counter::DiscoveryResponsePort);
     }
-    Action::Reply { len, route: Route { via, port: discovery.response_port } }
+    Action::Reply { len, route: Route::new(via, discovery.response_port) }
 }
 
 /// PADDING's source of zeros: no answer is padded past the largest request.
@@ -582,7 +622,7 @@ mod tests {
     fn binding_answer_is_byte_exact() {
         let (mut buf, n) = request(0x0001, &[], false);
         let (action, stats) = run(&mut buf, n, &meta("192.0.2.1:32853"), &classic_on());
-        assert_eq!(action, Action::Reply { len: 32, route: Route::default() });
+        assert_eq!(action, Action::Reply { len: 32, route: Route::BACK });
         // RFC 5769 §2.2's XOR-MAPPED-ADDRESS for 192.0.2.1:32853.
         let mut expected = vec![0x01, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
         expected.extend_from_slice(&TID);
@@ -596,7 +636,7 @@ mod tests {
     fn binding_answer_ipv6_matches_rfc5769() {
         let (mut buf, n) = request(0x0001, &[], false);
         let m = meta("[2001:db8:1234:5678:11:2233:4455:6677]:32853");
-        assert_eq!(run(&mut buf, n, &m, &classic_on()).0, Action::Reply { len: 44, route: Route::default() });
+        assert_eq!(run(&mut buf, n, &m, &classic_on()).0, Action::Reply { len: 44, route: Route::BACK });
         let value = [
             0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25, 0xf4, 0xb5, 0xbe, 0xd2,
             0xb9, 0xd9,
@@ -641,7 +681,7 @@ mod tests {
         buf[4..20].copy_from_slice(&[9; 16]);
         let config = HandlerConfig { response_origin: true, ..classic_on() };
         let (action, stats) = run(&mut buf, 20, &meta("192.0.2.1:32853"), &config);
-        assert_eq!(action, Action::Reply { len: 44, route: Route::default() });
+        assert_eq!(action, Action::Reply { len: 44, route: Route::BACK });
         assert_eq!(&buf[..4], &[0x01, 0x01, 0x00, 0x18]);
         assert_eq!(&buf[4..20], &[9; 16], "the 128-bit classic transaction ID is kept");
         assert_eq!(&buf[20..32], &[0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x80, 0x55, 192, 0, 2, 1]);
@@ -683,7 +723,7 @@ mod tests {
         buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0]);
         assert_eq!(
             run(&mut buf, 28, &meta("192.0.2.1:32853"), &classic_on()).0,
-            Action::Reply { len: 32, route: Route::default() }
+            Action::Reply { len: 32, route: Route::BACK }
         );
         // … but one asking for a change gets 420.
         buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
@@ -710,7 +750,7 @@ mod tests {
         let (mut buf, n) = request(0x0001, &[], true);
         let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
         let Action::Reply { len, route } = action else { panic!("{action:?}") };
-        assert_eq!(route, Route::default(), "no CHANGE-REQUEST: back the way it came");
+        assert_eq!(route, Route::BACK, "no CHANGE-REQUEST: back the way it came");
         let msg = Message::parse(&buf[..len]).unwrap();
         let src: SocketAddr = "198.51.100.7:4000".parse().unwrap();
         assert_eq!(msg.get::<XorMappedAddress>(), Some(Ok(XorMappedAddress(src))));
@@ -738,7 +778,7 @@ mod tests {
             let (mut buf, n) = request(0x0001, &[(ATTR_CHANGE_REQUEST, &[0, 0, 0, flags])], false);
             let (action, stats) = run(&mut buf, n, &nat_meta(role), &nat_on(role));
             let Action::Reply { len, route } = action else { panic!("{action:?}") };
-            assert_eq!(route, Route { via, port: None }, "role {role} flags {flags}");
+            assert_eq!(route, Route::new(via, None), "role {role} flags {flags}");
             let msg = Message::parse(&buf[..len]).unwrap();
             assert_eq!(msg.get::<ResponseOrigin>(), Some(Ok(ResponseOrigin(origin.parse().unwrap()))));
             assert_eq!(msg.get::<OtherAddress>(), Some(Ok(OtherAddress(other.parse().unwrap()))));
@@ -754,7 +794,7 @@ mod tests {
         buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 6]);
         let (action, _) = run(&mut buf, 28, &nat_meta(0), &nat_on(0));
         let Action::Reply { len, route } = action else { panic!("{action:?}") };
-        assert_eq!(route.via, Some(7));
+        assert_eq!(route.via(), Some(7));
         let msg = Message::parse(&buf[..len]).unwrap();
         assert_eq!(msg.get::<SourceAddress>(), Some(Ok(SourceAddress("192.0.2.11:3479".parse().unwrap()))));
         assert_eq!(msg.get::<ChangedAddress>(), Some(Ok(ChangedAddress("192.0.2.11:3479".parse().unwrap()))));
@@ -766,7 +806,8 @@ mod tests {
     fn rfc5780_response_port_and_padding() {
         let (mut buf, n) = request(0x0001, &[(ATTR_RESPONSE_PORT, &[0x13, 0x88, 0, 0])], false);
         let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
-        assert!(matches!(action, Action::Reply { route: Route { via: None, port: Some(5000) }, .. }), "{action:?}");
+        let Action::Reply { route, .. } = action else { panic!("{action:?}") };
+        assert_eq!((route.via(), route.port()), (None, Some(5000)));
         assert_eq!(stats.get(Counter::DiscoveryResponsePort), 1);
 
         // PADDING: the answer is padded, but never past the request's size (a small request
@@ -789,19 +830,32 @@ mod tests {
         }
 
         // PADDING with RESPONSE-PORT, or malformed values: 400 (RFC 5780 §6.1).
-        let bad: [&[(u16, &[u8])]; 3] = [
+        let bad: [&[(u16, &[u8])]; 4] = [
             &[(ATTR_PADDING, &[0; 8]), (ATTR_RESPONSE_PORT, &[0x13, 0x88, 0, 0])],
             &[(ATTR_CHANGE_REQUEST, &[0, 4])],
             &[(ATTR_RESPONSE_PORT, &[0x13, 0x88])],
+            &[(ATTR_RESPONSE_PORT, &[0, 0, 0, 0])],
         ];
         for attrs in bad {
             let (mut buf, n) = request(0x0001, attrs, false);
             let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
             let Action::Reply { len, route } = action else { panic!("{action:?}") };
-            assert_eq!(route, Route::default());
+            assert_eq!(route, Route::BACK);
             assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 400);
             assert_eq!(stats.get(Counter::Responses400), 1);
         }
+    }
+
+    #[test]
+    fn routes_pack_and_unpack() {
+        for via in [None, Some(0), Some(1), Some(7), Some(65534)] {
+            for port in [None, Some(1), Some(3478), Some(65535)] {
+                let r = Route::new(via, port);
+                assert_eq!((r.via(), r.port()), (via, port));
+            }
+        }
+        assert_eq!(Route::default(), Route::BACK);
+        assert_eq!(std::mem::size_of::<Action>(), 16, "two registers: returned without memory");
     }
 
     #[test]
@@ -809,7 +863,7 @@ mod tests {
         for (t, v) in [(ATTR_RESPONSE_PORT, &[0x13, 0x88, 0, 0][..]), (ATTR_PADDING, &[0; 8][..])] {
             let (mut buf, n) = request(0x0001, &[(t, v)], false);
             let Action::Reply { len, route } = run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0 else { panic!() };
-            assert_eq!(route, Route::default());
+            assert_eq!(route, Route::BACK);
             let msg = Message::parse(&buf[..len]).unwrap();
             assert_eq!(msg.get::<ErrorCode>().unwrap().unwrap().code, 420);
             assert_eq!(msg.get::<UnknownAttributes>().unwrap().unwrap().types(), &[t]);
@@ -827,7 +881,7 @@ mod tests {
         let (mut buf, n) = request(0x0001, &[(0x0008, &[0; 20]), (0x0023, b"late")], false);
         assert_eq!(
             run(&mut buf, n, &meta("10.0.0.1:9"), &classic_on()).0,
-            Action::Reply { len: 32, route: Route::default() }
+            Action::Reply { len: 32, route: Route::BACK }
         );
     }
 

@@ -559,10 +559,10 @@ impl Worker {
         let meta = Meta { src, local: SocketAddr::new(local_ip, listener.local.port()), now };
         match handler::handle(packet.buf, packet.len, &meta, config, stats) {
             Action::Reply { len, route } => {
-                let via = route.via.map(usize::from);
+                let via = route.via().map(usize::from);
                 // The socket the answer leaves from: PKTINFO only applies to a wildcard one.
                 let sender = via.and_then(|v| self.listeners.get(v)).unwrap_or(listener);
-                Some(Reply { len, from: if sender.wildcard { packet.dst } else { None }, via, port: route.port })
+                Some(Reply { len, from: if sender.wildcard { packet.dst } else { None }, via, port: route.port() })
             }
             Action::Drop(_) => None,
         }

@@ -93,8 +93,10 @@ impl<'a> MessageWriter<'a> {
         Ok(&mut self.buf[start..start + value_len])
     }
 
-    /// Appends a typed attribute.
-    #[inline]
+    /// Appends a typed attribute. Always inlined: the Binding answer's XOR-MAPPED-ADDRESS goes
+    /// through here, and with RFC 5780's extra address types the inliner stopped inlining it on
+    /// its own (+15 instructions per answer, measured with callgrind).
+    #[inline(always)]
     pub fn add<'v, A: Attribute<'v>>(&mut self, attr: &A) -> Result<(), WriteError> {
         let key = self.cookie_and_id();
         let out = self.reserve(A::TYPE, attr.value_len())?;
