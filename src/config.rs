@@ -183,7 +183,7 @@ section! {
     Rfc5780 "rfc5780" {
         /// The alternate IP addresses, at most one per address family, e.g. `["192.0.2.2"]`.
         /// Each needs exactly one `server.listen` address of its family, on a concrete IP (not
-        /// 0.0.0.0 or [::]) other than itself.
+        /// `0.0.0.0` or `[::]`) other than itself.
         alternate_ips: Vec<String> = Vec::new(),
         /// The alternate port (not the primary's). 0 picks a free one (tests).
         alternate_port: u16 = 3479,

@@ -191,7 +191,12 @@ enum Sign<'a> {
     LongTerm { username: &'a str, key: Vec<u8>, realm: Vec<u8>, nonce: Vec<u8>, algorithms: Option<Vec<u8>> },
 }
 
-fn build(tid: [u8; 12], sign: &Sign<'_>) -> Vec<u8> {
+/// A Binding request with transaction ID `tid`: `attributes` writes what goes before
+/// FINGERPRINT, which ends every request the client sends.
+pub(crate) fn binding_request(
+    tid: [u8; 12],
+    attributes: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), crate::stun::WriteError>,
+) -> Vec<u8> {
     let mut buf = [0u8; 1024];
     let mut key = [0u8; 16];
     key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
@@ -199,6 +204,16 @@ fn build(tid: [u8; 12], sign: &Sign<'_>) -> Vec<u8> {
     // The buffer holds any request built here: errors cannot happen, but are not unwrapped.
     let n = (|| -> Result<usize, crate::stun::WriteError> {
         let mut w = MessageWriter::new(&mut buf, MessageType::BINDING_REQUEST, &key)?;
+        attributes(&mut w)?;
+        w.add_fingerprint()?;
+        Ok(w.finish())
+    })()
+    .unwrap_or(0);
+    buf[..n].to_vec()
+}
+
+fn build(tid: [u8; 12], sign: &Sign<'_>) -> Vec<u8> {
+    binding_request(tid, |w| {
         match sign {
             Sign::None => {}
             Sign::ShortTerm { username, password } => {
@@ -218,11 +233,8 @@ fn build(tid: [u8; 12], sign: &Sign<'_>) -> Vec<u8> {
                 }
             }
         }
-        w.add_fingerprint()?;
-        Ok(w.finish())
-    })()
-    .unwrap_or(0);
-    buf[..n].to_vec()
+        Ok(())
+    })
 }
 
 /// An answer to one transaction.

@@ -11,8 +11,7 @@ use super::{Answer, ProbeError, Retransmit, random_tid, transact};
 use crate::stun::attr::{
     ChangeRequest, ChangedAddress, MappedAddress, OtherAddress, ResponseOrigin, ResponsePort, XorMappedAddress,
 };
-use crate::stun::registry::MAGIC_COOKIE;
-use crate::stun::{Class, Message, MessageType, MessageWriter};
+use crate::stun::{Class, Message};
 
 /// A NAT's mapping or filtering behaviour (RFC 4787 §4.1, §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,23 +141,15 @@ impl fmt::Display for NatReport {
 /// A Binding request with CHANGE-REQUEST `change` (when either flag is set) and
 /// RESPONSE-PORT `response_port`, with FINGERPRINT.
 fn request(tid: [u8; 12], change: ChangeRequest, response_port: Option<u16>) -> Vec<u8> {
-    let mut buf = [0u8; 128];
-    let mut key = [0u8; 16];
-    key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    key[4..].copy_from_slice(&tid);
-    let n = (|| -> Result<usize, crate::stun::WriteError> {
-        let mut w = MessageWriter::new(&mut buf, MessageType::BINDING_REQUEST, &key)?;
+    super::binding_request(tid, |w| {
         if change.change_ip || change.change_port {
             w.add(&change)?;
         }
         if let Some(port) = response_port {
             w.add(&ResponsePort(port))?;
         }
-        w.add_fingerprint()?;
-        Ok(w.finish())
-    })()
-    .unwrap_or(0);
-    buf[..n].to_vec()
+        Ok(())
+    })
 }
 
 /// What one Binding answer says.
