@@ -13,7 +13,8 @@
 #   GEN_ARGS     extra stunedge-bench arguments (default: sockets/window/batch scaled to GEN_CPUS)
 #   BIN_DIR      use prebuilt stunedge, stunedge-bench, stunedge-baseline from here (no cargo)
 #   SERVERS      which servers, space-separated (default "stunedge-uring stunedge-mmsg baseline coturn";
-#                also stunedge-uring-sqe: io_uring sending one SENDMSG SQE per answer, and
+#                also stunedge-uring-sqe: io_uring sending one SENDMSG SQE per answer,
+#                stunedge-uring-coop: io_uring with io.uring_taskrun = "coop", and
 #                stunedge-auth: io_uring with short-term authentication required for the
 #                generator's default credentials; compare it with GEN_ARGS="... --mix integrity=1";
 #                stunedge-scraped: io_uring with its admin endpoint scraped every second, to
@@ -64,22 +65,23 @@ fi
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; stunedge-scraped) echo 3484;; stunedge-admin) echo 3485;; esac; }
+port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; stunedge-scraped) echo 3484;; stunedge-admin) echo 3485;; stunedge-uring-coop) echo 3486;; esac; }
 ADMIN_PORT=${ADMIN_PORT:-19478}
 SCRAPER_CPUS=${SCRAPER_CPUS:-$GEN_CPUS}
 
 server_cmd() {
   local port; port=$(port_of "$1")
   case $1 in
-    stunedge-uring|stunedge-uring-sqe|stunedge-mmsg|stunedge-auth|stunedge-scraped|stunedge-admin)
+    stunedge-uring|stunedge-uring-sqe|stunedge-uring-coop|stunedge-mmsg|stunedge-auth|stunedge-scraped|stunedge-admin)
       # Build the CPU list in TOML from SERVER_CPUS.
-      local list="" part backend=io_uring send=sendmmsg
+      local list="" part backend=io_uring send=sendmmsg taskrun=defer
       [[ $1 == stunedge-mmsg ]] && backend=mmsg
       [[ $1 == stunedge-uring-sqe ]] && send=sqe
+      [[ $1 == stunedge-uring-coop ]] && taskrun=coop
       for part in ${SERVER_CPUS//,/ }; do
         if [[ $part == *-* ]]; then list+=$(seq -s, "${part%-*}" "${part#*-}"),; else list+=$part,; fi
       done
-      printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\nbackend = "%s"\nuring_send = "%s"\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "$backend" "$send" "${list%,}" > "$work/$1.toml"
+      printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\nbackend = "%s"\nuring_send = "%s"\nuring_taskrun = "%s"\ncpus = [%s]\n[log]\nlevel = "warn"\n' "$port" "$backend" "$send" "$taskrun" "${list%,}" > "$work/$1.toml"
       # The generator's default short-term credentials (stunedge-bench --username/--password).
       # The admin endpoint (metrics) only where it is scraped.
       if [[ $1 == stunedge-scraped || $1 == stunedge-admin ]]; then

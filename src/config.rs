@@ -84,6 +84,11 @@ section! {
         /// submitted with the next wait) or "sendmmsg" (one sendmmsg(2) per socket per loop
         /// turn). See bench/results for the measurements behind the default.
         uring_send: String = "sendmmsg".into(),
+        /// When the kernel runs a ring's completion work: "defer" (IORING_SETUP_DEFER_TASKRUN,
+        /// Linux 6.1: only while the worker waits for completions) or "coop"
+        /// (IORING_SETUP_COOP_TASKRUN, 5.19: at the worker's next entry into the kernel, without
+        /// interrupting it). Both with SINGLE_ISSUER. See bench/results for the measurements.
+        uring_taskrun: String = "defer".into(),
         /// Steer each datagram to the worker on the CPU that received it (an
         /// SO_ATTACH_REUSEPORT_CBPF program), instead of SO_REUSEPORT's hash of the addresses.
         /// Use it when NIC queues (RSS) and their IRQs are pinned to the same CPUs as the
@@ -285,6 +290,8 @@ pub struct Settings {
     pub backend: BackendChoice,
     /// How the io_uring backend sends.
     pub uring_send: crate::io::uring::SendMode,
+    /// How the io_uring rings run completion work.
+    pub uring_taskrun: crate::io::uring::TaskRun,
     /// Attach the CPU-steering reuseport program.
     pub cpu_steering: bool,
     /// CPUs to pin one worker each to.
@@ -411,6 +418,11 @@ impl Config {
             "sendmmsg" => crate::io::uring::SendMode::Sendmmsg,
             other => return Err(invalid("io.uring_send", format!("{other:?}"), "must be \"sqe\" or \"sendmmsg\"")),
         };
+        let uring_taskrun = match self.io.uring_taskrun.as_str() {
+            "defer" => crate::io::uring::TaskRun::Defer,
+            "coop" => crate::io::uring::TaskRun::Coop,
+            other => return Err(invalid("io.uring_taskrun", format!("{other:?}"), "must be \"defer\" or \"coop\"")),
+        };
         if !(1..=1024).contains(&self.io.batch_size) {
             return Err(invalid("io.batch_size", self.io.batch_size, "must be between 1 and 1024"));
         }
@@ -457,6 +469,7 @@ impl Config {
             listen,
             backend,
             uring_send,
+            uring_taskrun,
             cpu_steering: self.io.cpu_steering,
             cpus,
             batch_size: self.io.batch_size,

@@ -191,6 +191,7 @@ impl Server {
                 batch_size: settings.batch_size,
                 backend,
                 uring_send: settings.uring_send,
+                uring_taskrun: settings.uring_taskrun,
                 handlers: handlers.clone(),
                 stop: stop.clone(),
                 slots: slots.clone(),
@@ -420,6 +421,7 @@ struct Worker {
     batch_size: usize,
     backend: Backend,
     uring_send: uring::SendMode,
+    uring_taskrun: uring::TaskRun,
     handlers: Arc<Handlers>,
     stop: Arc<AtomicBool>,
     slots: Arc<[WorkerSlot]>,
@@ -444,7 +446,8 @@ impl Worker {
             }
             Backend::IoUring => {
                 let fds: Vec<_> = self.listeners.iter().map(|l| l.socket.as_raw_fd()).collect();
-                match Driver::new(&fds, self.uring_send, std::time::Duration::from_millis(IDLE_POLL_MS as u64)) {
+                let heartbeat = std::time::Duration::from_millis(IDLE_POLL_MS as u64);
+                match Driver::new(&fds, self.uring_send, self.uring_taskrun, heartbeat) {
                     Ok(driver) => {
                         let _ = ready.send(Ok(()));
                         self.run_uring(driver, &mut stats);

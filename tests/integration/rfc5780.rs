@@ -18,13 +18,10 @@ use crate::support::{binding_request, recv_from};
 /// A server in RFC 5780 mode on 127.0.0.1 / 127.0.0.2 (free ports) with `backend`.
 pub(crate) fn start(backend: &str) -> Server {
     let cpu = core_affinity::get_core_ids().unwrap()[0].id;
-    let (backend, send) = match backend {
-        "io_uring-sqe" => ("io_uring", "sqe"),
-        other => (other, "sendmmsg"),
-    };
     let text = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[rfc5780]\nalternate_ips = [\"127.0.0.2\"]\nalternate_port = 0\n\
-         [io]\ncpus = [{cpu}]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n"
+         [io]\ncpus = [{cpu}]\n{}",
+        crate::loopback::io_lines(backend)
     );
     Server::start(&Config::from_toml(&text, "test").unwrap().validate(&[cpu]).unwrap()).unwrap()
 }

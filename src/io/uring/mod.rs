@@ -41,8 +41,12 @@ const CONTROL_LEN: usize = size_of::<Control>();
 const RECVMSG_OUT_LEN: usize = 16;
 /// Where the datagram starts in a receive buffer.
 const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN;
-/// Sends in flight at once.
-const SEND_SLOTS: usize = 512;
+/// Sends in flight at once: one per receive buffer, since every answer in flight holds the
+/// buffer it was written in. With fewer (512 until 2026-11-26), a turn that harvested more
+/// datagrams than slots dropped the excess answers (`send_slots_full`): under a burst with
+/// COOP_TASKRUN, whose turns are larger, that dropped the answer to a request sent right
+/// after the burst about once in 25 runs, which had looked like a stall.
+const SEND_SLOTS: usize = BUFFERS as usize;
 /// Submission queue entries; the completion queue gets four times as many.
 const SQ_ENTRIES: u32 = 1024;
 
@@ -62,6 +66,18 @@ pub enum SendMode {
     /// One sendmmsg(2) per socket per turn over the turn's answers; buffers return to the ring
     /// right after the call (the kernel has copied the data).
     Sendmmsg,
+}
+
+/// When the kernel runs a ring's completion work (its "task work": posting receive and send
+/// completions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRun {
+    /// IORING_SETUP_DEFER_TASKRUN (6.1): only while the worker waits in io_uring_enter; falls
+    /// back to [`TaskRun::Coop`] on older kernels.
+    Defer,
+    /// IORING_SETUP_COOP_TASKRUN (5.19): at the worker's next entry into the kernel, without an
+    /// interrupt.
+    Coop,
 }
 
 /// An answer waiting for the turn's sendmmsg.
@@ -194,12 +210,16 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// Sets up a ring for `fds` (non-blocking UDP sockets) and arms a multishot receive on each;
     /// [`Driver::turn`] returns at least every `heartbeat`.
-    pub fn new(fds: &[RawFd], mode: SendMode, heartbeat: Duration) -> io::Result<Driver> {
+    pub fn new(fds: &[RawFd], mode: SendMode, taskrun: TaskRun, heartbeat: Duration) -> io::Result<Driver> {
         let mut builder = IoUring::builder();
-        builder.setup_cqsize(SQ_ENTRIES * 4).setup_single_issuer().setup_defer_taskrun();
+        builder.setup_cqsize(SQ_ENTRIES * 4).setup_single_issuer();
+        match taskrun {
+            TaskRun::Defer => builder.setup_defer_taskrun(),
+            TaskRun::Coop => builder.setup_coop_taskrun(),
+        };
         let ring = match builder.build(SQ_ENTRIES) {
             Ok(ring) => ring,
-            // DEFER_TASKRUN needs 6.1; COOP_TASKRUN (5.19) is the next best.
+            // DEFER_TASKRUN needs 6.1, SINGLE_ISSUER 6.0; COOP_TASKRUN (5.19) alone is the rest.
             Err(_) => IoUring::builder().setup_cqsize(SQ_ENTRIES * 4).setup_coop_taskrun().build(SQ_ENTRIES)?,
         };
         let bufs = BufRing::new(PAYLOAD_OFFSET + BUFFER_SIZE)?;
