@@ -233,6 +233,12 @@ table=$work/table.md
   if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-mmsg]:-}" ]]; then
     echo "| stunedge-uring ÷ stunedge-mmsg | $(ratio "${med[stunedge-uring]}" "${med[stunedge-mmsg]}") |"
   fi
+  if [[ -n "${med[stunedge-uring-coop]:-}" && -n "${med[stunedge-uring]:-}" ]]; then
+    echo "| stunedge-uring-coop ÷ stunedge-uring (COOP ÷ DEFER task running) | $(ratio "${med[stunedge-uring-coop]}" "${med[stunedge-uring]}") |"
+  fi
+  if [[ -n "${med[stunedge-uring-coop]:-}" && -n "${med[stunedge-mmsg]:-}" ]]; then
+    echo "| stunedge-uring-coop ÷ stunedge-mmsg | $(ratio "${med[stunedge-uring-coop]}" "${med[stunedge-mmsg]}") |"
+  fi
 } > "$table"
 
 zl_text=""
