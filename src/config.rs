@@ -87,8 +87,9 @@ section! {
         /// When the kernel runs a ring's completion work: "defer" (IORING_SETUP_DEFER_TASKRUN,
         /// Linux 6.1: only while the worker waits for completions) or "coop"
         /// (IORING_SETUP_COOP_TASKRUN, 5.19: at the worker's next entry into the kernel, without
-        /// interrupting it). Both with SINGLE_ISSUER. See bench/results for the measurements.
-        uring_taskrun: String = "defer".into(),
+        /// interrupting it). Both with SINGLE_ISSUER. "coop" measured faster in most runs
+        /// (median 1.08×; bench/results/2026-11-26-levers.md).
+        uring_taskrun: String = "coop".into(),
         /// Steer each datagram to the worker on the CPU that received it (an
         /// SO_ATTACH_REUSEPORT_CBPF program), instead of SO_REUSEPORT's hash of the addresses.
         /// Use it when NIC queues (RSS) and their IRQs are pinned to the same CPUs as the

@@ -6,13 +6,11 @@
 //! has completed.
 //!
 //! Kernel floors of what is used: io_uring (5.1), IORING_ENTER_EXT_ARG wait timeouts (5.11),
-//! io_uring_register_buf_ring (5.19), multishot IORING_OP_RECVMSG (6.0), SINGLE_ISSUER (6.0)
-//! and DEFER_TASKRUN (6.1, used when present; COOP_TASKRUN, 5.19, otherwise). [`probe`] checks
-//! them at start. COOP_TASKRUN + SINGLE_ISSUER measured 6–18 % faster than DEFER_TASKRUN on a
-//! 16-CPU Xeon, but with it the burst test (`io_uring_sustains_a_burst_larger_than_its_buffer_ring`)
-//! stalled about once in a dozen runs under CPU load (a request after the burst unanswered for
-//! 2 s; DEFER: 0 of 14); it stays off until that is understood. See
-//! bench/results/2026-11-26-levers.md.
+//! io_uring_register_buf_ring (5.19), multishot IORING_OP_RECVMSG (6.0), SINGLE_ISSUER (6.0),
+//! COOP_TASKRUN (5.19; the default, `io.uring_taskrun = "coop"`) or DEFER_TASKRUN (6.1;
+//! "defer"). [`probe`] checks them at start. COOP measured faster than DEFER in most runs (median
+//! 1.08×); an apparent stall with it under a burst turned out to be answers dropped for want of
+//! a send slot, fixed by giving every receive buffer one (bench/results/2026-11-26-levers.md).
 
 mod buf_ring;
 mod send;
