@@ -24,6 +24,12 @@ fn serve_with_drain(name: &str, drain_seconds: u64) -> (Running, SocketAddr, Soc
     );
     let mut server = Running::start(&["serve", "-c", config.to_str().unwrap()]);
     server.wait_answering(udp);
+    // The admin endpoint starts just after the workers: wait for it too.
+    let started = Instant::now();
+    while http_get(admin, "/healthz").is_err() {
+        assert!(started.elapsed() < Duration::from_secs(2), "admin endpoint not up: {}", server.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     (server, udp, admin)
 }
 

@@ -68,7 +68,10 @@ fn every_socket_answers_and_change_request_picks_the_source() {
                 changed += u64::from(flags != 0);
             }
         }
-        let stats = crate::loopback::wait_for(&server, |s| s.get(Counter::DiscoveryChanged) == changed);
+        // Sends are counted when they complete (a later loop turn in the SQE mode): wait for all.
+        let stats = crate::loopback::wait_for(&server, |s| {
+            s.get(Counter::DiscoveryChanged) == changed && s.get(Counter::DatagramsOut) == 16
+        });
         assert_eq!(stats.get(Counter::DiscoveryChanged), changed, "{backend}");
         assert_eq!(stats.get(Counter::ResponsesSuccess), 16, "{backend}");
         assert_eq!(stats.get(Counter::DatagramsOut), 16, "{backend}");
