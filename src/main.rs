@@ -331,8 +331,10 @@ fn reload_config(server: &Server, path: Option<&std::path::Path>, running: &Sett
     for warning in &new.warnings {
         tracing::warn!("{warning}");
     }
-    if new.listen != running.listen {
-        tracing::error!("reload failed, keeping the running configuration: server.listen changed; restart to apply");
+    if new.listen != running.listen || new.nat != running.nat {
+        tracing::error!(
+            "reload failed, keeping the running configuration: server.listen or [rfc5780] changed; restart to apply"
+        );
         return false;
     }
     if new.cpus != running.cpus
