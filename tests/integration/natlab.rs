@@ -2,8 +2,9 @@
 //! 5780 mode behind them, and `stunedge probe` in the client namespace. `--nat` must name each
 //! of the four classic NAT types; `--keepalive` must report the new mapping after the NAT's
 //! conntrack table is flushed; `--lifetime` must find the NAT's UDP timeout; `--candidates`
-//! must list the private host address and the NAT's public one. Needs root, iproute2, nft and
-//! conntrack: skipped (saying why) without them, except in CI, which installs them.
+//! must list the private host address and the NAT's public one. And RFC 5780 mode over IPv6, in
+//! a namespace of its own with two IPv6 addresses. Needs root, iproute2, nft and conntrack:
+//! skipped (saying why) without them, except in CI, which installs them.
 
 use std::process::Command;
 
@@ -133,4 +134,88 @@ fn candidates_are_the_host_and_the_nat() {
     assert_eq!(srflx[9], "10.99.0.2");
     assert_eq!(srflx[11], host[5], "rport is the host candidate's port");
     assert_eq!(srflx[5], host[5], "a full-cone NAT keeps the port");
+}
+
+/// A network namespace deleted (and its server stopped) on drop.
+struct Namespace {
+    name: String,
+    server: Option<std::process::Child>,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Runs `args` inside namespace `ns`; returns (success, stdout, stderr).
+fn in_namespace(ns: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// RFC 5780 mode over IPv6, end to end: a namespace whose loopback has 2001:db8::1 and ::2 (the
+/// host's own addresses are untouched), stunedge in RFC 5780 mode on both, `probe --nat` in the
+/// same namespace. No NAT there: "open internet", with OTHER-ADDRESS on the alternate address
+/// and port, and the filtering tests' changed answers coming from the IPv6 addresses asked for;
+/// coturn's `turnutils_natdiscovery` (bound to 2001:db8::1 with `-L`: unbound, it would pick a
+/// different source address per destination and call that a mapping change) agrees.
+#[test]
+fn rfc5780_over_ipv6_in_a_namespace() {
+    if let Some(why) = unavailable() {
+        assert!(std::env::var_os("CI").is_none(), "the IPv6 namespace test cannot run in CI: {why}");
+        eprintln!("SKIPPED IPv6 RFC 5780 namespace test: {why}");
+        return;
+    }
+    let name = format!("natlab-v6-{}", std::process::id());
+    let mut ns = Namespace { name: name.clone(), server: None };
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&["netns", "add", &name]);
+    ip(&["-n", &name, "link", "set", "lo", "up"]);
+    ip(&["-n", &name, "-6", "addr", "add", "2001:db8::1/128", "dev", "lo"]);
+    ip(&["-n", &name, "-6", "addr", "add", "2001:db8::2/128", "dev", "lo"]);
+    let config = crate::cli::write_config(
+        "rfc5780-v6.toml",
+        "[server]\nlisten = [\"[2001:db8::1]:3478\"]\n[rfc5780]\nalternate_ips = [\"2001:db8::2\"]\n\
+         alternate_port = 3479\n[admin]\nlisten = \"\"\n",
+    );
+    let server = Command::new("ip")
+        .args(["netns", "exec", &name, BIN, "serve", "-c", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ns.server = Some(server);
+    let started = std::time::Instant::now();
+    while !in_namespace(&name, &[BIN, "probe", "--rto-ms", "50", "--retries", "2", "[2001:db8::1]:3478"]).0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "stunedge did not answer in {name}");
+    }
+    let probe = [BIN, "probe", "--nat", "--json", "--rto-ms", "100", "--retries", "3", "[2001:db8::1]:3478"];
+    let (ok, out, err) = in_namespace(&name, &probe);
+    assert!(ok, "{out}{err}");
+    assert_eq!(field(&out, "nat_type"), "open internet", "{out}");
+    assert_eq!(field(&out, "other_address"), "[2001:db8::2]:3479", "{out}");
+    assert_eq!(field(&out, "filtering"), "endpoint-independent", "{out}");
+    assert_eq!(field(&out, "mapping"), "null", "{out}");
+    assert_eq!(field(&out, "behind_nat"), "false", "{out}");
+    assert!(field(&out, "mapped").starts_with("[2001:db8::"), "{out}");
+    if crate::support::tool_missing("turnutils_natdiscovery") {
+        return;
+    }
+    let coturn = ["timeout", "30", "turnutils_natdiscovery", "-m", "-f", "-L", "2001:db8::1", "2001:db8::1"];
+    let (ok, out, err) = in_namespace(&name, &coturn);
+    let text = out + &err;
+    assert!(ok, "{text}");
+    assert!(text.contains("NAT with Endpoint Independent Mapping!"), "{text}");
+    assert!(text.contains("NAT with Endpoint Independent Filtering!"), "{text}");
+    assert!(text.contains("Other addr: : 2001:db8::2:3479"), "{text}");
+    assert!(text.contains("Response origin: : 2001:db8::2:3479"), "changed answer from the alternate: {text}");
 }
