@@ -107,3 +107,27 @@ fn probe_command_prints_json() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resolve"));
 }
+
+/// `--nat` against nothing: mapping test I goes unanswered, which is the "UDP blocked" result
+/// (exit 0, it is an answer); against a server outside RFC 5780 mode: an error naming the missing
+/// OTHER-ADDRESS (exit 1).
+#[test]
+fn nat_mode_reports_udp_blocked_and_a_server_without_rfc5780() {
+    let bin = env!("CARGO_BIN_EXE_stunedge");
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap(); // bound, never answers
+    let target = silent.local_addr().unwrap().to_string();
+    let args = ["probe", "--nat", "--json", "--rto-ms", "20", "--retries", "2", &target];
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("\"nat_type\": \"UDP blocked\""), "{text}");
+    assert!(text.contains("\"mapped\": null"), "{text}");
+
+    let server = server();
+    let plain = server.local_addrs()[0].to_string();
+    let args = ["probe", "--nat", "--rto-ms", "100", "--retries", "3", &plain];
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no OTHER-ADDRESS in the answer: the server does not run RFC 5780"), "{err}");
+}
