@@ -372,7 +372,7 @@ struct Discovery {
     response_port: Option<u16>,
     /// The PADDING value's length.
     padding: Option<usize>,
-    /// A CHANGE-REQUEST or RESPONSE-PORT of the wrong length.
+    /// A CHANGE-REQUEST or RESPONSE-PORT of the wrong length, or a RESPONSE-PORT of 0.
     malformed: bool,
 }
 

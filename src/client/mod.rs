@@ -258,6 +258,19 @@ pub(crate) fn transact(
     tid: [u8; 12],
     retransmit: &Retransmit,
 ) -> Result<Answer, ProbeError> {
+    transact_split(socket, to, socket, request, tid, retransmit)
+}
+
+/// [`transact`] with the requests sent from `sender` and the answer awaited on `receiver`
+/// (RFC 5780 §4.6: the lifetime test asks from one socket for an answer to another).
+pub(crate) fn transact_split(
+    sender: &UdpSocket,
+    to: Option<SocketAddr>,
+    receiver: &UdpSocket,
+    request: &[u8],
+    tid: [u8; 12],
+    retransmit: &Retransmit,
+) -> Result<Answer, ProbeError> {
     let (sends, timeout) = retransmit.schedule();
     let start = Instant::now();
     let mut sent = 0u32;
@@ -268,8 +281,8 @@ pub(crate) fn transact(
         if let Some(&due) = sends.get(sent as usize) {
             if now >= due {
                 match to {
-                    Some(to) => socket.send_to(request, to),
-                    None => socket.send(request),
+                    Some(to) => sender.send_to(request, to),
+                    None => sender.send(request),
                 }
                 .map_err(classify)?;
                 sent += 1;
@@ -281,8 +294,8 @@ pub(crate) fn transact(
         if now >= timeout {
             return Err(ProbeError::Timeout { after: now, attempts: sent });
         }
-        socket.set_read_timeout(Some((next - now).max(Duration::from_millis(1)))).map_err(ProbeError::Io)?;
-        match socket.recv_from(&mut buf) {
+        receiver.set_read_timeout(Some((next - now).max(Duration::from_millis(1)))).map_err(ProbeError::Io)?;
+        match receiver.recv_from(&mut buf) {
             Ok((n, from)) => {
                 let Ok(msg) = Message::parse(&buf[..n]) else { continue };
                 if msg.transaction_id().0 != tid || msg.message_type().method != crate::stun::registry::METHOD_BINDING {

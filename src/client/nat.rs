@@ -4,13 +4,11 @@
 //! Blocking, one request at a time, retransmitted on the RFC 8489 §6.2.1 schedule.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::{Answer, ProbeError, Retransmit, random_tid, transact};
-use crate::stun::attr::{
-    ChangeRequest, ChangedAddress, MappedAddress, OtherAddress, ResponseOrigin, ResponsePort, XorMappedAddress,
-};
+use super::{Answer, ProbeError, Retransmit, random_tid, transact, transact_split};
+use crate::stun::attr::{ChangeRequest, ChangedAddress, MappedAddress, OtherAddress, ResponsePort, XorMappedAddress};
 use crate::stun::{Class, Message};
 
 /// A NAT's mapping or filtering behaviour (RFC 4787 §4.1, §5).
@@ -180,8 +178,7 @@ fn parse(answer: &Answer) -> Result<Reflexive, ProbeError> {
         (_, Some(Ok(a))) => Some(a.0),
         _ => None,
     };
-    // RESPONSE-ORIGIN is informational; the datagram's source is what a NAT filters on.
-    let _ = msg.get::<ResponseOrigin>();
+    // The datagram's source, not RESPONSE-ORIGIN, is what a NAT filters on.
     Ok(Reflexive { mapped, other, from: answer.from })
 }
 
@@ -207,8 +204,10 @@ pub fn local_ip_towards(server: SocketAddr) -> Result<IpAddr, ProbeError> {
     Ok(probe.local_addr().map_err(ProbeError::Io)?.ip())
 }
 
+/// The wildcard address of `server`'s family, port 0.
 fn unspecified(server: SocketAddr) -> SocketAddr {
-    if server.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(server) } else { "[::]:0".parse().unwrap_or(server) }
+    let ip = if server.is_ipv4() { IpAddr::from(Ipv4Addr::UNSPECIFIED) } else { IpAddr::from(Ipv6Addr::UNSPECIFIED) };
+    SocketAddr::new(ip, 0)
 }
 
 /// A fresh socket on the address the kernel would use towards `server`.
@@ -362,36 +361,11 @@ pub fn binding_alive_after(server: SocketAddr, idle: Duration, retransmit: &Retr
     let y = fresh_socket(server)?;
     let tid = random_tid();
     let request = request(tid, ChangeRequest::default(), Some(first.mapped.port()));
-    // Y sends on the schedule; X listens for the answer. The last wait is Rm × RTO.
-    let (sends, timeout) = retransmit.schedule();
-    let start = Instant::now();
-    let mut next = 0;
-    let mut buf = [0u8; 2048];
-    loop {
-        let now = start.elapsed();
-        if next < sends.len() && now >= sends[next] {
-            y.send_to(&request, server).map_err(super::classify)?;
-            next += 1;
-            continue;
-        }
-        if now >= timeout {
-            return Ok(false);
-        }
-        let wait = sends.get(next).copied().unwrap_or(timeout).saturating_sub(now).max(Duration::from_millis(1));
-        x.set_read_timeout(Some(wait)).map_err(ProbeError::Io)?;
-        match x.recv_from(&mut buf) {
-            Ok((n, _)) => {
-                if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id().0 == tid) {
-                    return Ok(true);
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(ProbeError::Io(e)),
-        }
+    // Y sends on the schedule; X listens for the answer.
+    match transact_split(&y, Some(server), &x, &request, tid, retransmit) {
+        Ok(_) => Ok(true),
+        Err(ProbeError::Timeout { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The host's interface addresses (getifaddrs(3)), for the client's ICE host candidates.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use super::msg::socket_addr;
 
@@ -48,13 +48,13 @@ pub fn interface_addresses() -> io::Result<Vec<InterfaceAddress>> {
             std::ptr::copy_nonoverlapping(entry.ifa_addr.cast::<u8>(), (&raw mut storage).cast::<u8>(), len);
             socket_addr(&storage)
         };
-        let Some(SocketAddr::V4(_) | SocketAddr::V6(_)) = addr else { continue };
+        let Some(addr) = addr else { continue };
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
         let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_string_lossy().into_owned();
         let flags = entry.ifa_flags;
         out.push(InterfaceAddress {
             interface: name,
-            ip: addr.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
+            ip: addr.ip(),
             loopback: flags & libc::IFF_LOOPBACK as libc::c_uint != 0,
             up: flags & libc::IFF_UP as libc::c_uint != 0,
         });

@@ -88,10 +88,3 @@ pub struct Reply {
     /// Send to this port of the sender's IP address (RFC 5780 RESPONSE-PORT).
     pub port: Option<u16>,
 }
-
-impl Reply {
-    /// An answer back to the sender, from `from` (or the socket's own address).
-    pub const fn back(len: usize, from: Option<(IpAddr, u32)>) -> Reply {
-        Reply { len, from, via: None, port: None }
-    }
-}

@@ -43,7 +43,7 @@ const PAYLOAD_OFFSET: usize = RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN;
 /// buffer it was written in. With fewer (512 until 2026-11-26), a turn that harvested more
 /// datagrams than slots dropped the excess answers (`send_slots_full`): under a burst with
 /// COOP_TASKRUN, whose turns are larger, that dropped the answer to a request sent right
-/// after the burst about once in 25 runs, which had looked like a stall.
+/// after the burst in 6 of 115 runs, which had looked like a stall.
 const SEND_SLOTS: usize = BUFFERS as usize;
 /// Submission queue entries; the completion queue gets four times as many.
 const SQ_ENTRIES: u32 = 1024;
