@@ -21,6 +21,9 @@
 #                compare with stunedge-uring, whose admin endpoint is off, and stunedge-admin, whose
 #                endpoint is on but not scraped)
 #   SCRAPER_CPUS where stunedge-scraped's scraper runs (default: GEN_CPUS)
+#   PROFILE      1: during each server's first repetition, sample the server CPUs with
+#                `perf record -g` and add a table of where their time goes (send path, loopback
+#                delivery, receive path, io_uring, userspace) to the results; needs perf and python3
 #   RESULTS      results file (default bench/results/<date>-<host>.md)
 #   COMMIT       commit to name in the results (default: git rev-parse --short HEAD)
 set -euo pipefail
@@ -132,10 +135,17 @@ run_one() {
       done' scraper "$ADMIN_PORT" &
     scraper=$!; started+=("$scraper")
   fi
+  local perf_pid=""
+  if [[ -n "${PERF_OUT:-}" ]]; then
+    # Skip the first second (start-up) and stop a second before the load does.
+    (sleep 1; exec perf record -q -C "$SERVER_CPUS" -e cpu-clock -g -o "$PERF_OUT" -- sleep $(( DURATION > 3 ? DURATION - 2 : 1 ))) >/dev/null 2>&1 &
+    perf_pid=$!; started+=("$perf_pid")
+  fi
   t0=$(cpu_ticks "$pid")
   # shellcheck disable=SC2086
   taskset -c "$GEN_CPUS" "$BIN/stunedge-bench" -s "127.0.0.1:$port" --cpus "$GEN_CPUS" -d "$DURATION" --json -q $GEN_ARGS "$@" > "$out" || true
   t1=$(cpu_ticks "$pid")
+  if [[ -n $perf_pid ]]; then wait "$perf_pid" || echo "   perf record failed for $name" >&2; started=("${started[@]/$perf_pid}"); fi
   if [[ -n $scraper ]]; then kill "$scraper"; wait "$scraper" 2>/dev/null || true; started=("${started[@]/$scraper}"); fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   started=("${started[@]/$pid}")
@@ -148,8 +158,13 @@ minmax() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; 
 
 echo "== $REPS × {$SERVERS}, ${DURATION}s each; server CPUs $SERVER_CPUS, generator CPUs $GEN_CPUS"
 echo "   generator: stunedge-bench --cpus $GEN_CPUS -d $DURATION $GEN_ARGS"
+if [[ -n "${PROFILE:-}" ]]; then
+  for tool in perf python3; do command -v "$tool" >/dev/null || { echo "bench.sh: PROFILE needs $tool" >&2; exit 2; }; done
+fi
 for rep in $(seq "$REPS"); do
   for s in $SERVERS; do
+    PERF_OUT=""
+    [[ -n "${PROFILE:-}" && $rep == 1 ]] && PERF_OUT=$work/$s.perf
     run_one "$s" "$work/$s.$rep.json"
     printf '   rep %d %-9s %10.0f valid/s  lost %s  invalid %s  p99 %s µs  generator idle %s\n' "$rep" "$s" \
       "$(json_field "$work/$s.$rep.json" rate)" "$(json_field "$work/$s.$rep.json" lost)" \
@@ -158,6 +173,7 @@ for rep in $(seq "$REPS"); do
   done
 done
 
+PERF_OUT=""
 declare -A med spread cpu_us cpu_pct p99 invalid lost
 for s in $SERVERS; do
   cpu_pct[$s]=$(for r in $(seq "$REPS"); do
@@ -241,6 +257,17 @@ table=$work/table.md
   fi
 } > "$table"
 
+profile_text=""
+if [[ -n "${PROFILE:-}" ]]; then
+  args=()
+  for s in $SERVERS; do
+    [[ -s $work/$s.perf ]] || continue
+    perf script -i "$work/$s.perf" > "$work/$s.perf.txt" 2>/dev/null
+    args+=("$s=$work/$s.perf.txt=${cpu_us[$s]}")
+  done
+  profile_text=$(python3 scripts/perf-breakdown.py "${args[@]}")
+fi
+
 zl_text=""
 if [[ -n "$zl_file" ]]; then
   read -r -a b <<< "${snmp_before#Udp: }"; read -r -a a <<< "${snmp_after#Udp: }"
@@ -255,6 +282,7 @@ fi
 
 echo
 cat "$table"
+[[ -n "$profile_text" ]] && { echo; echo "$profile_text"; }
 [[ -n "$half_text" ]] && { echo; echo "$half_text"; }
 [[ -n "$zl_text" ]] && { echo; echo "$zl_text"; }
 
@@ -289,6 +317,16 @@ dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with unco
   echo "Server CPU busy: that time over the run's wall time and the server CPUs; near 100 % means"
   echo "the server, not the generator, set the rate."
   if [[ -n "$half_text" ]]; then echo; echo "$half_text"; fi
+  if [[ -n "$profile_text" ]]; then
+    echo
+    echo "## Where the server CPUs' time goes (PROFILE=1)"
+    echo
+    echo "\`perf record -C $SERVER_CPUS -e cpu-clock -g\` during each server's first repetition (from"
+    echo "its second second to a second before the end), call stacks put in categories by"
+    echo "scripts/perf-breakdown.py; in brackets, that share of the server's median CPU µs per request."
+    echo
+    echo "$profile_text"
+  fi
   if [[ -n "$zl_text" ]]; then
     echo
     echo "## Zero loss at 80 % of peak"

@@ -1,12 +1,15 @@
 //! The io_uring backend: one ring per worker, created on the worker's pinned thread; a
 //! multishot IORING_OP_RECVMSG per socket receiving into a provided-buffer ring; each answer
 //! written in place in its receive buffer by the handler (through the worker's callback — no
-//! protocol logic here) and sent with an IORING_OP_SENDMSG from a fixed send slot, all the turn's
-//! sends submitted together with the next wait; a buffer goes back to the ring only when its send
+//! protocol logic here), then sent either by one sendmmsg per socket at the end of the turn
+//! (`io.uring_send = "sendmmsg"`, the default) or by one SQE per answer submitted together with
+//! the next wait (`"sqe"`: IORING_OP_SEND with the address in the SQE, IORING_OP_SENDMSG from a
+//! fixed send slot where PKTINFO is needed); a buffer goes back to the ring only when its send
 //! has completed.
 //!
 //! Kernel floors of what is used: io_uring (5.1), IORING_ENTER_EXT_ARG wait timeouts (5.11),
 //! io_uring_register_buf_ring (5.19), multishot IORING_OP_RECVMSG (6.0), SINGLE_ISSUER (6.0),
+//! IORING_OP_SEND with a destination address (6.0; older kernels reject it with EINVAL),
 //! COOP_TASKRUN (5.19; the default, `io.uring_taskrun = "coop"`) or DEFER_TASKRUN (6.1;
 //! "defer"). [`probe`] checks them at start. COOP measured faster than DEFER in most runs (median
 //! 1.08×); an apparent stall with it under a burst turned out to be answers dropped for want of
@@ -58,8 +61,10 @@ const TAG_MASK: u64 = 0xFF << 56;
 /// How the io_uring backend sends answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendMode {
-    /// One IORING_OP_SENDMSG SQE per answer, submitted together with the next wait; the
-    /// receive buffer returns to the ring when the send completes.
+    /// One SQE per answer, submitted together with the next wait; the receive buffer returns
+    /// to the ring when the send completes. IORING_OP_SEND with the destination address in
+    /// the SQE (6.0), so the kernel copies in no msghdr; IORING_OP_SENDMSG where the answer
+    /// needs a PKTINFO source address (wildcard listeners).
     Sqe,
     /// One sendmmsg(2) per socket per turn over the turn's answers; buffers return to the ring
     /// right after the call (the kernel has copied the data).
@@ -118,7 +123,11 @@ pub fn probe() -> Result<(), Unavailable> {
     })?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe).map_err(|e| Unavailable(format!("IORING_REGISTER_PROBE: {e}")))?;
-    for (code, name) in [(opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"), (opcode::SendMsg::CODE, "IORING_OP_SENDMSG")] {
+    for (code, name) in [
+        (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"),
+        (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
+        (opcode::Send::CODE, "IORING_OP_SEND"),
+    ] {
         if !probe.is_supported(code) {
             return Err(Unavailable(format!("{name} not supported by this kernel")));
         }
@@ -498,9 +507,20 @@ impl Driver {
         // completes; the name field starts RECVMSG_OUT_LEN bytes in and the payload
         // PAYLOAD_OFFSET bytes in, both within the buffer.
         let (name, payload) = unsafe { (base.add(RECVMSG_OUT_LEN), base.add(PAYLOAD_OFFSET)) };
-        let hdr = self.slots.prepare(slot, lease, name, name_len, payload, reply.len.min(BUFFER_SIZE), reply.from);
-        let sqe = opcode::SendMsg::new(types::Fd(self.fds[socket]), hdr).build().user_data(TAG_SEND | slot as u64);
-        self.push(&sqe)
+        let len = reply.len.min(BUFFER_SIZE);
+        let fd = types::Fd(self.fds[socket]);
+        let sqe = if reply.from.is_none() {
+            // The kernel reads the payload and the address from the leased buffer, which the
+            // slot holds until this send completes.
+            self.slots.hold(slot, lease, len);
+            opcode::Send::new(fd, payload, len as u32)
+                .dest_addr(name.cast())
+                .dest_addr_len(name_len as libc::socklen_t)
+                .build()
+        } else {
+            opcode::SendMsg::new(fd, self.slots.prepare(slot, lease, name, name_len, payload, len, reply.from)).build()
+        };
+        self.push(&sqe.user_data(TAG_SEND | slot as u64))
     }
 }
 

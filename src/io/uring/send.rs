@@ -1,6 +1,7 @@
 //! Send slots: the msghdr, iovec and control buffer of each in-flight IORING_OP_SENDMSG, in a
 //! boxed slice whose addresses never change, plus the receive buffer the reply lives in (held
-//! by the slot until the send completes, then returned to the buffer ring by the driver).
+//! by the slot until the send completes, then returned to the buffer ring by the driver). An
+//! IORING_OP_SEND uses only the latter: its payload and address both lie in that buffer.
 //! No raw pointer to a stack local ever reaches an SQE: the kernel reads these slots.
 
 use std::net::IpAddr;
@@ -78,6 +79,14 @@ impl SendSlots {
             from,
         );
         &raw const slot.hdr
+    }
+
+    /// Gives slot `index` the buffer holding a `len`-byte answer sent without a msghdr
+    /// (IORING_OP_SEND), until [`SendSlots::release`].
+    pub(super) fn hold(&mut self, index: usize, lease: Lease, len: usize) {
+        let slot = &mut self.slots[index];
+        slot.lease = Some(lease);
+        slot.len = len;
     }
 
     /// Frees slot `index` after its send completed; returns its buffer lease (None for a slot
