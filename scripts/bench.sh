@@ -301,7 +301,7 @@ dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with unco
   echo "- Kernel: \`$(uname -r)\`"
   echo "- CPU: \`$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\`, $ncpu CPUs"
   echo "- Core split: server on CPUs \`$SERVER_CPUS\`, generator on CPUs \`$GEN_CPUS\`"
-  echo "- Command: \`REPS=$REPS DURATION=$DURATION SERVER_CPUS=$SERVER_CPUS GEN_CPUS=$GEN_CPUS SERVERS=\"$SERVERS\" GEN_ARGS=\"$GEN_ARGS\" scripts/bench.sh\`"
+  echo "- Command: \`${PROFILE:+PROFILE=$PROFILE }REPS=$REPS DURATION=$DURATION SERVER_CPUS=$SERVER_CPUS GEN_CPUS=$GEN_CPUS SERVERS=\"$SERVERS\" GEN_ARGS=\"$GEN_ARGS\" scripts/bench.sh\`"
   echo "- Generator: \`taskset -c $GEN_CPUS stunedge-bench -s 127.0.0.1:PORT --cpus $GEN_CPUS -d $DURATION --json -q $GEN_ARGS\` (closed loop)"
   echo "- Servers (each under \`taskset -c $SERVER_CPUS\`):"
   for s in $SERVERS; do echo "  - $s: \`$(server_cmd "$s" | sed "s#$work#TMP#g")\`"; done
