@@ -13,7 +13,7 @@
 #   GEN_ARGS     extra stunedge-bench arguments (default: sockets/window/batch scaled to GEN_CPUS)
 #   BIN_DIR      use prebuilt stunedge, stunedge-bench, stunedge-baseline from here (no cargo)
 #   SERVERS      which servers, space-separated (default "stunedge-uring stunedge-mmsg baseline coturn";
-#                also stunedge-uring-sqe: io_uring sending one SENDMSG SQE per answer,
+#                also stunedge-uring-sqe: io_uring sending one SQE per answer (io.uring_send = "sqe"),
 #                stunedge-uring-coop: io_uring with io.uring_taskrun = "coop", and
 #                stunedge-auth: io_uring with short-term authentication required for the
 #                generator's default credentials; compare it with GEN_ARGS="... --mix integrity=1";

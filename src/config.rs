@@ -80,9 +80,10 @@ section! {
         /// otherwise mmsg, with one log line saying why), "io_uring" (refuse to start without
         /// it), or "mmsg" (recvmmsg/sendmmsg, works everywhere).
         backend: String = "auto".into(),
-        /// How the io_uring backend sends answers: "sqe" (one SENDMSG submission per answer,
-        /// submitted with the next wait) or "sendmmsg" (one sendmmsg(2) per socket per loop
-        /// turn). See bench/results for the measurements behind the default.
+        /// How the io_uring backend sends answers: "sqe" (one SEND submission per answer with
+        /// the address in it, SENDMSG where PKTINFO is needed, submitted with the next wait) or
+        /// "sendmmsg" (one sendmmsg(2) per socket per loop turn). See bench/results for the
+        /// measurements behind the default.
         uring_send: String = "sendmmsg".into(),
         /// When the kernel runs a ring's completion work: "defer" (IORING_SETUP_DEFER_TASKRUN,
         /// Linux 6.1: only while the worker waits for completions) or "coop"

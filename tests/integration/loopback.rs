@@ -16,7 +16,7 @@ use crate::support::{binding_request, client_for, exchange, expected_answer, hex
 /// (otherwise the test says why it skips that backend).
 pub(crate) fn backends() -> Vec<&'static str> {
     match stunedge::io::uring::probe() {
-        // "io_uring-sqe": the io_uring backend sending one SENDMSG SQE per answer; "-coop":
+        // "io_uring-sqe": the io_uring backend sending one SQE per answer; "-coop":
         // with io.uring_taskrun = "coop" instead of "defer".
         Ok(()) => vec!["mmsg", "io_uring", "io_uring-sqe", "io_uring-coop", "io_uring-sqe-coop"],
         Err(why) => {
