@@ -18,6 +18,9 @@ cargo test --workspace --locked
 step "steady state allocates nothing (whole server on loopback, alone in its process)"
 cargo test --locked --test integration -- --ignored --test-threads=1
 
+step "bench.sh's perf breakdown (PROFILE=1) sorts call stacks as documented"
+python3 scripts/perf-breakdown.py --self-test
+
 step "docs (rustdoc -D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 

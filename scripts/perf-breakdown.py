@@ -2,6 +2,7 @@
 """Where a server CPU's time goes, from `perf script` output of `perf record -g -C CPUS`.
 
 Usage: perf-breakdown.py NAME=PERF_SCRIPT_TEXT[=CPU_US_PER_REQUEST] ...
+       perf-breakdown.py --self-test   (scripts/ci.sh: categorizes a sample and checks the table)
 
 Each sample's call stack is put in the first category (in the order of CATEGORIES) whose
 functions it contains; prints a Markdown table with one column per server: the share of
@@ -74,7 +75,63 @@ def categorize(frames):
     return OTHER
 
 
+# Five samples in `perf script` form: the answer's loopback delivery inside sendmmsg, the send
+# path, a multishot receive, the server's own code, idle.
+SAMPLE = """\
+stunedge-w0 1 [000] 1.000001:     250000 cpu-clock:
+\tffffffff81e3d5e3 __udp_enqueue_schedule_skb+0xc3 ([kernel.kallsyms])
+\tffffffff81e3d5e4 net_rx_action+0x10 ([kernel.kallsyms])
+\tffffffff81e3d5e5 udp_sendmsg+0x9c2 ([kernel.kallsyms])
+\tffffffff81e2fe94 __sys_sendmmsg+0xc4 ([kernel.kallsyms])
+\t          10b106 __sendmmsg+0x56 (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+stunedge-w0 1 [000] 1.000002:     250000 cpu-clock:
+\tffffffff81ff38f2 ip_route_output_key_hash_rcu+0x882 ([kernel.kallsyms])
+\tffffffff82044ca2 udp_sendmsg+0x8a2 ([kernel.kallsyms])
+\tffffffff81e2fe94 __sys_sendmmsg+0xc4 ([kernel.kallsyms])
+
+stunedge-w0 1 [000] 1.000003:     250000 cpu-clock:
+\tffffffff81e2fe95 _copy_to_iter+0x10 ([kernel.kallsyms])
+\tffffffff81e2fe96 udp_recvmsg+0x20 ([kernel.kallsyms])
+\tffffffff81e2fe97 io_recvmsg+0x30 ([kernel.kallsyms])
+
+stunedge-w0 1 [000] 1.000004:     250000 cpu-clock:
+\t          5a1b2c stunedge::handler::decide+0x1c (/usr/local/bin/stunedge)
+
+swapper 0 [000] 1.000005:     250000 cpu-clock:
+\tffffffff821f0001 pv_native_safe_halt+0x1 ([kernel.kallsyms])
+\tffffffff821f0002 default_idle+0x9 ([kernel.kallsyms])
+"""
+
+
+def self_test():
+    import os
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write(SAMPLE)
+    try:
+        got = [categorize(s) for s in stacks(f.name)]
+        want = [CATEGORIES[0][0], CATEGORIES[1][0], CATEGORIES[3][0], USER, "idle"]
+        assert got == want, f"categories: got {got}, want {want}"
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main([f"x={f.name}=5.0"]) == 0
+        rows = {line.split(" | ")[0].lstrip("| "): line for line in out.getvalue().splitlines()}
+        assert "20.0 % (1.00 µs)" in rows["idle"], rows["idle"]
+        assert rows["samples"].endswith("| 5 |"), rows["samples"]
+    finally:
+        os.unlink(f.name)
+    print("perf-breakdown.py: self-test passed")
+    return 0
+
+
 def main(args):
+    if args == ["--self-test"]:
+        return self_test()
     if not args:
         print(__doc__.strip(), file=sys.stderr)
         return 2
