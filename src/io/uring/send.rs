@@ -66,9 +66,8 @@ impl SendSlots {
         len: usize,
         from: Option<(IpAddr, u32)>,
     ) -> *const libc::msghdr {
+        self.hold(index, lease, len);
         let slot = &mut self.slots[index];
-        slot.lease = Some(lease);
-        slot.len = len;
         slot.iov = libc::iovec { iov_base: payload.cast(), iov_len: len };
         prepare_send(
             &mut slot.hdr,
