@@ -49,18 +49,17 @@ OTHER = "other kernel"
 FRAME = re.compile(r"^\s+[0-9a-f]+ (\S+?)(?:\+0x[0-9a-f]+)? \((.*)\)$")
 
 
-def stacks(path):
-    """Yields each sample's frames (function, object), innermost first."""
+def stacks(lines):
+    """Yields each sample's frames (function, object), innermost first, from `perf script` lines."""
     frames = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = FRAME.match(line.rstrip("\n"))
-            if m:
-                frames.append((m.group(1), m.group(2)))
-            elif not line.strip():
-                if frames:
-                    yield frames
-                frames = []
+    for line in lines:
+        m = FRAME.match(line.rstrip("\n"))
+        if m:
+            frames.append((m.group(1), m.group(2)))
+        elif not line.strip():
+            if frames:
+                yield frames
+            frames = []
     if frames:
         yield frames
 
@@ -104,27 +103,31 @@ swapper 0 [000] 1.000005:     250000 cpu-clock:
 """
 
 
+def table(columns):
+    """The Markdown table for `columns`: (name, category counts, CPU µs per request or None)."""
+    totals = [sum(counts.values()) for _, counts, _ in columns]
+    lines = [
+        "| where the server CPU's time goes | " + " | ".join(name for name, _, _ in columns) + " |",
+        "| --- |" + " ---: |" * len(columns),
+    ]
+    for label in [label for label, _ in CATEGORIES] + [USER, OTHER]:
+        cells = []
+        for (_, counts, us), total in zip(columns, totals):
+            share = counts[label] / total if total else 0.0
+            cells.append(f"{100 * share:.1f} %" + (f" ({share * us:.2f} µs)" if us is not None else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| samples | " + " | ".join(str(total) for total in totals) + " |")
+    return lines
+
+
 def self_test():
-    import os
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(SAMPLE)
-    try:
-        got = [categorize(s) for s in stacks(f.name)]
-        want = [CATEGORIES[0][0], CATEGORIES[1][0], CATEGORIES[3][0], USER, "idle"]
-        assert got == want, f"categories: got {got}, want {want}"
-        import contextlib
-        import io
-
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert main([f"x={f.name}=5.0"]) == 0
-        rows = {line.split(" | ")[0].lstrip("| "): line for line in out.getvalue().splitlines()}
-        assert "20.0 % (1.00 µs)" in rows["idle"], rows["idle"]
-        assert rows["samples"].endswith("| 5 |"), rows["samples"]
-    finally:
-        os.unlink(f.name)
+    samples = list(stacks(SAMPLE.splitlines(keepends=True)))
+    got = [categorize(s) for s in samples]
+    want = [CATEGORIES[0][0], CATEGORIES[1][0], CATEGORIES[3][0], USER, "idle"]
+    assert got == want, f"categories: got {got}, want {want}"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table([("x", Counter(got), 5.0)])}
+    assert "20.0 % (1.00 µs)" in rows["idle"], rows["idle"]
+    assert rows["samples"].endswith("| 5 |"), rows["samples"]
     print("perf-breakdown.py: self-test passed")
     return 0
 
@@ -141,19 +144,11 @@ def main(args):
         if len(parts) not in (2, 3):
             print(f"perf-breakdown.py: bad argument {arg!r}: want NAME=FILE[=CPU_US]", file=sys.stderr)
             return 2
-        counts = Counter(categorize(s) for s in stacks(parts[1]))
+        with open(parts[1], encoding="utf-8", errors="replace") as f:
+            counts = Counter(categorize(s) for s in stacks(f))
         us = float(parts[2]) if len(parts) == 3 and parts[2] else None
-        columns.append((parts[0], counts, sum(counts.values()), us))
-    labels = [label for label, _ in CATEGORIES] + [USER, OTHER]
-    print("| where the server CPU's time goes | " + " | ".join(name for name, *_ in columns) + " |")
-    print("| --- |" + " ---: |" * len(columns))
-    for label in labels:
-        cells = []
-        for _, counts, total, us in columns:
-            share = counts[label] / total if total else 0.0
-            cells.append(f"{100 * share:.1f} %" + (f" ({share * us:.2f} µs)" if us is not None else ""))
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    print("| samples | " + " | ".join(str(total) for _, _, total, _ in columns) + " |")
+        columns.append((parts[0], counts, us))
+    print("\n".join(table(columns)))
     return 0
 
 
