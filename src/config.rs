@@ -464,7 +464,7 @@ impl Config {
                 response_origin: self.server.response_origin,
                 rfc3489_classic: self.server.rfc3489_classic,
                 auth,
-                nat: None,
+                rfc5780: None,
             })
             .collect();
         Ok(Settings {

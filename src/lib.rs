@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod counters;
 pub mod handler;
 pub mod io;
 pub mod metrics;

@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stunedge::config::Config;
+use stunedge::counters::Stats;
 use stunedge::handler::{BUFFER_SIZE, HandlerConfig, Meta, handle};
-use stunedge::metrics::Stats;
 use stunedge::stun::attr::XorMappedAddress;
 use stunedge::stun::integrity::{self, check_fingerprint, check_integrity_sha1};
 use stunedge::stun::registry::{ATTR_MESSAGE_INTEGRITY, MAGIC_COOKIE};

@@ -12,8 +12,8 @@
 
 use std::hint::black_box;
 
+use stunedge::counters::Stats;
 use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
-use stunedge::metrics::Stats;
 use stunedge_bench::{Kind, request};
 
 fn main() {

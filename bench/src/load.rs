@@ -621,15 +621,15 @@ impl Worker {
         let result = self.send.flush(sock.listener.socket.as_raw_fd());
         // Requests the kernel refused are not outstanding: they were never sent. sendmmsg
         // sends in order, so the refused ones are the last (junk goes after the requests).
-        let ok = (result.datagrams as usize).min(n);
-        self.tally.junk_sent += (result.datagrams as usize - ok) as u64;
+        let ok = (result.sent_datagrams as usize).min(n);
+        self.tally.junk_sent += (result.sent_datagrams as usize - ok) as u64;
         for k in ok..n {
             sock.ring[((sock.tail + k as u64) % RING as u64) as usize].state = SlotState::Free;
         }
         sock.tail += ok as u64;
         sock.in_flight += ok;
         self.tally.sent += ok as u64;
-        self.tally.send_errors += result.errors.total();
+        self.tally.send_errors += result.send_errors.total();
         ok
     }
 
@@ -723,8 +723,8 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stunedge::counters::Stats;
     use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
-    use stunedge::metrics::Stats;
 
     fn answered(kind: Kind, local: SocketAddr, edit: impl Fn(&mut [u8], usize)) -> Result<Tag, Invalid> {
         let tag = Tag { thread: 0, socket: 7, seq: 42, kind: kind.index() };

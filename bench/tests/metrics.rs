@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use stunedge::admin::{Admin, Health, http_get};
 use stunedge::config::Config;
-use stunedge::metrics::{Counter, ReloadStats};
+use stunedge::counters::Counter;
+use stunedge::metrics::ReloadStats;
 use stunedge::worker::Server;
 use stunedge_bench::Kind;
 use stunedge_bench::load::{self, Progress};
@@ -57,7 +58,7 @@ fn metrics_agree_with_the_load_generators_counts() {
     // Workers publish once per loop turn: wait until the server has counted everything.
     let expected_in = report.sent + report.junk_sent;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while server.stats().get(Counter::DatagramsIn) < expected_in && Instant::now() < deadline {
+    while server.stats().get(Counter::ReceivedDatagrams) < expected_in && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (status, body) = http_get(admin.local_addr(), "/metrics").unwrap();

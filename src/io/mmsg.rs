@@ -15,27 +15,7 @@ use std::os::fd::RawFd;
 use std::ptr::null_mut;
 
 use super::msg::{Control, pktinfo, prepare_send, set_port, socket_addr, storage_bytes, write_sockaddr};
-use super::{Received, Reply};
-use crate::handler::BUFFER_SIZE;
-
-/// What one flush sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sent {
-    /// Replies the kernel accepted.
-    pub datagrams: u64,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Replies lost to send errors, by errno.
-    pub errors: super::SendErrors,
-}
-
-impl Sent {
-    fn add(&mut self, o: Sent) {
-        self.datagrams += o.datagrams;
-        self.bytes += o.bytes;
-        self.errors.add(o.errors);
-    }
-}
+use super::{BUFFER_SIZE, Received, Reply, Tally};
 
 /// `out_via` for an answer that leaves from the socket it arrived on.
 const OWN: u16 = u16::MAX;
@@ -198,13 +178,13 @@ impl MmsgBatch {
     }
 
     /// Sends every queued reply on `fd` with as few sendmmsg calls as the kernel allows.
-    pub fn flush(&mut self, fd: RawFd) -> Sent {
+    pub fn flush(&mut self, fd: RawFd) -> Tally {
         self.flush_routed(&[fd], 0)
     }
 
     /// Sends every queued reply: those queued with a `via` on `fds[via]`, the rest on
     /// `fds[own]`, one sendmmsg series per socket. A `via` with no socket is counted as lost.
-    pub fn flush_routed(&mut self, fds: &[RawFd], own: usize) -> Sent {
+    pub fn flush_routed(&mut self, fds: &[RawFd], own: usize) -> Tally {
         let queued = std::mem::take(&mut self.queued);
         if self.out_via[..queued].iter().all(|&v| v == OWN) {
             let Some(&fd) = fds.get(own) else { return lost(queued) };
@@ -216,7 +196,7 @@ impl MmsgBatch {
         }
         // Some answers leave from other sockets (RFC 5780): regroup the headers by socket.
         // Copies of a header point at the same names, iovecs and controls.
-        let mut sent = Sent::default();
+        let mut sent = Tally::default();
         let mut grouped = 0;
         for (socket, &fd) in fds.iter().enumerate() {
             let mut n = 0;
@@ -239,9 +219,9 @@ impl MmsgBatch {
 }
 
 /// `n` answers that had no socket to leave from.
-fn lost(n: usize) -> Sent {
-    let mut sent = Sent::default();
-    sent.errors.count(libc::EBADF, n as u64);
+fn lost(n: usize) -> Tally {
+    let mut sent = Tally::default();
+    sent.send_errors.count(libc::EBADF, n as u64);
     sent
 }
 
@@ -252,8 +232,8 @@ fn lost(n: usize) -> Sent {
 /// # Safety
 /// Every header's name, iov and control pointers must address live memory of the lengths they
 /// state for the duration of the call.
-pub unsafe fn send_all(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> Sent {
-    let mut sent = Sent::default();
+pub unsafe fn send_all(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> Tally {
+    let mut sent = Tally::default();
     let mut at = 0;
     while at < hdrs.len() {
         let rest = &mut hdrs[at..];
@@ -262,8 +242,8 @@ pub unsafe fn send_all(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> Sent {
         let n = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, libc::MSG_DONTWAIT) };
         if n > 0 {
             for h in &rest[..n as usize] {
-                sent.datagrams += 1;
-                sent.bytes += u64::from(h.msg_len);
+                sent.sent_datagrams += 1;
+                sent.sent_bytes += u64::from(h.msg_len);
             }
             at += n as usize;
             continue;
@@ -271,11 +251,11 @@ pub unsafe fn send_all(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> Sent {
         match io::Error::last_os_error().raw_os_error() {
             Some(libc::EINTR) => {}
             Some(errno @ (libc::EAGAIN | libc::ENOBUFS)) => {
-                sent.errors.count(errno, (hdrs.len() - at) as u64);
+                sent.send_errors.count(errno, (hdrs.len() - at) as u64);
                 break;
             }
             errno => {
-                sent.errors.count(errno.unwrap_or(0), 1);
+                sent.send_errors.count(errno.unwrap_or(0), 1);
                 at += 1;
             }
         }

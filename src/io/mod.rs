@@ -1,6 +1,7 @@
 //! Sockets and the portable data-plane backend. This is the only place with `unsafe`: raw
 //! syscalls (recvmmsg, sendmmsg, setsockopt) and the kernel-facing structures they fill. No
-//! protocol logic lives here: datagrams go to [`crate::handler`] and come back as replies.
+//! protocol logic lives here: datagrams go to the handler (through the worker) and come back as
+//! replies; counts go into a [`Tally`].
 //!
 //! Kernel floor: recvmmsg (Linux 2.6.33), sendmmsg (3.0), SO_REUSEPORT (3.9), IP_PKTINFO and
 //! IPV6_RECVPKTINFO (both long before). Linux only.
@@ -16,52 +17,16 @@ pub use socket::{Listener, SocketOptions};
 
 use std::net::{IpAddr, SocketAddr};
 
-/// Answers the kernel refused, by errno (each is a lost answer). EAGAIN and ENOBUFS mean a full
-/// send queue; EPERM usually a firewall rule; anything else (EINVAL, unreachable…) is "other".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SendErrors {
-    /// EAGAIN / EWOULDBLOCK.
-    pub again: u64,
-    /// ENOBUFS.
-    pub nobufs: u64,
-    /// EPERM.
-    pub perm: u64,
-    /// Any other errno.
-    pub other: u64,
-}
+pub use crate::counters::{SendErrors, Tally};
 
-impl SendErrors {
-    /// Counts `n` answers lost to `errno`.
-    #[inline]
-    pub fn count(&mut self, errno: i32, n: u64) {
-        match errno {
-            libc::EAGAIN => self.again += n,
-            libc::ENOBUFS => self.nobufs += n,
-            libc::EPERM => self.perm += n,
-            _ => self.other += n,
-        }
-    }
-
-    /// Adds another tally.
-    #[inline]
-    pub fn add(&mut self, o: SendErrors) {
-        self.again += o.again;
-        self.nobufs += o.nobufs;
-        self.perm += o.perm;
-        self.other += o.other;
-    }
-
-    /// All of them.
-    #[inline]
-    pub fn total(&self) -> u64 {
-        self.again + self.nobufs + self.perm + self.other
-    }
-}
+/// The receive buffer size every backend uses: the largest datagram accepted (a larger one is
+/// dropped as truncated) with room to answer it in place.
+pub const BUFFER_SIZE: usize = 2048;
 
 /// One received datagram, lent by a backend: its receive buffer, where the answer is written.
 #[derive(Debug)]
 pub struct Received<'a> {
-    /// The whole receive buffer (at least `BUFFER_SIZE` bytes): the datagram is `buf[..len]`,
+    /// The whole receive buffer (at least [`BUFFER_SIZE`] bytes): the datagram is `buf[..len]`,
     /// the answer is written over it.
     pub buf: &'a mut [u8],
     /// Datagram length.

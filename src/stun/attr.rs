@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::message::CookieAndId;
+use super::header::{CookieAndId, padded};
 use super::registry::*;
 
 /// Why an attribute value cannot be decoded or encoded.
@@ -425,7 +425,7 @@ impl<'a> PasswordAlgorithm<'a> {
         }
         let algorithm = u16::from_be_bytes([bytes[0], bytes[1]]);
         let len = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
-        let end = 4 + super::message::padded(len);
+        let end = 4 + padded(len);
         if bytes.len() < end {
             return Err(AttrError::BadLength);
         }
@@ -442,7 +442,7 @@ impl<'a> Attribute<'a> for PasswordAlgorithm<'a> {
         }
     }
     fn value_len(&self) -> usize {
-        4 + super::message::padded(self.params.len())
+        4 + padded(self.params.len())
     }
     fn encode(&self, out: &mut [u8], _key: &CookieAndId) {
         out[..2].copy_from_slice(&self.algorithm.to_be_bytes());

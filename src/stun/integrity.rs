@@ -8,7 +8,8 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use super::attr::check_sha256_len;
-use super::message::{LENGTH_OFFSET, Message, RawAttribute};
+use super::header::LENGTH_OFFSET;
+use super::message::{Message, RawAttribute};
 use super::registry::{
     ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, FINGERPRINT_XOR,
     HEADER_LEN,

@@ -3,18 +3,11 @@
 //! allocates and, once [`Message::parse`] has succeeded, no accessor can panic.
 
 use super::registry::{
-    ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, HEADER_LEN, MAGIC_COOKIE,
-    MessageType,
+    ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, HEADER_LEN, MessageType,
 };
 
-/// Offset of the message type field.
-pub const TYPE_OFFSET: usize = 0;
-/// Offset of the message length field.
-pub const LENGTH_OFFSET: usize = 2;
-/// Offset of the magic cookie (RFC 5389/8489) or the first transaction-ID bytes (RFC 3489).
-pub const COOKIE_OFFSET: usize = 4;
-/// Offset of the 96-bit transaction ID of an RFC 5389/8489 message.
-pub const TRANSACTION_ID_OFFSET: usize = 8;
+use super::header::be16;
+pub use super::header::{COOKIE_OFFSET, CookieAndId, LENGTH_OFFSET, TRANSACTION_ID_OFFSET, TYPE_OFFSET, padded};
 
 /// Why a datagram is not a well-formed STUN message. The first four are header faults (the
 /// datagram is not answerable STUN and is dropped); the last is an attribute fault in a
@@ -48,10 +41,6 @@ impl ParseError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TransactionId(pub [u8; 12]);
 
-/// Bytes 4..20 of a header: the magic cookie plus the 96-bit transaction ID, or the classic
-/// 128-bit transaction ID. XOR-address coding uses it as the XOR key (RFC 8489 §14.2).
-pub type CookieAndId = [u8; 16];
-
 /// One attribute as it sits in the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawAttribute<'a> {
@@ -61,17 +50,6 @@ pub struct RawAttribute<'a> {
     pub value: &'a [u8],
     /// Offset of the attribute's type field from the start of the message.
     pub offset: usize,
-}
-
-/// The length of an attribute value padded to a multiple of 4 (RFC 8489 §14).
-#[inline]
-pub const fn padded(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-#[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
 }
 
 /// Checks the header of a datagram: size, leading bits, length alignment and that the length
@@ -142,7 +120,7 @@ impl<'a> Message<'a> {
     /// True when bytes 4..8 are not the magic cookie: an RFC 3489 classic message.
     #[inline]
     pub fn is_classic(&self) -> bool {
-        u32::from_be_bytes([self.bytes[4], self.bytes[5], self.bytes[6], self.bytes[7]]) != MAGIC_COOKIE
+        super::header::is_classic(self.bytes)
     }
 
     /// The 96-bit transaction ID (for classic messages, the last 96 of its 128 bits).

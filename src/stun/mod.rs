@@ -8,13 +8,15 @@
 
 pub mod attr;
 pub mod crc32;
+pub mod header;
 pub mod integrity;
 pub mod message;
 pub mod registry;
 pub mod writer;
 
 pub use attr::{AttrError, Attribute};
+pub use header::CookieAndId;
 pub use integrity::Check;
-pub use message::{CookieAndId, Message, ParseError, RawAttribute, TransactionId};
+pub use message::{Message, ParseError, RawAttribute, TransactionId};
 pub use registry::{Class, MAGIC_COOKIE, MessageType};
 pub use writer::{MessageWriter, WriteError};

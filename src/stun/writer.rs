@@ -8,8 +8,8 @@ use hmac::Hmac;
 use sha1::Sha1;
 use sha2::Sha256;
 
+use super::header::{COOKIE_OFFSET, CookieAndId, LENGTH_OFFSET, padded};
 use super::integrity::{SHA1_LEN, fingerprint, integrity_sha1, integrity_sha256, mac_sha1, mac_sha256};
-use super::message::{COOKIE_OFFSET, CookieAndId, LENGTH_OFFSET, padded};
 use super::registry::{
     ATTR_ERROR_CODE, ATTR_FINGERPRINT, ATTR_HEADER_LEN, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
     HEADER_LEN, MessageType,

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use stunedge::config::Config;
+use stunedge::counters::Stats;
 use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
-use stunedge::metrics::Stats;
 use stunedge::worker::Server;
 
 use crate::support::{binding_request, hex, recv_from};
@@ -96,7 +96,7 @@ fn handler_never_allocates() {
         response_origin: true,
         rfc3489_classic: true,
         auth: None,
-        nat: None,
+        rfc5780: None,
     };
     let metas = [
         Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: 0 },
@@ -125,11 +125,11 @@ fn handler_never_allocates() {
 
 #[test]
 fn rfc5780_answers_never_allocate() {
-    use stunedge::handler::NatRole;
+    use stunedge::handler::Rfc5780Role;
     let tid = [7; 12];
     let addrs = ["192.0.2.1:3478", "192.0.2.2:3478", "192.0.2.1:3479", "192.0.2.2:3479"].map(|a| a.parse().unwrap());
     let config = HandlerConfig {
-        nat: Some(NatRole { addrs, listeners: [0, 1, 2, 3], role: 0 }),
+        rfc5780: Some(Rfc5780Role { addrs, listeners: [0, 1, 2, 3], role: stunedge::handler::Role::PRIMARY }),
         rfc3489_classic: true,
         ..HandlerConfig::default()
     };
@@ -157,8 +157,8 @@ fn rfc5780_answers_never_allocate() {
     }
     assert_eq!(allocations() - before, 0, "the RFC 5780 packet path allocated");
     assert_eq!(replies, inputs.len(), "every input is answered");
-    assert_eq!(stats.get(stunedge::metrics::Counter::DiscoveryChanged), 2, "{stats}");
-    assert_eq!(stats.get(stunedge::metrics::Counter::DiscoveryPadded), 1, "{stats}");
+    assert_eq!(stats.get(stunedge::counters::Counter::Rfc5780Changed), 2, "{stats}");
+    assert_eq!(stats.get(stunedge::counters::Counter::Rfc5780Padded), 1, "{stats}");
 }
 
 #[test]
@@ -203,7 +203,7 @@ fn authentication_never_allocates() {
     assert_eq!(allocations() - before, 0, "the authenticated packet path allocated");
     assert_eq!(replies, inputs.len(), "every input is answered");
     // Two short-term, alice and the REST user; the 438 is not counted as authenticated.
-    assert_eq!(stats.get(stunedge::metrics::Counter::RequestsAuthenticated), 4, "{stats}");
+    assert_eq!(stats.get(stunedge::counters::Counter::RequestsAuthenticated), 4, "{stats}");
 }
 
 /// CRC-32 (IEEE), bitwise: independent of the crate the codec uses.

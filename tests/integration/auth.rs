@@ -8,8 +8,8 @@ use md5::{Digest, Md5};
 use sha1::Sha1;
 use sha2::Sha256;
 use stunedge::config::Config;
-use stunedge::handler::{Action, DropReason, HandlerConfig, Meta, NatRole, handle};
-use stunedge::metrics::{Counter, Stats};
+use stunedge::counters::{Counter, Stats};
+use stunedge::handler::{Action, DropReason, HandlerConfig, Meta, Rfc5780Role, handle};
 use stunedge::stun::attr::{ErrorCode, Nonce, Realm};
 use stunedge::stun::integrity::{Check, check_fingerprint, check_integrity_sha1, check_integrity_sha256};
 use stunedge::stun::registry::*;
@@ -800,7 +800,10 @@ fn amplification_table_in_readme_is_measured() {
     let nat = |ips: [&str; 2]| {
         let at = |ip: &str, port: u16| std::net::SocketAddr::new(ip.parse().unwrap(), port);
         let addrs = [at(ips[0], 3478), at(ips[1], 3478), at(ips[0], 3479), at(ips[1], 3479)];
-        HandlerConfig { nat: Some(NatRole { addrs, listeners: [0, 1, 2, 3], role: 0 }), ..off.clone() }
+        HandlerConfig {
+            rfc5780: Some(Rfc5780Role { addrs, listeners: [0, 1, 2, 3], role: stunedge::handler::Role::PRIMARY }),
+            ..off.clone()
+        }
     };
     let (nat4, nat6) = (nat(["192.0.2.1", "192.0.2.2"]), nat(["2001:db8::1", "2001:db8::2"]));
     let change = request([4; 12], &[(ATTR_CHANGE_REQUEST, &[0, 0, 0, 6])], Sign::Unsigned, false);

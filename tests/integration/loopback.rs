@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use stunedge::config::{Config, Settings};
+use stunedge::counters::{Counter, Stats};
 use stunedge::handler::DropReason;
-use stunedge::metrics::{Counter, Stats};
 use stunedge::worker::Server;
 
 use crate::support::{binding_request, client_for, exchange, expected_answer, hex, recv_from};
@@ -97,9 +97,9 @@ fn answers_byte_exact(backend: &str) {
             assert_eq!(answer, expected_answer(client.local_addr().unwrap(), tid), "via {addr}");
         }
     }
-    let stats = wait_for(&server, |s| s.get(Counter::ResponsesSuccess) == 16 && s.get(Counter::DatagramsOut) == 16);
+    let stats = wait_for(&server, |s| s.get(Counter::ResponsesSuccess) == 16 && s.get(Counter::SentDatagrams) == 16);
     assert_eq!(stats.get(Counter::ResponsesSuccess), 16);
-    assert_eq!(stats.get(Counter::DatagramsOut), 16);
+    assert_eq!(stats.get(Counter::SentDatagrams), 16);
     assert_eq!(stats.total_drops(), 0);
 }
 
@@ -214,11 +214,11 @@ fn junk_flood(backend: &str) {
     }
     assert_eq!(answer, expected_answer(client.local_addr().unwrap(), tid));
 
-    let stats = wait_for(&server, |s| s.get(Counter::DatagramsIn) >= (junk.len() + 2002) as u64);
+    let stats = wait_for(&server, |s| s.get(Counter::ReceivedDatagrams) >= (junk.len() + 2002) as u64);
     for (bytes, reason) in &junk {
         assert!(stats.drops(*reason) >= 1, "{reason:?} not counted for {bytes:02x?}; {stats}");
     }
-    assert_eq!(stats.get(Counter::DatagramsIn), (junk.len() + 2002) as u64, "{stats}");
+    assert_eq!(stats.get(Counter::ReceivedDatagrams), (junk.len() + 2002) as u64, "{stats}");
     assert!(stats.get(Counter::Responses400) >= 1);
     assert!(!server.any_worker_exited());
 }
@@ -298,16 +298,16 @@ fn burst(backend: &str) {
     );
     assert_eq!(answer, expected_answer(client.local_addr().unwrap(), [0xEE; 12]));
     let stats = wait_for(&server, |s| {
-        s.get(Counter::DatagramsOut) + s.send_errors() + s.get(Counter::SendSlotsFull)
+        s.get(Counter::SentDatagrams) + s.send_errors() + s.get(Counter::SendSlotsFull)
             == s.get(Counter::ResponsesSuccess)
     });
     // Every answer was sent or counted as lost on the way out; nothing is stuck in a slot.
     assert_eq!(
-        stats.get(Counter::DatagramsOut) + stats.send_errors() + stats.get(Counter::SendSlotsFull),
+        stats.get(Counter::SentDatagrams) + stats.send_errors() + stats.get(Counter::SendSlotsFull),
         stats.get(Counter::ResponsesSuccess),
         "{stats}"
     );
-    assert!(stats.get(Counter::DatagramsIn) > 1024, "{stats}");
+    assert!(stats.get(Counter::ReceivedDatagrams) > 1024, "{stats}");
     // One send slot per receive buffer: an answer is never dropped for want of a slot.
     assert_eq!(stats.get(Counter::SendSlotsFull), 0, "{stats}");
     eprintln!("burst: {stats}");
@@ -331,7 +331,7 @@ fn cpu_steering_sends_each_datagram_to_the_worker_on_its_cpu() {
         // the CPU each datagram is processed on; without steering the 4-tuple hash would spread
         // these 20 source ports over both workers.
         for (index, cpu) in server.cpus().to_vec().into_iter().enumerate() {
-            let before = server.worker_stats()[index].get(Counter::DatagramsIn);
+            let before = server.worker_stats()[index].get(Counter::ReceivedDatagrams);
             assert!(core_affinity::set_for_current(core_affinity::CoreId { id: cpu }));
             for i in 0..20u8 {
                 let client = client_for(addr);
@@ -339,16 +339,18 @@ fn cpu_steering_sends_each_datagram_to_the_worker_on_its_cpu() {
                 assert_eq!(answer, expected_answer(client.local_addr().unwrap(), [i; 12]));
             }
             let deadline = Instant::now() + Duration::from_secs(2);
-            while server.worker_stats()[index].get(Counter::DatagramsIn) < before + 20 && Instant::now() < deadline {
+            while server.worker_stats()[index].get(Counter::ReceivedDatagrams) < before + 20
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
             assert_eq!(
-                server.worker_stats()[index].get(Counter::DatagramsIn),
+                server.worker_stats()[index].get(Counter::ReceivedDatagrams),
                 before + 20,
                 "{backend}: worker on CPU {cpu}"
             );
         }
-        let total: u64 = server.worker_stats().iter().map(|s| s.get(Counter::DatagramsIn)).sum();
+        let total: u64 = server.worker_stats().iter().map(|s| s.get(Counter::ReceivedDatagrams)).sum();
         assert_eq!(total, 40, "{backend}: nothing went to the other worker");
     }
 }

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use stunedge::config::Config;
-use stunedge::metrics::Counter;
+use stunedge::counters::Counter;
 use stunedge::stun::attr::{OtherAddress, ResponseOrigin, XorMappedAddress};
 use stunedge::stun::{Message, MessageType};
 use stunedge::worker::Server;
@@ -70,11 +70,11 @@ fn every_socket_answers_and_change_request_picks_the_source() {
         }
         // Sends are counted when they complete (a later loop turn in the SQE mode): wait for all.
         let stats = crate::loopback::wait_for(&server, |s| {
-            s.get(Counter::DiscoveryChanged) == changed && s.get(Counter::DatagramsOut) == 16
+            s.get(Counter::Rfc5780Changed) == changed && s.get(Counter::SentDatagrams) == 16
         });
-        assert_eq!(stats.get(Counter::DiscoveryChanged), changed, "{backend}");
+        assert_eq!(stats.get(Counter::Rfc5780Changed), changed, "{backend}");
         assert_eq!(stats.get(Counter::ResponsesSuccess), 16, "{backend}");
-        assert_eq!(stats.get(Counter::DatagramsOut), 16, "{backend}");
+        assert_eq!(stats.get(Counter::SentDatagrams), 16, "{backend}");
     }
 }
 
@@ -99,8 +99,8 @@ fn response_port_sends_the_answer_to_another_port() {
         assert_eq!(msg.get::<XorMappedAddress>(), Some(Ok(XorMappedAddress(asker.local_addr().unwrap()))));
         asker.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         assert!(recv_from(&asker, &mut buf).is_err(), "{backend}: the asker gets nothing");
-        let stats = crate::loopback::wait_for(&server, |s| s.get(Counter::DiscoveryResponsePort) == 1);
-        assert_eq!(stats.get(Counter::DiscoveryResponsePort), 1, "{backend}");
+        let stats = crate::loopback::wait_for(&server, |s| s.get(Counter::Rfc5780ResponsePort) == 1);
+        assert_eq!(stats.get(Counter::Rfc5780ResponsePort), 1, "{backend}");
     }
 }
 

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use stunedge::config::Config;
-use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, NatRole, handle};
-use stunedge::metrics::Stats;
+use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, Rfc5780Role, handle};
+use stunedge::counters::Stats;
 use stunedge::stun::attr::*;
 use stunedge::stun::integrity::{check_fingerprint, check_integrity_sha1, check_integrity_sha256};
 use stunedge::stun::{MAGIC_COOKIE, Message};
@@ -33,12 +33,12 @@ fn configs() -> &'static [HandlerConfig; 4] {
         let at = |a: &str| a.parse().unwrap();
         let addrs =
             [at("[2001:db8::2]:3478"), at("[2001:db8::3]:3478"), at("[2001:db8::2]:3479"), at("[2001:db8::3]:3479")];
-        let nat = NatRole { addrs, listeners: [0, 1, 2, 3], role: 0 };
+        let nat = Rfc5780Role { addrs, listeners: [0, 1, 2, 3], role: stunedge::handler::Role::PRIMARY };
         [
             config("policy = \"none\""),
             config("policy = \"required\"\nmechanism = \"short-term\""),
             config("policy = \"required\"\nmechanism = \"long-term\""),
-            HandlerConfig { nat: Some(nat), ..config("policy = \"none\"") },
+            HandlerConfig { rfc5780: Some(nat), ..config("policy = \"none\"") },
         ]
     })
 }

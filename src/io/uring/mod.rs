@@ -29,8 +29,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use self::buf_ring::{BUFFERS, BufRing, Lease};
 use self::send::SendSlots;
 use super::msg::{Control, pktinfo, prepare_send, set_port, socket_addr, storage_bytes};
-use super::{Received, Reply};
-use crate::handler::BUFFER_SIZE;
+use super::{BUFFER_SIZE, Received, Reply, Tally};
 
 /// Buffer group id of the provided-buffer ring.
 const BGID: u16 = 0;
@@ -155,31 +154,6 @@ fn kernel_release() -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// What one [`Driver::turn`] did, for the worker's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Turn {
-    /// Datagrams received.
-    pub datagrams_in: u64,
-    /// Their bytes.
-    pub bytes_in: u64,
-    /// Answers the kernel sent.
-    pub datagrams_out: u64,
-    /// Their bytes.
-    pub bytes_out: u64,
-    /// Answers lost to send errors (EAGAIN, ENOBUFS, EPERM…), by errno.
-    pub send_errors: crate::io::SendErrors,
-    /// Answers dropped because every send slot was in flight.
-    pub send_slots_full: u64,
-    /// Multishot receives re-armed because the kernel ended them.
-    pub rearms: u64,
-    /// Of those, ended because the buffer ring was empty (ENOBUFS).
-    pub buffer_exhausted: u64,
-    /// Receive completions with another error.
-    pub recv_errors: u64,
-    /// Completions the kernel had to drop or buffer because the completion queue was full.
-    pub cq_overflow: u64,
-}
-
 /// A worker's ring, buffers and send slots. Created and used on one thread.
 pub struct Driver {
     // Field order is drop order: the ring goes first, so the kernel is done with the memory
@@ -298,8 +272,8 @@ impl Driver {
     /// wait), and handles them: datagrams go to `on_datagram` with the index of their socket
     /// (in the order given to [`Driver::new`]), whose answers are sent (sendmmsg
     /// mode) or queued as SQEs submitted with the next wait, other buffers return to the ring.
-    pub fn turn(&mut self, mut on_datagram: impl FnMut(usize, Received<'_>) -> Option<Reply>) -> io::Result<Turn> {
-        let mut t = Turn::default();
+    pub fn turn(&mut self, mut on_datagram: impl FnMut(usize, Received<'_>) -> Option<Reply>) -> io::Result<Tally> {
+        let mut t = Tally::default();
         match self.ring.submitter().submit_and_wait(1) {
             Ok(_) => {}
             // EBUSY: the completion queue is backed up; draining it below is the remedy.
@@ -346,7 +320,7 @@ impl Driver {
 
     /// Sendmmsg mode: sends this turn's answers, one sendmmsg per socket, then returns their
     /// buffers to the ring.
-    fn send_pending(&mut self, t: &mut Turn) {
+    fn send_pending(&mut self, t: &mut Tally) {
         for socket in 0..self.fds.len() {
             let mut n = 0;
             for p in self.pending.iter().filter(|p| usize::from(p.socket) == socket) {
@@ -374,9 +348,7 @@ impl Driver {
             // buffers held out of the ring until after this call, iovs and controls into our
             // boxed arrays.
             let sent = unsafe { super::mmsg::send_all(self.fds[socket], &mut self.out_hdrs[..n]) };
-            t.datagrams_out += sent.datagrams;
-            t.bytes_out += sent.bytes;
-            t.send_errors.add(sent.errors);
+            t.add(sent);
         }
         for p in self.pending.drain(..) {
             self.bufs.recycle(p.lease);
@@ -386,7 +358,7 @@ impl Driver {
     fn complete(
         &mut self,
         cqe: &cqueue::Entry,
-        t: &mut Turn,
+        t: &mut Tally,
         on_datagram: &mut impl FnMut(usize, Received<'_>) -> Option<Reply>,
     ) -> io::Result<()> {
         let data = cqe.user_data();
@@ -403,12 +375,12 @@ impl Driver {
                     if result == -libc::ENOBUFS {
                         t.buffer_exhausted += 1;
                     } else {
-                        t.recv_errors += 1;
+                        t.receive_errors += 1;
                     }
                     return Ok(());
                 }
                 let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
-                    t.recv_errors += 1;
+                    t.receive_errors += 1;
                     return Ok(());
                 };
                 // SAFETY: this completion selected `bid`: the kernel is done with it.
@@ -422,8 +394,8 @@ impl Driver {
                     self.bufs.recycle(lease);
                 }
                 if cqe.result() >= 0 {
-                    t.datagrams_out += 1;
-                    t.bytes_out += len as u64;
+                    t.sent_datagrams += 1;
+                    t.sent_bytes += len as u64;
                 } else {
                     t.send_errors.count(-cqe.result(), 1);
                 }
@@ -438,12 +410,12 @@ impl Driver {
         socket: usize,
         lease: Lease,
         filled: usize,
-        t: &mut Turn,
+        t: &mut Tally,
         on_datagram: &mut impl FnMut(usize, Received<'_>) -> Option<Reply>,
     ) -> io::Result<()> {
         let buf = self.bufs.buffer_mut(&lease);
         if filled < PAYLOAD_OFFSET {
-            t.recv_errors += 1;
+            t.receive_errors += 1;
             self.bufs.recycle(lease);
             return Ok(());
         }
@@ -467,8 +439,8 @@ impl Driver {
             hdr.msg_controllen = control_len.min(CONTROL_LEN);
             pktinfo(&hdr)
         };
-        t.datagrams_in += 1;
-        t.bytes_in += len as u64;
+        t.received_datagrams += 1;
+        t.received_bytes += len as u64;
         let name_len = name_len.min(NAME_LEN);
         let reply =
             on_datagram(socket, Received { buf: &mut buf[PAYLOAD_OFFSET..], len, truncated, src: src.flatten(), dst });

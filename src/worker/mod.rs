@@ -5,22 +5,27 @@
 //! the reloadable [`HandlerConfig`] snapshot (checked with one atomic load per loop turn) are
 //! the only cross-thread writes. No STUN parsing here.
 
+mod rfc5780;
+mod snapshot;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::config::{BackendChoice, NatPlan, Settings};
-use crate::handler::{self, ALT_IP, ALT_PORT, Action, DropReason, HandlerConfig, Meta, NatRole};
+use self::snapshot::{Handlers, HandlersView};
+use crate::config::{BackendChoice, Settings};
+use crate::counters::{self, DropReason, Stats, Tally, WorkerSlot};
+use crate::handler::{self, Action, HandlerConfig, Meta};
 use crate::io::mmsg::{MmsgBatch, wait_readable};
 use crate::io::socket::{self, Listener, SocketOptions};
 use crate::io::uring::{self, Driver, Unavailable};
 use crate::io::{Received, Reply};
-use crate::metrics::{self, Counter, Stats, WorkerSlot};
+use crate::metrics;
 
 /// How long an idle worker sleeps in poll(2) before looking at the stop flag again.
 const IDLE_POLL_MS: i32 = 200;
@@ -30,54 +35,81 @@ const BATCHES_PER_TURN: usize = 8;
 
 /// Why the server could not start. Nothing is left running when this is returned.
 #[derive(Debug)]
-pub struct StartError {
-    /// What failed: a listen address, `io.backend`, or a worker thread or its backend.
-    pub what: String,
-    /// The cause.
-    pub error: std::io::Error,
+pub enum StartError {
+    /// A listen address could not be claimed or bound.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// It is one of RFC 5780's alternate addresses (not in `server.listen`).
+        rfc5780: bool,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// `rfc5780.alternate_port = 0` found no port free on both IP addresses.
+    NoAlternatePort {
+        /// The primary listen address.
+        primary: SocketAddr,
+        /// The alternate IP address.
+        alternate: std::net::IpAddr,
+        /// The last cause.
+        error: std::io::Error,
+    },
+    /// `io.backend = "io_uring"`, but io_uring is unavailable.
+    Backend(Unavailable),
+    /// `io.cpu_steering`: the steering program could not be attached.
+    CpuSteering {
+        /// The listen address of the socket.
+        addr: SocketAddr,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// A worker thread could not be spawned.
+    Thread {
+        /// Its CPU.
+        cpu: usize,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// A worker could not set up its backend (its ring, for io_uring).
+    WorkerBackend {
+        /// The worker's CPU.
+        cpu: usize,
+        /// The backend.
+        backend: Backend,
+        /// The cause.
+        error: std::io::Error,
+    },
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.what, self.error)
+        match self {
+            StartError::Bind { addr, rfc5780: false, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartError::Bind { addr, rfc5780: true, error } => {
+                write!(f, "cannot listen on {addr} (RFC 5780 alternate address): {error}")
+            }
+            StartError::NoAlternatePort { primary, alternate, error } => {
+                write!(f, "rfc5780.alternate_port = 0: no port free on {primary} and {alternate}: {error}")
+            }
+            StartError::Backend(why) => write!(f, "io.backend = \"io_uring\", but io_uring is unavailable: {why}"),
+            StartError::CpuSteering { addr, error } => write!(f, "io.cpu_steering on {addr}: {error}"),
+            StartError::Thread { cpu, error } => write!(f, "worker thread for CPU {cpu}: {error}"),
+            StartError::WorkerBackend { cpu, backend, error } => {
+                write!(f, "{} backend on a worker (CPU {cpu}): {error}", backend.name())
+            }
+        }
     }
 }
 
-impl std::error::Error for StartError {}
-
-/// Every listener's [`HandlerConfig`], replaced whole by a reload. A worker compares
-/// `generation` with the one it last saw (one atomic load per loop turn) and takes the new
-/// snapshot under the lock only when it moved: once per worker per reload, never per packet.
-#[derive(Debug)]
-struct Handlers {
-    generation: AtomicU64,
-    current: Mutex<Arc<[HandlerConfig]>>,
-}
-
-impl Handlers {
-    fn load(&self) -> (u64, Arc<[HandlerConfig]>) {
-        let generation = self.generation.load(Ordering::Acquire);
-        let current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        (generation, current)
-    }
-}
-
-/// A worker's copy of the snapshot.
-struct HandlersView {
-    seen: u64,
-    current: Arc<[HandlerConfig]>,
-}
-
-impl HandlersView {
-    fn new(shared: &Handlers) -> HandlersView {
-        let (seen, current) = shared.load();
-        HandlersView { seen, current }
-    }
-
-    #[inline]
-    fn refresh(&mut self, shared: &Handlers) {
-        if shared.generation.load(Ordering::Acquire) != self.seen {
-            *self = HandlersView::new(shared);
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Bind { error, .. }
+            | StartError::NoAlternatePort { error, .. }
+            | StartError::CpuSteering { error, .. }
+            | StartError::Thread { error, .. }
+            | StartError::WorkerBackend { error, .. } => Some(error),
+            StartError::Backend(_) => None,
         }
     }
 }
@@ -97,7 +129,7 @@ pub struct Server {
     slots: Arc<[WorkerSlot]>,
     local_addrs: Vec<SocketAddr>,
     /// Where each socket's answer configuration comes from (config listener, RFC 5780 role).
-    origins: Vec<Origin>,
+    origins: Vec<rfc5780::Origin>,
     /// How many listen addresses the configuration names (the rest are RFC 5780's).
     configured: usize,
     cpus: Vec<usize>,
@@ -110,71 +142,23 @@ impl Server {
     /// sockets, then starts one pinned worker per CPU and waits until each has set up its
     /// backend.
     pub fn start(settings: &Settings) -> Result<Server, StartError> {
-        let options = SocketOptions {
-            reuse_port: true,
-            recv_buffer: settings.socket_recv_buffer,
-            send_buffer: settings.socket_send_buffer,
-        };
         // Refuse an address someone holds; turn port 0 into a concrete free port.
         let resolved: Vec<SocketAddr> = settings
             .listen
             .iter()
-            .map(|addr| socket::claim(*addr).map_err(|error| bind_error(*addr, error)))
+            .map(|&addr| socket::claim(addr).map_err(|error| StartError::Bind { addr, rfc5780: false, error }))
             .collect::<Result<_, _>>()?;
-        let (resolved, origins) = expand_nat(resolved, &settings.nat)?;
+        let (resolved, origins) = rfc5780::expand(resolved, &settings.nat)?;
         // After the addresses, so a port in use is reported alone, not after a fallback notice.
-        let backend = select_backend(settings.backend, uring::probe)
-            .map_err(|why| StartError { what: "io.backend".into(), error: std::io::Error::other(why) })?;
-        let mut per_worker: Vec<Vec<Listener>> = Vec::with_capacity(settings.cpus.len());
-        for _ in &settings.cpus {
-            let listeners = resolved
-                .iter()
-                .map(|addr| socket::bind(*addr, &options).map_err(|error| bind_error(*addr, error)))
-                .collect::<Result<_, _>>()?;
-            per_worker.push(listeners);
-        }
-        if settings.cpu_steering {
-            if let Some(first) = per_worker.first() {
-                for l in first {
-                    socket::attach_cpu_steering(&l.socket, &settings.cpus)
-                        .map_err(|error| StartError { what: format!("io.cpu_steering on {}", l.local), error })?;
-                }
-            }
-        }
-        if let Some(first) = per_worker.first() {
-            for l in first {
-                // The kernel reports twice the payload it grants (socket(7)).
-                if l.recv_buffer < options.recv_buffer || l.send_buffer < options.send_buffer {
-                    tracing::warn!(
-                        listen = %l.local, rcvbuf = l.recv_buffer, sndbuf = l.send_buffer,
-                        "socket buffers smaller than configured; raise net.core.rmem_max / wmem_max"
-                    );
-                }
-            }
-        }
-
-        // Socket inodes, for the kernel's per-socket drop counters (/proc/net/udp).
-        let mut sockets = Vec::new();
-        for (cpu, listeners) in settings.cpus.iter().zip(&per_worker) {
-            for l in listeners {
-                let fd = l.socket.as_raw_fd();
-                if let Ok(meta) = std::fs::metadata(format!("/proc/self/fd/{fd}")) {
-                    use std::os::unix::fs::MetadataExt;
-                    sockets.push(metrics::SocketInfo { worker: *cpu, listener: l.local, inode: meta.ino() });
-                }
-            }
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let slots: Arc<[WorkerSlot]> = settings.cpus.iter().map(|_| WorkerSlot::default()).collect();
-        let handlers = Arc::new(Handlers {
-            generation: AtomicU64::new(0),
-            current: Mutex::new(per_socket(&settings.handlers, &origins).into()),
-        });
+        let backend = select_backend(settings.backend, uring::probe)?;
+        let per_worker = bind_workers(settings, &resolved)?;
+        let sockets = socket_inodes(&settings.cpus, &per_worker);
+        let handlers = Arc::new(Handlers::new(rfc5780::per_socket(&settings.handlers, &origins)));
         let mut server = Server {
             threads: Vec::new(),
-            stop: stop.clone(),
-            handlers: handlers.clone(),
-            slots: slots.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            handlers,
+            slots: settings.cpus.iter().map(|_| WorkerSlot::default()).collect(),
             local_addrs: resolved,
             origins,
             configured: settings.listen.len(),
@@ -182,6 +166,13 @@ impl Server {
             backend,
             sockets,
         };
+        server.spawn(settings, per_worker)?;
+        Ok(server)
+    }
+
+    /// Starts one worker per CPU on its sockets and waits until each has set up its backend:
+    /// nothing is left half-started when this returns an error.
+    fn spawn(&mut self, settings: &Settings, per_worker: Vec<Vec<Listener>>) -> Result<(), StartError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         for (index, (cpu, listeners)) in settings.cpus.iter().copied().zip(per_worker).enumerate() {
             let worker = Worker {
@@ -189,35 +180,34 @@ impl Server {
                 index,
                 listeners,
                 batch_size: settings.batch_size,
-                backend,
+                backend: self.backend,
                 uring_send: settings.uring_send,
                 uring_taskrun: settings.uring_taskrun,
-                handlers: handlers.clone(),
-                stop: stop.clone(),
-                slots: slots.clone(),
+                handlers: self.handlers.clone(),
+                stop: self.stop.clone(),
+                slots: self.slots.clone(),
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new().name(format!("stunedge-w{cpu}")).spawn(move || worker.run(ready));
             match spawned {
-                Ok(handle) => server.threads.push(handle),
+                Ok(handle) => self.threads.push(handle),
                 Err(error) => {
-                    server.stop();
-                    server.join();
-                    return Err(StartError { what: format!("worker thread for CPU {cpu}"), error });
+                    self.stop();
+                    self.join();
+                    return Err(StartError::Thread { cpu, error });
                 }
             }
         }
-        // Nothing half-started: every worker reports its backend set-up before we return.
-        for cpu in &settings.cpus {
+        for &cpu in &settings.cpus {
             let outcome =
                 ready_rx.recv().unwrap_or_else(|_| Err(std::io::Error::other("worker ended during start-up")));
             if let Err(error) = outcome {
-                server.stop();
-                server.join();
-                return Err(StartError { what: format!("{} backend on a worker (CPU {cpu})", backend.name()), error });
+                self.stop();
+                self.join();
+                return Err(StartError::WorkerBackend { cpu, backend: self.backend, error });
             }
         }
-        Ok(server)
+        Ok(())
     }
 
     /// The backend the workers run.
@@ -249,7 +239,7 @@ impl Server {
 
     /// The sum of every worker's last published counters.
     pub fn stats(&self) -> Stats {
-        metrics::sum(&self.slots)
+        counters::sum(&self.slots)
     }
 
     /// Each worker's last published counters, in worker order.
@@ -268,9 +258,7 @@ impl Server {
                 self.configured
             ));
         }
-        let expanded = per_socket(&handlers, &self.origins);
-        *self.handlers.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = expanded.into();
-        self.handlers.generation.fetch_add(1, Ordering::Release);
+        self.handlers.replace(rfc5780::per_socket(&handlers, &self.origins));
         Ok(())
     }
 
@@ -297,80 +285,53 @@ impl Drop for Server {
     }
 }
 
-fn bind_error(addr: SocketAddr, error: std::io::Error) -> StartError {
-    StartError { what: format!("cannot listen on {addr}"), error }
-}
-
-/// Where a socket's answer configuration comes from.
-#[derive(Debug, Clone, Copy)]
-struct Origin {
-    /// The configured listener it copies.
-    config: usize,
-    /// Its RFC 5780 role, if any.
-    nat: Option<NatRole>,
-}
-
-/// One answer configuration per socket: the configured listener's, with the RFC 5780 role.
-fn per_socket(configured: &[HandlerConfig], origins: &[Origin]) -> Vec<HandlerConfig> {
-    origins.iter().map(|o| HandlerConfig { nat: o.nat, ..configured[o.config].clone() }).collect()
-}
-
-/// Adds the three RFC 5780 sockets of each group (alternate IP, alternate port, both) after
-/// the configured addresses, claiming each, and gives every socket its origin.
-fn expand_nat(mut addrs: Vec<SocketAddr>, plans: &[NatPlan]) -> Result<(Vec<SocketAddr>, Vec<Origin>), StartError> {
-    let mut origins: Vec<Origin> = (0..addrs.len()).map(|config| Origin { config, nat: None }).collect();
-    for plan in plans {
-        let primary = addrs[plan.primary];
-        let port = match plan.alternate_port {
-            0 => free_alternate_port(primary, plan.alternate_ip)?,
-            port => port,
-        };
-        let role_addrs = [
-            primary,
-            SocketAddr::new(plan.alternate_ip, primary.port()),
-            SocketAddr::new(primary.ip(), port),
-            SocketAddr::new(plan.alternate_ip, port),
-        ];
-        let mut listeners = [plan.primary as u16, 0, 0, 0];
-        for role in [ALT_IP, ALT_PORT, ALT_IP | ALT_PORT] {
-            let addr = role_addrs[usize::from(role)];
-            socket::claim(addr).map_err(|error| StartError {
-                what: format!("cannot listen on {addr} (RFC 5780 alternate address)"),
-                error,
-            })?;
-            listeners[usize::from(role)] = addrs.len() as u16;
-            addrs.push(addr);
-            origins.push(Origin { config: plan.primary, nat: None });
+/// Binds every listen address once per worker (SO_REUSEPORT), attaches CPU steering when
+/// configured, and warns when the kernel granted smaller socket buffers than configured.
+fn bind_workers(settings: &Settings, addrs: &[SocketAddr]) -> Result<Vec<Vec<Listener>>, StartError> {
+    let options = SocketOptions {
+        reuse_port: true,
+        recv_buffer: settings.socket_recv_buffer,
+        send_buffer: settings.socket_send_buffer,
+    };
+    let mut per_worker: Vec<Vec<Listener>> = Vec::with_capacity(settings.cpus.len());
+    for _ in &settings.cpus {
+        let listeners = addrs
+            .iter()
+            .map(|&addr| socket::bind(addr, &options).map_err(|error| StartError::Bind { addr, rfc5780: false, error }))
+            .collect::<Result<_, _>>()?;
+        per_worker.push(listeners);
+    }
+    // The steering program and the buffer sizes are per port group: the first worker's
+    // sockets stand for all.
+    for l in per_worker.first().into_iter().flatten() {
+        if settings.cpu_steering {
+            socket::attach_cpu_steering(&l.socket, &settings.cpus)
+                .map_err(|error| StartError::CpuSteering { addr: l.local, error })?;
         }
-        for role in 0..4u8 {
-            let index = usize::from(listeners[usize::from(role)]);
-            origins[index].nat = Some(NatRole { addrs: role_addrs, listeners, role });
+        // The kernel reports twice the payload it grants (socket(7)).
+        if l.recv_buffer < options.recv_buffer || l.send_buffer < options.send_buffer {
+            tracing::warn!(
+                listen = %l.local, rcvbuf = l.recv_buffer, sndbuf = l.send_buffer,
+                "socket buffers smaller than configured; raise net.core.rmem_max / wmem_max"
+            );
         }
     }
-    Ok((addrs, origins))
+    Ok(per_worker)
 }
 
-/// A port free on both the primary and the alternate IP (`rfc5780.alternate_port = 0`).
-fn free_alternate_port(primary: SocketAddr, alternate: std::net::IpAddr) -> Result<u16, StartError> {
-    let mut last = std::io::Error::other("no free port");
-    for _ in 0..64 {
-        let candidate = match socket::claim(SocketAddr::new(primary.ip(), 0)) {
-            Ok(a) => a.port(),
-            Err(e) => return Err(bind_error(SocketAddr::new(primary.ip(), 0), e)),
-        };
-        if candidate == primary.port() {
-            continue;
-        }
-        let both = [SocketAddr::new(alternate, primary.port()), SocketAddr::new(alternate, candidate)];
-        match both.iter().try_for_each(|a| socket::claim(*a).map(drop)) {
-            Ok(()) => return Ok(candidate),
-            Err(e) => last = e,
+/// Every socket's inode, for the kernel's per-socket drop counters (/proc/net/udp).
+fn socket_inodes(cpus: &[usize], per_worker: &[Vec<Listener>]) -> Vec<metrics::SocketInfo> {
+    use std::os::unix::fs::MetadataExt;
+    let mut sockets = Vec::new();
+    for (cpu, listeners) in cpus.iter().zip(per_worker) {
+        for l in listeners {
+            let fd = l.socket.as_raw_fd();
+            if let Ok(meta) = std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+                sockets.push(metrics::SocketInfo { worker: *cpu, listener: l.local, inode: meta.ino() });
+            }
         }
     }
-    Err(StartError {
-        what: format!("rfc5780.alternate_port = 0: no port free on {primary} and {alternate}"),
-        error: last,
-    })
+    sockets
 }
 
 /// The backend a server runs.
@@ -397,12 +358,10 @@ impl Backend {
 pub fn select_backend(
     choice: BackendChoice,
     probe: impl FnOnce() -> Result<(), Unavailable>,
-) -> Result<Backend, String> {
+) -> Result<Backend, StartError> {
     match choice {
         BackendChoice::Mmsg => Ok(Backend::Mmsg),
-        BackendChoice::IoUring => probe()
-            .map(|()| Backend::IoUring)
-            .map_err(|why| format!("io.backend = \"io_uring\", but io_uring is unavailable: {why}")),
+        BackendChoice::IoUring => probe().map(|()| Backend::IoUring).map_err(StartError::Backend),
         BackendChoice::Auto => Ok(match probe() {
             Ok(()) => Backend::IoUring,
             Err(why) => {
@@ -511,25 +470,9 @@ impl Worker {
                 self.answer(&self.listeners[socket], &configs[socket], now, packet, stats)
             });
             match turn {
-                Ok(t) => {
-                    if t.datagrams_in > 0 {
-                        stats.bump(Counter::Batches);
-                        let nanos = started.map_or(0, |t0| t0.elapsed().as_nanos() as u64);
-                        stats.observe_batch(t.datagrams_in, nanos);
-                    }
-                    stats.add(Counter::DatagramsIn, t.datagrams_in);
-                    stats.add(Counter::BytesIn, t.bytes_in);
-                    stats.add(Counter::DatagramsOut, t.datagrams_out);
-                    stats.add(Counter::BytesOut, t.bytes_out);
-                    stats.send_errors_add(t.send_errors);
-                    stats.add(Counter::SendSlotsFull, t.send_slots_full);
-                    stats.add(Counter::MultishotRearms, t.rearms);
-                    stats.add(Counter::BufferRingExhausted, t.buffer_exhausted);
-                    stats.add(Counter::RecvErrors, t.recv_errors);
-                    stats.add(Counter::CqOverflow, t.cq_overflow);
-                }
+                Ok(t) => stats.record(&t, started.map_or(0, |t0| t0.elapsed().as_nanos() as u64)),
                 Err(e) => {
-                    stats.bump(Counter::RecvErrors);
+                    stats.record(&Tally { receive_errors: 1, ..Tally::default() }, 0);
                     tracing::error!(cpu = self.cpu, error = %e, "io_uring wait failed");
                     std::thread::sleep(pause);
                 }
@@ -587,7 +530,7 @@ impl Worker {
         let n = match batch.recv(fds[socket]) {
             Ok(n) => n,
             Err(_) => {
-                stats.bump(Counter::RecvErrors);
+                stats.record(&Tally { receive_errors: 1, ..Tally::default() }, 0);
                 return 0;
             }
         };
@@ -595,20 +538,16 @@ impl Worker {
             return 0;
         }
         let started = Instant::now();
-        stats.bump(Counter::Batches);
+        let mut tally = Tally { received_datagrams: n as u64, ..Tally::default() };
         for i in 0..n {
             let packet = batch.received(i);
-            stats.bump(Counter::DatagramsIn);
-            stats.add(Counter::BytesIn, packet.len as u64);
+            tally.received_bytes += packet.len as u64;
             if let Some(reply) = self.answer(listener, config, now, packet, stats) {
                 batch.queue(i, &reply);
             }
         }
-        let sent = batch.flush_routed(fds, socket);
-        stats.add(Counter::DatagramsOut, sent.datagrams);
-        stats.add(Counter::BytesOut, sent.bytes);
-        stats.send_errors_add(sent.errors);
-        stats.observe_batch(n as u64, started.elapsed().as_nanos() as u64);
+        tally.add(batch.flush_routed(fds, socket));
+        stats.record(&tally, started.elapsed().as_nanos() as u64);
         n
     }
 }
@@ -621,11 +560,11 @@ mod tests {
     fn backend_selection() {
         let ok = || Ok(());
         let no = || Err(Unavailable("io_uring_setup: EPERM".into()));
-        assert_eq!(select_backend(BackendChoice::Auto, ok), Ok(Backend::IoUring));
-        assert_eq!(select_backend(BackendChoice::Auto, no), Ok(Backend::Mmsg));
-        assert_eq!(select_backend(BackendChoice::Mmsg, ok), Ok(Backend::Mmsg));
-        assert_eq!(select_backend(BackendChoice::IoUring, ok), Ok(Backend::IoUring));
-        let err = select_backend(BackendChoice::IoUring, no).unwrap_err();
+        assert_eq!(select_backend(BackendChoice::Auto, ok).ok(), Some(Backend::IoUring));
+        assert_eq!(select_backend(BackendChoice::Auto, no).ok(), Some(Backend::Mmsg));
+        assert_eq!(select_backend(BackendChoice::Mmsg, ok).ok(), Some(Backend::Mmsg));
+        assert_eq!(select_backend(BackendChoice::IoUring, ok).ok(), Some(Backend::IoUring));
+        let err = select_backend(BackendChoice::IoUring, no).unwrap_err().to_string();
         assert_eq!(err, "io.backend = \"io_uring\", but io_uring is unavailable: io_uring_setup: EPERM");
     }
 }

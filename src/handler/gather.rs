@@ -1,0 +1,62 @@
+//! The one pass over a request's attributes: FINGERPRINT checked, credentials gathered for the
+//! authenticator, RFC 5780 attributes gathered (or, outside RFC 5780 mode, counted as unknown),
+//! unknown comprehension-required attributes listed for a 420. The decision then acts on the
+//! [`Gathered`] result in RFC 8489 §6.3's order.
+
+use super::listener::HandlerConfig;
+use super::rfc5780::Rfc5780Request;
+use crate::auth::Presented;
+use crate::counters::DropReason;
+use crate::stun::Message;
+use crate::stun::attr::UnknownAttributes;
+use crate::stun::integrity::{Check, check_fingerprint_attribute};
+use crate::stun::registry::{
+    ATTR_CHANGE_REQUEST, ATTR_FINGERPRINT, ATTR_PADDING, ATTR_RESPONSE_PORT, is_comprehension_required,
+    is_known_attribute,
+};
+
+/// What the attributes of one request say.
+#[derive(Debug, Default)]
+pub(super) struct Gathered<'a> {
+    /// The request carried a valid FINGERPRINT, so the answer carries one too.
+    pub(super) fingerprint: bool,
+    /// Authentication attributes (gathered only on listeners that check credentials).
+    pub(super) presented: Presented<'a>,
+    /// CHANGE-REQUEST, RESPONSE-PORT and PADDING (gathered only in RFC 5780 mode).
+    pub(super) rfc5780: Rfc5780Request,
+    /// Unknown comprehension-required attribute types, for the 420's UNKNOWN-ATTRIBUTES.
+    pub(super) unknown: UnknownAttributes,
+    /// More distinct unknown types than a 420 can list.
+    pub(super) too_many_unknown: bool,
+}
+
+impl<'a> Gathered<'a> {
+    /// Walks the acted-on attributes of `message` (an RFC 3489 classic one when `classic`) for
+    /// a listener configured by `config`. A bad FINGERPRINT drops the datagram (RFC 8489 §7.3).
+    #[inline]
+    pub(super) fn walk(message: &Message<'a>, classic: bool, config: &HandlerConfig) -> Result<Self, DropReason> {
+        let mut g = Gathered::default();
+        let auth = config.auth.is_some();
+        for attr in message.attributes() {
+            if attr.attr_type == ATTR_FINGERPRINT {
+                if check_fingerprint_attribute(message, &attr) != Check::Valid {
+                    return Err(DropReason::BadFingerprint);
+                }
+                g.fingerprint = true;
+            } else if auth && g.presented.offer(attr) {
+                // Gathered for the credential check.
+            } else if matches!(attr.attr_type, ATTR_CHANGE_REQUEST | ATTR_RESPONSE_PORT | ATTR_PADDING) {
+                if config.rfc5780.is_some() {
+                    g.rfc5780.offer(attr.attr_type, attr.value);
+                } else if !(classic && attr.attr_type == ATTR_CHANGE_REQUEST && attr.value == [0, 0, 0, 0]) {
+                    // RFC 5780 §6.1: without an alternate address CHANGE-REQUEST is unknown,
+                    // except the all-zero one legacy RFC 3489 clients send with every request.
+                    g.too_many_unknown |= !g.unknown.insert(attr.attr_type);
+                }
+            } else if is_comprehension_required(attr.attr_type) && !is_known_attribute(attr.attr_type) {
+                g.too_many_unknown |= !g.unknown.insert(attr.attr_type);
+            }
+        }
+        Ok(g)
+    }
+}

@@ -1,0 +1,164 @@
+//! The answers, written in place over the request: Binding success, 400, 420 and the 401/438
+//! challenges, each ending with the same tail ([`finish`]: SOFTWARE, the integrity attribute,
+//! FINGERPRINT). Error answers are `#[cold]` so that the Binding path keeps its inlining.
+
+use super::listener::{HandlerConfig, ListenerAuth};
+use super::{Action, Meta, Route};
+use crate::auth::{Mechanism, Signer};
+use crate::counters::{Counter, DropReason, Stats};
+use crate::stun::attr::{
+    MappedAddress, Nonce, Realm, ResponseOrigin, Software, SourceAddress, UnknownAttributes, XorMappedAddress,
+};
+use crate::stun::registry::{ATTR_PASSWORD_ALGORITHMS, ERR_BAD_REQUEST, ERR_STALE_NONCE, ERR_UNAUTHENTICATED};
+use crate::stun::{Class, MessageType, MessageWriter, WriteError};
+
+/// What the request needs from the response, read before the response overwrites it.
+pub(super) struct Request<'s> {
+    pub(super) method: u16,
+    pub(super) classic: bool,
+    /// The request's length: the cap on a PADDING-ed answer.
+    pub(super) len: usize,
+    /// The request carried a (valid) FINGERPRINT, so the answer carries one too.
+    pub(super) fingerprint: bool,
+    /// The request authenticated: every answer is signed with its key.
+    pub(super) signer: Option<Signer<'s>>,
+}
+
+/// Writes an answer with `write` and counts it under `counter`; an answer that does not fit
+/// the buffer is dropped (it cannot happen: see the bound at the end of `handler/mod.rs`).
+#[inline]
+pub(super) fn reply(
+    buf: &mut [u8],
+    stats: &mut Stats,
+    counter: Counter,
+    write: impl FnOnce(&mut [u8]) -> Result<usize, WriteError>,
+) -> Action {
+    match write(buf) {
+        Ok(len) => {
+            stats.bump(counter);
+            Action::Reply { len, route: Route::BACK }
+        }
+        Err(_) => Action::Drop(DropReason::ResponseTooLarge),
+    }
+}
+
+/// The Binding success outside RFC 5780 mode: XOR-MAPPED-ADDRESS (classic: MAPPED-ADDRESS) and,
+/// when configured, RESPONSE-ORIGIN (classic: SOURCE-ADDRESS).
+#[inline]
+pub(super) fn binding_success(
+    buf: &mut [u8],
+    request: &Request<'_>,
+    meta: &Meta,
+    config: &HandlerConfig,
+) -> Result<usize, WriteError> {
+    let mut w = MessageWriter::over(buf, MessageType::BINDING_SUCCESS)?;
+    if request.classic {
+        // RFC 3489 §11.2.1: classic clients read MAPPED-ADDRESS (no XOR).
+        w.add(&MappedAddress(meta.src))?;
+        if config.response_origin {
+            w.add(&SourceAddress(meta.local))?;
+        }
+    } else {
+        w.add(&XorMappedAddress(meta.src))?;
+        if config.response_origin {
+            w.add(&ResponseOrigin(meta.local))?;
+        }
+    }
+    finish(w, request, config)
+}
+
+/// An error response with `code` and `reason`, and the 420's UNKNOWN-ATTRIBUTES.
+pub(super) fn error(
+    buf: &mut [u8],
+    request: &Request<'_>,
+    code: u16,
+    reason: &str,
+    unknown: Option<&UnknownAttributes>,
+    config: &HandlerConfig,
+) -> Result<usize, WriteError> {
+    let mut w = MessageWriter::over(buf, MessageType::new(request.method, Class::ErrorResponse))?;
+    w.add_error(code, reason)?;
+    if let Some(unknown) = unknown {
+        w.add(unknown)?;
+    }
+    finish(w, request, config)
+}
+
+/// 400 Bad Request: broken attribute framing, a method this edge does not serve, or more
+/// unknown attributes than a 420 can list. Cold: kept out of the Binding path's code.
+#[cold]
+#[inline(never)]
+pub(super) fn bad_request(buf: &mut [u8], request: &Request<'_>, config: &HandlerConfig, stats: &mut Stats) -> Action {
+    reply(buf, stats, Counter::Responses400, |b| error(b, request, ERR_BAD_REQUEST, "Bad Request", None, config))
+}
+
+/// Which challenge: 438 for a request that authenticated with a nonce no longer valid, 401
+/// otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stale {
+    Yes,
+    No,
+}
+
+/// 401 (no or wrong credentials) or, when the request authenticated with an expired nonce, 438
+/// signed with its key (RFC 8489 §9.2.4). Long-term challenges carry REALM, a fresh NONCE and
+/// PASSWORD-ALGORITHMS; short-term 401s carry nothing more (§9.1.3). The reason phrase is empty:
+/// every byte of a challenge is a byte of reflection.
+#[cold]
+#[inline(never)]
+pub(super) fn challenge(
+    buf: &mut [u8],
+    request: &Request<'_>,
+    stale: Stale,
+    auth: &ListenerAuth,
+    meta: &Meta,
+    config: &HandlerConfig,
+    stats: &mut Stats,
+) -> Action {
+    let (code, counter) = match stale {
+        Stale::Yes => (ERR_STALE_NONCE, Counter::Responses438),
+        Stale::No => (ERR_UNAUTHENTICATED, Counter::Responses401),
+    };
+    reply(buf, stats, counter, |b| {
+        let mut w = MessageWriter::over(b, MessageType::new(request.method, Class::ErrorResponse))?;
+        w.add_error(code, "")?;
+        if auth.mechanism == Mechanism::LongTerm {
+            let authenticator = &auth.authenticator;
+            w.add(&Realm(authenticator.realm()))?;
+            w.add(&Nonce(&authenticator.nonce_for(meta.src, meta.now)))?;
+            if let Some(algorithms) = authenticator.password_algorithms() {
+                w.add_raw(ATTR_PASSWORD_ALGORITHMS, algorithms)?;
+            }
+        }
+        finish(w, request, config)
+    })
+}
+
+/// SOFTWARE when configured, the integrity attribute when the request authenticated, FINGERPRINT
+/// when the request had one (RFC 8489 §7.3.1: a server that receives FINGERPRINT includes it),
+/// then the length.
+#[inline]
+pub(super) fn finish(
+    mut w: MessageWriter<'_>,
+    request: &Request<'_>,
+    config: &HandlerConfig,
+) -> Result<usize, WriteError> {
+    if !config.software.is_empty() {
+        w.add(&Software(config.software.as_bytes()))?;
+    }
+    if let Some(signer) = &request.signer {
+        signer.sign(&mut w)?;
+    }
+    if request.fingerprint {
+        w.add_fingerprint()?;
+    }
+    Ok(w.finish())
+}
+
+/// The bytes [`finish`] will add.
+pub(super) fn finish_len(request: &Request<'_>, config: &HandlerConfig) -> usize {
+    let software = if config.software.is_empty() { 0 } else { 4 + config.software.len().next_multiple_of(4) };
+    let integrity = request.signer.as_ref().map_or(0, Signer::attribute_len);
+    let fingerprint = if request.fingerprint { 8 } else { 0 };
+    software + integrity + fingerprint
+}
