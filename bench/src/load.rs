@@ -8,11 +8,12 @@
 //! instead of silently lowering the offered load (no coordinated omission). Closed loop
 //! (`rate = 0`): each socket keeps `window` requests outstanding; latency is from the real send.
 //!
-//! Every answer is checked ([`check_answer`]): success class and Binding method, a transaction
-//! ID this generator sent (it encodes thread, socket, sequence and kind, see
+//! Every answer is checked ([`crate::check::check_answer`]): success class and Binding method,
+//! a transaction ID this generator sent (it encodes thread, socket, sequence and kind, see
 //! [`crate::requests::Tag`]), the reflexive address equal to the sending socket's own address
 //! (XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS for classic requests), FINGERPRINT and
-//! MESSAGE-INTEGRITY when present (FINGERPRINT required when the request had one). A request
+//! MESSAGE-INTEGRITY when present (FINGERPRINT required when the request had one); then matched
+//! to the request it answers on that socket (duplicates, wrong source). A request
 //! unanswered after `timeout` is lost; an answer after that is late.
 
 use std::collections::BTreeMap;
@@ -26,11 +27,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use stunedge::io::mmsg::MmsgBatch;
 use stunedge::io::socket::{self, Listener, SocketOptions};
-use stunedge::stun::attr::{MappedAddress, XorMappedAddress};
-use stunedge::stun::integrity::{Check, check_fingerprint, check_integrity_sha1};
-use stunedge::stun::{Class, Message, MessageType};
 
-use crate::requests::{CLASSIC_MARKER, Credentials, Kind, Tag, write_request};
+use crate::check::{Invalid, check_answer};
+use crate::requests::{Credentials, Kind, Tag, write_request};
 
 /// Requests remembered per socket; a socket never has more outstanding than this.
 const RING: usize = 4096;
@@ -99,107 +98,6 @@ fn write_junk(which: u64, buf: &mut [u8]) -> usize {
             28
         }
     }
-}
-
-/// Why an answer is invalid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Invalid {
-    /// Not a well-formed STUN message.
-    Malformed,
-    /// An error response (e.g. 400 or 420).
-    ErrorResponse,
-    /// Another message type than Binding success.
-    WrongType,
-    /// A transaction ID this generator did not send (or on another socket).
-    UnknownTransaction,
-    /// A second answer to the same request.
-    Duplicate,
-    /// The reflexive address is not the sending socket's own address.
-    WrongAddress,
-    /// No (XOR-)MAPPED-ADDRESS, or one that does not decode.
-    MissingAddress,
-    /// Classic answer to a modern request or the reverse.
-    WrongVersion,
-    /// FINGERPRINT present and wrong.
-    BadFingerprint,
-    /// The request had FINGERPRINT, the answer has none.
-    MissingFingerprint,
-    /// MESSAGE-INTEGRITY present and wrong for the configured password.
-    BadIntegrity,
-    /// From an address other than the server's.
-    WrongSource,
-}
-
-impl Invalid {
-    const ALL: [Invalid; 12] = [
-        Invalid::Malformed,
-        Invalid::ErrorResponse,
-        Invalid::WrongType,
-        Invalid::UnknownTransaction,
-        Invalid::Duplicate,
-        Invalid::WrongAddress,
-        Invalid::MissingAddress,
-        Invalid::WrongVersion,
-        Invalid::BadFingerprint,
-        Invalid::MissingFingerprint,
-        Invalid::BadIntegrity,
-        Invalid::WrongSource,
-    ];
-
-    /// `snake_case` name for reports.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Invalid::Malformed => "malformed",
-            Invalid::ErrorResponse => "error_response",
-            Invalid::WrongType => "wrong_type",
-            Invalid::UnknownTransaction => "unknown_transaction",
-            Invalid::Duplicate => "duplicate",
-            Invalid::WrongAddress => "wrong_address",
-            Invalid::MissingAddress => "missing_address",
-            Invalid::WrongVersion => "wrong_version",
-            Invalid::BadFingerprint => "bad_fingerprint",
-            Invalid::MissingFingerprint => "missing_fingerprint",
-            Invalid::BadIntegrity => "bad_integrity",
-            Invalid::WrongSource => "wrong_source",
-        }
-    }
-}
-
-/// Checks one answer received on a socket bound to `local`; returns the request's tag.
-pub fn check_answer(bytes: &[u8], local: SocketAddr, credentials: &Credentials) -> Result<Tag, Invalid> {
-    let msg = Message::parse(bytes).map_err(|_| Invalid::Malformed)?;
-    match msg.message_type() {
-        MessageType::BINDING_SUCCESS => {}
-        t if t.class == Class::ErrorResponse => return Err(Invalid::ErrorResponse),
-        _ => return Err(Invalid::WrongType),
-    }
-    let tag = Tag::from_tid(msg.transaction_id().0);
-    let kind = *Kind::ALL.get(usize::from(tag.kind)).ok_or(Invalid::UnknownTransaction)?;
-    let mapped = if kind == Kind::Classic {
-        if !msg.is_classic() || bytes[4..8] != CLASSIC_MARKER {
-            return Err(Invalid::WrongVersion);
-        }
-        msg.get::<MappedAddress>().and_then(Result::ok).map(|a| a.0)
-    } else {
-        if msg.is_classic() {
-            return Err(Invalid::WrongVersion);
-        }
-        msg.get::<XorMappedAddress>().and_then(Result::ok).map(|a| a.0)
-    };
-    match mapped {
-        None => return Err(Invalid::MissingAddress),
-        Some(addr) if addr != local => return Err(Invalid::WrongAddress),
-        Some(_) => {}
-    }
-    match check_fingerprint(&msg) {
-        Check::Invalid => return Err(Invalid::BadFingerprint),
-        Check::Absent if kind.has_fingerprint() => return Err(Invalid::MissingFingerprint),
-        _ => {}
-    }
-    if check_integrity_sha1(&msg, credentials.password.as_bytes()) == Check::Invalid {
-        return Err(Invalid::BadIntegrity);
-    }
-    Ok(tag)
 }
 
 /// Latency percentiles, microseconds.
@@ -717,47 +615,5 @@ impl Worker {
                 sock.head += 1;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use stunedge::counters::Stats;
-    use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
-
-    fn answered(kind: Kind, local: SocketAddr, edit: impl Fn(&mut [u8], usize)) -> Result<Tag, Invalid> {
-        let tag = Tag { thread: 0, socket: 7, seq: 42, kind: kind.index() };
-        let mut buf = [0u8; BUFFER_SIZE];
-        let n = write_request(kind, tag.to_tid(), &Credentials::default(), &mut buf).unwrap();
-        let meta = Meta { src: local, local: "127.0.0.1:3478".parse().unwrap(), now: 0 };
-        let config = HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() };
-        let Action::Reply { len, .. } = handle(&mut buf, n, &meta, &config, &mut Stats::default()) else { panic!() };
-        edit(&mut buf, len);
-        check_answer(&buf[..len], local, &Credentials::default()).inspect(|t| assert_eq!(*t, tag))
-    }
-
-    #[test]
-    fn stunedge_answers_pass_every_check() {
-        let local: SocketAddr = "127.0.0.9:5555".parse().unwrap();
-        for kind in Kind::ALL {
-            assert!(answered(kind, local, |_, _| {}).is_ok(), "{kind:?}");
-        }
-        let v6: SocketAddr = "[::1]:5555".parse().unwrap();
-        assert!(answered(Kind::Fingerprint, v6, |_, _| {}).is_ok());
-    }
-
-    #[test]
-    fn broken_answers_are_caught() {
-        let local: SocketAddr = "127.0.0.9:5555".parse().unwrap();
-        // Flip a bit of the XOR-MAPPED port: wrong address, and the FINGERPRINT no longer matches.
-        assert_eq!(answered(Kind::Plain, local, |b, _| b[27] ^= 1), Err(Invalid::WrongAddress));
-        assert_eq!(answered(Kind::Fingerprint, local, |b, len| b[len - 1] ^= 1), Err(Invalid::BadFingerprint));
-        // Drop the FINGERPRINT (shorten the length field by 8).
-        assert_eq!(answered(Kind::Fingerprint, local, |b, _| b[3] -= 8), Err(Invalid::Malformed));
-        assert_eq!(answered(Kind::Plain, local, |b, _| b[1] = 0x11), Err(Invalid::ErrorResponse));
-        assert_eq!(answered(Kind::Plain, local, |b, _| b[4] = 0), Err(Invalid::WrongVersion));
-        assert_eq!(answered(Kind::Plain, local, |b, _| b[19] = 200), Err(Invalid::UnknownTransaction));
-        assert_eq!(answered(Kind::Plain, local, |b, _| b[0] = 0xFF), Err(Invalid::Malformed));
     }
 }
