@@ -12,6 +12,10 @@ cargo fmt --manifest-path bench/fuzz/Cargo.toml -- --check
 step "lints (clippy -D warnings, every target)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "layering (no module imports a room above it in docs/architecture.md's table)"
+scripts/check-layers.sh --self-test
+scripts/check-layers.sh
+
 step "tests (unit, property, integration, interop)"
 cargo test --workspace --locked
 

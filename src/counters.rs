@@ -2,7 +2,7 @@
 //! what was received, answered and sent ([`Counter`]), the batch histograms, and a backend's
 //! [`Tally`] of one loop turn. A worker bumps its own [`Stats`] (no atomics, no sharing on the
 //! packet path) and publishes them once per loop turn into its own cache-padded [`WorkerSlot`]
-//! with relaxed stores; readers (logs, tests, the exporter in [`crate::metrics`]) sum the slots
+//! with relaxed stores; readers (logs, tests, the Prometheus exporter) sum the slots
 //! at scrape time.
 //!
 //! The leaf every room may use: this module imports nothing from the rest of the crate.

@@ -1,5 +1,4 @@
-//! stunedge: a STUN edge appliance. See README.md for the architecture; each module's doc says
-//! what it owns and what it must not do.
+#![doc = include_str!("../docs/architecture.md")]
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -3,6 +3,7 @@
 //! the handler with authentication on (short-term, long-term MD5 / SHA-256 / TURN REST, the 401
 //! challenge). Run: `cargo bench -p stunedge-bench`.
 //! Results are recorded in bench/results/ with commit, CPU and kernel.
+#![allow(missing_docs, reason = "criterion_group! generates an undocumented pub fn")]
 
 use std::hint::black_box;
 
