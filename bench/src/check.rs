@@ -117,8 +117,8 @@ pub fn check_answer(bytes: &[u8], local: SocketAddr, credentials: &Credentials) 
 mod tests {
     use super::*;
     use crate::requests::write_request;
-    use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
     use stunedge::counters::Stats;
+    use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
     use stunedge::stun::MessageWriter;
     use stunedge::stun::attr::Software;
     use stunedge::stun::registry::{ATTR_FINGERPRINT, ATTR_XOR_MAPPED_ADDRESS, MAGIC_COOKIE};

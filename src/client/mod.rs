@@ -4,6 +4,7 @@
 //! Blocking and allocation-tolerant: this is a tool, never the server's packet path, and it
 //! shares no code path with the server that the server does not need.
 
+pub(crate) mod json;
 pub mod nat;
 
 use std::fmt;

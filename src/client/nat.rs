@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use super::{Answer, ProbeError, Retransmit, random_tid, transact, transact_split};
 use crate::stun::attr::{ChangeRequest, ChangedAddress, MappedAddress, OtherAddress, ResponsePort, XorMappedAddress};
 use crate::stun::{Class, Message};
@@ -99,20 +101,30 @@ pub struct NatReport {
 }
 
 impl NatReport {
-    /// One JSON object.
+    /// One JSON object: `server`, `other_address`, `local`, `mapped`, `behind_nat`, `mapping`,
+    /// `filtering`, `nat_type`, in that order (`null` for what is unknown).
     pub fn json(&self) -> String {
-        let opt = |a: Option<String>| a.map_or("null".to_string(), |a| format!("\"{a}\""));
-        format!(
-            "{{\"server\": \"{}\", \"other_address\": {}, \"local\": \"{}\", \"mapped\": {}, \"behind_nat\": {}, \"mapping\": {}, \"filtering\": {}, \"nat_type\": \"{}\"}}",
-            self.server,
-            opt(self.other.map(|a| a.to_string())),
-            self.local,
-            opt(self.mapped.map(|a| a.to_string())),
-            self.mapped.is_some_and(|m| m != self.local),
-            opt(self.mapping.map(|b| b.name().to_string())),
-            opt(self.filtering.map(|b| b.name().to_string())),
-            self.nat_type.name()
-        )
+        #[derive(Serialize)]
+        struct Json {
+            server: SocketAddr,
+            other_address: Option<SocketAddr>,
+            local: SocketAddr,
+            mapped: Option<SocketAddr>,
+            behind_nat: bool,
+            mapping: Option<&'static str>,
+            filtering: Option<&'static str>,
+            nat_type: &'static str,
+        }
+        super::json::line(&Json {
+            server: self.server,
+            other_address: self.other,
+            local: self.local,
+            mapped: self.mapped,
+            behind_nat: self.mapped.is_some_and(|m| m != self.local),
+            mapping: self.mapping.map(Behaviour::name),
+            filtering: self.filtering.map(Behaviour::name),
+            nat_type: self.nat_type.name(),
+        })
     }
 }
 
@@ -307,14 +319,16 @@ pub struct KeepaliveEvent {
 }
 
 impl KeepaliveEvent {
-    /// One JSON object.
+    /// One JSON object: `at_s` (seconds, three decimals), `mapped` (`null` when unanswered),
+    /// `changed`.
     pub fn json(&self) -> String {
-        format!(
-            "{{\"at_s\": {:.3}, \"mapped\": {}, \"changed\": {}}}",
-            self.at.as_secs_f64(),
-            self.mapped.map_or("null".to_string(), |m| format!("\"{m}\"")),
-            self.changed
-        )
+        #[derive(Serialize)]
+        struct Json {
+            at_s: f64,
+            mapped: Option<SocketAddr>,
+            changed: bool,
+        }
+        super::json::line(&Json { at_s: self.at.as_secs_f64(), mapped: self.mapped, changed: self.changed })
     }
 }
 
@@ -456,17 +470,31 @@ impl Candidate {
         line
     }
 
-    /// One JSON object.
+    /// One JSON object: `foundation` (a string, as in SDP), `component`, `transport`, `type`,
+    /// `address`, `base`, `priority`, `sdp`.
     pub fn json(&self) -> String {
-        format!(
-            "{{\"foundation\": \"{}\", \"component\": 1, \"transport\": \"udp\", \"type\": \"{}\", \"address\": \"{}\", \"base\": \"{}\", \"priority\": {}, \"sdp\": \"{}\"}}",
-            self.foundation,
-            self.kind,
-            self.addr,
-            self.base,
-            self.priority,
-            self.sdp()
-        )
+        #[derive(Serialize)]
+        struct Json {
+            foundation: String,
+            component: u8,
+            transport: &'static str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            address: SocketAddr,
+            base: SocketAddr,
+            priority: u32,
+            sdp: String,
+        }
+        super::json::line(&Json {
+            foundation: self.foundation.to_string(),
+            component: 1,
+            transport: "udp",
+            kind: self.kind,
+            address: self.addr,
+            base: self.base,
+            priority: self.priority,
+            sdp: self.sdp(),
+        })
     }
 }
 
@@ -528,6 +556,57 @@ pub fn candidates(server: SocketAddr, retransmit: &Retransmit) -> Result<Vec<Can
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_objects_are_one_line_with_the_documented_keys() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let mut report = NatReport {
+            server: a("192.0.2.1:3478"),
+            other: Some(a("192.0.2.2:3479")),
+            local: a("10.0.0.2:5000"),
+            mapped: Some(a("203.0.113.1:6000")),
+            mapping: Some(Behaviour::EndpointIndependent),
+            filtering: Some(Behaviour::AddressDependent),
+            nat_type: NatType::RestrictedCone,
+        };
+        assert_eq!(
+            report.json(),
+            "{\"server\": \"192.0.2.1:3478\", \"other_address\": \"192.0.2.2:3479\", \"local\": \"10.0.0.2:5000\", \
+             \"mapped\": \"203.0.113.1:6000\", \"behind_nat\": true, \"mapping\": \"endpoint-independent\", \
+             \"filtering\": \"address-dependent\", \"nat_type\": \"restricted cone\"}"
+        );
+        report = NatReport {
+            other: None,
+            mapped: None,
+            mapping: None,
+            filtering: None,
+            nat_type: NatType::UdpBlocked,
+            ..report
+        };
+        assert_eq!(
+            report.json(),
+            "{\"server\": \"192.0.2.1:3478\", \"other_address\": null, \"local\": \"10.0.0.2:5000\", \"mapped\": null, \
+             \"behind_nat\": false, \"mapping\": null, \"filtering\": null, \"nat_type\": \"UDP blocked\"}"
+        );
+        let event =
+            KeepaliveEvent { at: Duration::from_millis(1500), mapped: Some(a("[2001:db8::1]:5000")), changed: true };
+        assert_eq!(event.json(), "{\"at_s\": 1.500, \"mapped\": \"[2001:db8::1]:5000\", \"changed\": true}");
+        let event = KeepaliveEvent { mapped: None, changed: false, ..event };
+        assert_eq!(event.json(), "{\"at_s\": 1.500, \"mapped\": null, \"changed\": false}");
+        let candidate = Candidate {
+            foundation: 1,
+            kind: "srflx",
+            addr: a("203.0.113.1:6000"),
+            base: a("10.0.0.2:5000"),
+            priority: priority(TYPE_PREFERENCE_SRFLX, 65535, 1),
+        };
+        assert_eq!(
+            candidate.json(),
+            "{\"foundation\": \"1\", \"component\": 1, \"transport\": \"udp\", \"type\": \"srflx\", \
+             \"address\": \"203.0.113.1:6000\", \"base\": \"10.0.0.2:5000\", \"priority\": 1694498815, \
+             \"sdp\": \"a=candidate:1 1 udp 1694498815 203.0.113.1 6000 typ srflx raddr 10.0.0.2 rport 5000\"}"
+        );
+    }
 
     #[test]
     fn classic_names() {

@@ -32,10 +32,18 @@ pub(super) struct Gathered<'a> {
 
 impl<'a> Gathered<'a> {
     /// Walks the acted-on attributes of `message` (an RFC 3489 classic one when `classic`) for
-    /// a listener configured by `config`. A bad FINGERPRINT drops the datagram (RFC 8489 §7.3).
-    #[inline]
-    pub(super) fn walk(message: &Message<'a>, classic: bool, config: &HandlerConfig) -> Result<Self, DropReason> {
-        let mut g = Gathered::default();
+    /// a listener configured by `config`, into `self` (fresh: [`Gathered::default`]). A bad
+    /// FINGERPRINT drops the datagram (RFC 8489 §7.3). Fills `self` in place rather than
+    /// returning a new value: the struct is ~150 bytes, and returning it cost the Binding path
+    /// a memcpy (callgrind: +58 instructions per request).
+    #[inline(always)]
+    pub(super) fn walk(
+        &mut self,
+        message: &Message<'a>,
+        classic: bool,
+        config: &HandlerConfig,
+    ) -> Result<(), DropReason> {
+        let g = self;
         let auth = config.auth.is_some();
         for attr in message.attributes() {
             if attr.attr_type == ATTR_FINGERPRINT {
@@ -57,6 +65,6 @@ impl<'a> Gathered<'a> {
                 g.too_many_unknown |= !g.unknown.insert(attr.attr_type);
             }
         }
-        Ok(g)
+        Ok(())
     }
 }

@@ -196,10 +196,10 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.
         return bad_request(buf, &request, config, stats);
     };
-    let gathered = match Gathered::walk(&message, classic, config) {
-        Ok(g) => g,
-        Err(reason) => return Action::Drop(reason),
-    };
+    let mut gathered = Gathered::default();
+    if let Err(reason) = gathered.walk(&message, classic, config) {
+        return Action::Drop(reason);
+    }
     request.fingerprint = gathered.fingerprint;
 
     // RFC 8489 §6.3: authentication first, then unknown attributes, then the method.

@@ -34,13 +34,14 @@ pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
 /// shorter slice is reported as classic rather than panicking).
 #[inline]
 pub fn is_classic(header: &[u8]) -> bool {
-    match header.get(COOKIE_OFFSET..TRANSACTION_ID_OFFSET) {
-        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]) != MAGIC_COOKIE,
+    match header {
+        [_, _, _, _, a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]) != MAGIC_COOKIE,
         _ => true,
     }
 }
 
-const _: () = assert!(TRANSACTION_ID_OFFSET + 12 == HEADER_LEN);
+// The pattern in `is_classic` reads bytes COOKIE_OFFSET..COOKIE_OFFSET + 4.
+const _: () = assert!(COOKIE_OFFSET == 4 && TRANSACTION_ID_OFFSET + 12 == HEADER_LEN);
 
 #[cfg(test)]
 mod tests {

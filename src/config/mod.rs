@@ -1,0 +1,114 @@
+//! The typed TOML configuration: every field has a default and a doc comment (which
+//! `--print-config` turns into the commented default file, `configs/stunedge.toml`), unknown
+//! fields are errors, and [`Config::validate`] turns it into [`Settings`] or an error that names
+//! the field and the bad value. Read at start (and on reload), never on the packet path.
+//!
+//! - `schema`: the sections, their defaults and docs; typed fields reject bad values while parsing.
+//! - `validate`: what serde cannot check, into [`Settings`]; `auth`: the `[auth]` section and
+//!   the credentials file.
+//! - `print`: `--print-config`; `error`: [`ConfigError`] and where a parser error is.
+//! - `reload`: what a SIGHUP may change ([`Settings::reload_plan`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::handler::HandlerConfig;
+
+mod auth;
+mod error;
+mod print;
+mod reload;
+mod schema;
+mod validate;
+
+pub use error::ConfigError;
+pub use reload::{RefusedReload, ReloadPlan};
+pub use schema::{Admin, Auth, BackendChoice, Io, ListenerAuthConfig, Log, LogLevel, Rfc5780, Server};
+
+use error::invalid;
+
+/// The whole configuration file. Every section and field is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: Server,
+    /// `[io]`
+    pub io: Io,
+    /// `[auth]`
+    pub auth: Auth,
+    /// `[rfc5780]`
+    pub rfc5780: Rfc5780,
+    /// `[admin]`
+    pub admin: Admin,
+    /// `[log]`
+    pub log: Log,
+    /// The file this was read from (for the permission check of secrets).
+    #[serde(skip)]
+    pub origin: Option<PathBuf>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen addresses, in order, without duplicates.
+    pub listen: Vec<SocketAddr>,
+    /// Data-plane backend.
+    pub backend: BackendChoice,
+    /// How the io_uring backend sends.
+    pub uring_send: crate::io::uring::SendMode,
+    /// How the io_uring rings run completion work.
+    pub uring_taskrun: crate::io::uring::TaskRun,
+    /// Attach the CPU-steering reuseport program.
+    pub cpu_steering: bool,
+    /// CPUs to pin one worker each to.
+    pub cpus: Vec<usize>,
+    /// Datagrams per receive/send batch.
+    pub batch_size: usize,
+    /// SO_RCVBUF request.
+    pub socket_recv_buffer: usize,
+    /// SO_SNDBUF request.
+    pub socket_send_buffer: usize,
+    /// How each listener answers, in `listen` order (reloadable).
+    pub handlers: Vec<HandlerConfig>,
+    /// RFC 5780 groups: each adds three sockets to its primary listen address.
+    pub nat: Vec<NatPlan>,
+    /// Log level.
+    pub log_level: tracing::Level,
+    /// Admin endpoint address; `None` when disabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long to drain after SIGTERM.
+    pub drain: std::time::Duration,
+    /// Things worth a warning that are not errors (world-readable secrets, a random nonce
+    /// secret), logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+/// One RFC 5780 group as configured: a primary listen address and its alternate IP and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatPlan {
+    /// Index of the primary in [`Settings::listen`].
+    pub primary: usize,
+    /// The alternate IP address.
+    pub alternate_ip: IpAddr,
+    /// The alternate port; 0 = any free one.
+    pub alternate_port: u16,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the source in errors (a file name).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| error::parse_error(text, origin, &e))
+    }
+
+    /// Reads and parses a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(path.display().to_string(), "", format!("cannot read: {e}")))?;
+        let mut config = Config::from_toml(&text, &path.display().to_string())?;
+        config.origin = Some(path.to_path_buf());
+        Ok(config)
+    }
+}

@@ -1,0 +1,120 @@
+//! What a SIGHUP reload may change. The answer and authentication settings (`[server]`'s answer
+//! fields, `[auth]`) are swapped into the running workers; the sockets (`server.listen`,
+//! `[rfc5780]`) cannot change without a restart, so a reload that changes them is refused; some
+//! `[io]` and `[admin]` fields only take effect after a restart, which is worth a warning.
+//! Pure: it compares two [`Settings`]; reading the file and logging are the caller's.
+
+use std::fmt;
+
+use super::Settings;
+
+/// A reload that may go ahead, and the fields it changes that need a restart to take effect.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReloadPlan {
+    /// Changed fields that the running server keeps until it restarts (`io.cpus`, …).
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl ReloadPlan {
+    /// The warning to log when some changes wait for a restart.
+    pub fn warning(&self) -> Option<&'static str> {
+        (!self.restart_needed.is_empty()).then_some("[io] and [admin] changes take effect only after a restart")
+    }
+}
+
+/// A reload refused because it changes the server's sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedReload {
+    /// The changed fields (`server.listen`, `rfc5780`).
+    pub changed: Vec<&'static str>,
+}
+
+impl fmt::Display for RefusedReload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("server.listen or [rfc5780] changed; restart to apply")
+    }
+}
+
+impl std::error::Error for RefusedReload {}
+
+impl Settings {
+    /// Whether the running server (`self`) can reload `new`: refused when the sockets would
+    /// change, otherwise the list of changes that wait for a restart.
+    pub fn reload_plan(&self, new: &Settings) -> Result<ReloadPlan, RefusedReload> {
+        let mut changed = Vec::new();
+        if new.listen != self.listen {
+            changed.push("server.listen");
+        }
+        if new.nat != self.nat {
+            changed.push("rfc5780");
+        }
+        if !changed.is_empty() {
+            return Err(RefusedReload { changed });
+        }
+        let restart_only = [
+            ("io.cpus", new.cpus != self.cpus),
+            ("io.backend", new.backend != self.backend),
+            ("io.batch_size", new.batch_size != self.batch_size),
+            ("admin.listen", new.admin_listen != self.admin_listen),
+            ("admin.drain_seconds", new.drain != self.drain),
+        ];
+        Ok(ReloadPlan {
+            restart_needed: restart_only.into_iter().filter_map(|(field, changed)| changed.then_some(field)).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::validate::tests::check;
+    use super::*;
+
+    const BASE: &str = "[server]\nlisten = [\"192.0.2.1:3478\"]\n";
+
+    fn plan(old: &str, new: &str) -> Result<ReloadPlan, RefusedReload> {
+        check(&format!("{BASE}{old}")).unwrap().reload_plan(&check(&format!("{BASE}{new}")).unwrap())
+    }
+
+    #[test]
+    fn listen_changed_is_refused() {
+        let old = check(BASE).unwrap();
+        let new = check("[server]\nlisten = [\"192.0.2.1:3479\"]\n").unwrap();
+        let refused = old.reload_plan(&new).unwrap_err();
+        assert_eq!(refused.changed, ["server.listen"]);
+        assert_eq!(refused.to_string(), "server.listen or [rfc5780] changed; restart to apply");
+    }
+
+    #[test]
+    fn rfc5780_changed_is_refused() {
+        let refused = plan("", "[rfc5780]\nalternate_ips = [\"192.0.2.2\"]\n").unwrap_err();
+        assert_eq!(refused.changed, ["rfc5780"]);
+        let refused = plan(
+            "[rfc5780]\nalternate_ips = [\"192.0.2.2\"]\n",
+            "[rfc5780]\nalternate_ips = [\"192.0.2.2\"]\nalternate_port = 4000\n",
+        )
+        .unwrap_err();
+        assert_eq!(refused.changed, ["rfc5780"]);
+    }
+
+    #[test]
+    fn io_and_admin_changes_are_accepted_with_a_warning() {
+        let accepted =
+            plan("", "[io]\nbatch_size = 64\ncpus = [1]\n[admin]\nlisten = \"\"\ndrain_seconds = 5\n").unwrap();
+        assert_eq!(accepted.restart_needed, ["io.cpus", "io.batch_size", "admin.listen", "admin.drain_seconds"]);
+        assert_eq!(accepted.warning(), Some("[io] and [admin] changes take effect only after a restart"));
+        let accepted = plan("", "[io]\nbackend = \"mmsg\"\n").unwrap();
+        assert_eq!(accepted.restart_needed, ["io.backend"]);
+    }
+
+    #[test]
+    fn answer_and_auth_changes_are_accepted_without_a_warning() {
+        let new = "[server]\nsoftware = \"x\"\nresponse_origin = true\n\
+                   [auth]\npolicy = \"required\"\nlong_term_users = { alice = \"wonderland\" }\n";
+        // BASE already has a [server] table: give the new answer fields in the old one's place.
+        let old = check(BASE).unwrap();
+        let new = check(&format!("[server]\nlisten = [\"192.0.2.1:3478\"]\n{}", &new["[server]\n".len()..])).unwrap();
+        let accepted = old.reload_plan(&new).unwrap();
+        assert_eq!(accepted, ReloadPlan::default());
+        assert_eq!(accepted.warning(), None);
+    }
+}

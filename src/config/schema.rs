@@ -1,0 +1,453 @@
+//! The TOML schema: one struct per section, every field with its default and the doc comment
+//! that `--print-config` prints above it. Fields are typed (addresses, enums), so serde rejects a
+//! bad value while parsing, with the reason validation used to give and the parser's location.
+//! What serde cannot check (duplicates, ranges, fields that depend on each other) is left to
+//! [`Config::validate`](super::Config::validate); nothing here reads files.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::de::{self, DeserializeSeed, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::auth::{Algorithm, Mechanism, Policy};
+use crate::io::uring::{SendMode, TaskRun};
+
+/// One field's documentation, for `--print-config`.
+pub(super) struct FieldDoc {
+    pub(super) key: &'static str,
+    pub(super) doc: &'static [&'static str],
+    pub(super) value: toml::Value,
+}
+
+macro_rules! section {
+    ($(#[doc = $sdoc:literal])* $name:ident $key:literal {
+        $( $(#[doc = $doc:literal])* $(#[serde($($serde:tt)*)])* $field:ident : $ty:ty = $default:expr, )*
+    }) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $( $(#[doc = $doc])* $(#[serde($($serde)*)])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            pub(super) const KEY: &'static str = $key;
+            pub(super) const DOC: &'static [&'static str] = &[$($sdoc),*];
+
+            /// Each field's key, doc comment and value, in declaration order. The section is
+            /// serialised as a whole so that the fields' serde attributes apply.
+            pub(super) fn fields(&self) -> Vec<FieldDoc> {
+                let mut table = match toml::Value::try_from(self) {
+                    Ok(toml::Value::Table(table)) => table,
+                    other => unreachable!("a config section serialises to a TOML table, not {other:?}"),
+                };
+                vec![$( FieldDoc {
+                    key: stringify!($field),
+                    doc: &[$($doc),*],
+                    value: table.remove(stringify!($field)).expect("every field of a section is serialised"),
+                }, )*]
+            }
+        }
+    };
+}
+
+section! {
+    /// What the server listens on and what it puts in answers.
+    Server "server" {
+        /// UDP addresses to listen on, as `"IP:port"`. `"0.0.0.0:3478"` and `"[::]:3478"` take every
+        /// IPv4 and IPv6 address; replies leave from the address each request was sent to.
+        /// Port 0 picks a free port (tests).
+        #[serde(deserialize_with = "listen_addrs")]
+        listen: Vec<SocketAddr> = vec![SocketAddr::from(([0, 0, 0, 0], 3478)), SocketAddr::from(([0u16; 8], 3478))],
+        /// SOFTWARE attribute added to every answer (RFC 8489 §14.14); empty adds none. Fewer
+        /// than 128 characters. Each byte here is a byte of amplification: keep it short.
+        software: String = String::new(),
+        /// Add RESPONSE-ORIGIN (RFC 5780 §7.3; SOURCE-ADDRESS for RFC 3489 clients) to Binding
+        /// answers: 12 bytes (IPv4) or 24 (IPv6) more per answer.
+        response_origin: bool = false,
+        /// Answer RFC 3489 "classic" Binding requests (no magic cookie) with MAPPED-ADDRESS.
+        /// When false they are dropped and counted as classic_disabled.
+        rfc3489_classic: bool = true,
+    }
+}
+
+section! {
+    /// The data plane: worker threads, batching and socket buffers.
+    Io "io" {
+        /// Data-plane backend: "auto" (io_uring where this kernel and sandbox allow it,
+        /// otherwise mmsg, with one log line saying why), "io_uring" (refuse to start without
+        /// it), or "mmsg" (recvmmsg/sendmmsg, works everywhere).
+        backend: BackendChoice = BackendChoice::Auto,
+        /// How the io_uring backend sends answers: "sqe" (one SEND submission per answer with
+        /// the address in it, SENDMSG where PKTINFO is needed, submitted with the next wait) or
+        /// "sendmmsg" (one sendmmsg(2) per socket per loop turn). See bench/results for the
+        /// measurements behind the default.
+        uring_send: SendMode = SendMode::Sendmmsg,
+        /// When the kernel runs a ring's completion work: "defer" (IORING_SETUP_DEFER_TASKRUN,
+        /// Linux 6.1: only while the worker waits for completions) or "coop"
+        /// (IORING_SETUP_COOP_TASKRUN, 5.19: at the worker's next entry into the kernel, without
+        /// interrupting it). Both with SINGLE_ISSUER. "coop" measured faster in most runs
+        /// (median 1.08×; bench/results/2026-11-26-levers.md).
+        uring_taskrun: TaskRun = TaskRun::Coop,
+        /// Steer each datagram to the worker on the CPU that received it (an
+        /// SO_ATTACH_REUSEPORT_CBPF program), instead of SO_REUSEPORT's hash of the addresses.
+        /// Use it when NIC queues (RSS) and their IRQs are pinned to the same CPUs as the
+        /// workers, one queue per worker CPU: each packet then stays on one CPU from the NIC to
+        /// the answer. Without that alignment it can pile the load onto few workers.
+        cpu_steering: bool = false,
+        /// CPUs to run one pinned worker each on. Empty: every CPU this process may run on
+        /// (its affinity mask, as `nproc` counts them, so taskset and cpusets are respected).
+        cpus: Vec<usize> = Vec::new(),
+        /// Datagrams received with one recvmmsg and answered with one sendmmsg (1..=1024).
+        batch_size: usize = 32,
+        /// SO_RCVBUF of each socket, in bytes (the kernel caps it at net.core.rmem_max unless
+        /// running as root, and doubles it for bookkeeping). 4096..=1073741824.
+        socket_recv_buffer: usize = 4 * 1024 * 1024,
+        /// SO_SNDBUF of each socket, in bytes (capped at net.core.wmem_max unless root).
+        /// 4096..=1073741824.
+        socket_send_buffer: usize = 4 * 1024 * 1024,
+    }
+}
+
+/// One listener's authentication override, in `auth.listeners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerAuthConfig {
+    /// The listen address this applies to, exactly as written in `server.listen`.
+    pub listen: String,
+    /// "none", "optional" or "required".
+    pub policy: Policy,
+    /// "long-term" or "short-term"; `auth.mechanism` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<Mechanism>,
+}
+
+section! {
+    /// Authentication (RFC 8489 §9). Off by default: a public STUN server answers everyone.
+    /// Users and secrets can live here or, better, in `credentials_file` (mode 0600).
+    /// SIGHUP reloads this section (and the credentials file) without restarting workers.
+    Auth "auth" {
+        /// Policy of every listener not named in `listeners`: "none" (credentials are not
+        /// checked), "optional" (checked when a request carries them: 401 when wrong, an unsigned
+        /// answer when absent) or "required" (every request must authenticate).
+        policy: Policy = Policy::None,
+        /// "long-term" (REALM/NONCE challenge, static users and TURN REST users; what TURN
+        /// clients speak) or "short-term" (USERNAME + password, no challenge; ICE-style).
+        mechanism: Mechanism = Mechanism::LongTerm,
+        /// Per-listener overrides, e.g.
+        /// `[{ listen = "0.0.0.0:3479", policy = "required", mechanism = "short-term" }]`;
+        /// `listen` must be one of `server.listen`.
+        listeners: Vec<ListenerAuthConfig> = Vec::new(),
+        /// REALM of long-term credentials (RECOMMENDED: the provider's domain name). Fewer than
+        /// 128 characters, no `"` or `\`. Part of every key: changing it invalidates them all.
+        realm: String = "stunedge".into(),
+        /// Seconds a nonce stays valid (10..=86400). Expired nonces get 438 and a fresh one.
+        nonce_lifetime: u64 = 600,
+        /// Secret that nonces are MACed with, at least 16 bytes. Every node of a fleet that
+        /// must accept each other's nonces needs the same one. Empty: a random secret for this
+        /// process (nonces are then valid only here, until restart).
+        nonce_secret: String = String::new(),
+        /// PASSWORD-ALGORITHMS offered in challenges, in preference order: "sha256", "md5".
+        /// Empty offers none (RFC 5389 behaviour, MD5 keys only) and saves 12 bytes per challenge.
+        password_algorithms: Vec<Algorithm> = vec![Algorithm::Sha256, Algorithm::Md5],
+        /// Accept USERHASH (anonymous usernames, RFC 8489 §14.4) for `long_term_users`.
+        userhash: bool = true,
+        /// A TOML file with any of `nonce_secret`, `short_term_users`, `long_term_users`,
+        /// `rest_secrets` (merged with the ones here; a user in both is an error). A relative
+        /// path is relative to this configuration file. A warning is logged when others can
+        /// read it.
+        credentials_file: String = String::new(),
+        /// Short-term users: `{ "alice" = "password" }`.
+        short_term_users: BTreeMap<String, String> = BTreeMap::new(),
+        /// Long-term users: `{ "alice" = "password" }`. Keys are derived at load time.
+        long_term_users: BTreeMap<String, String> = BTreeMap::new(),
+        /// TURN REST API shared secrets (coturn `static-auth-secret`): usernames
+        /// `"<unix expiry>:<user>"` with password base64(HMAC-SHA1(secret, username)). List
+        /// several to rotate; any of them is accepted.
+        rest_secrets: Vec<String> = Vec::new(),
+    }
+}
+
+section! {
+    /// RFC 5780 NAT behaviour discovery: off unless `alternate_ips` names an address. Then the
+    /// one `server.listen` address of each alternate IP's family is the primary, and stunedge
+    /// listens on all four of primary/alternate IP × primary/alternate port; answers carry
+    /// OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST, RESPONSE-PORT and PADDING are
+    /// honoured. Answers grow to 68 bytes (IPv4) / 116 (IPv6) for a 20-byte request: only
+    /// turn it on for nodes meant for NAT discovery. Without it, CHANGE-REQUEST gets 420.
+    Rfc5780 "rfc5780" {
+        /// The alternate IP addresses, at most one per address family, e.g. `["192.0.2.2"]`.
+        /// Each needs exactly one `server.listen` address of its family, on a concrete IP (not
+        /// `0.0.0.0` or `[::]`) other than itself.
+        #[serde(deserialize_with = "ip_addrs")]
+        alternate_ips: Vec<IpAddr> = Vec::new(),
+        /// The alternate port (not the primary's). 0 picks a free one (tests).
+        alternate_port: u16 = 3479,
+    }
+}
+
+section! {
+    /// The admin HTTP endpoint (/metrics, /healthz, /readyz) and the stop sequence.
+    Admin "admin" {
+        /// Address of the admin endpoint, `"IP:port"`. Keep it off public addresses: it is
+        /// unauthenticated. Empty: no admin endpoint (no metrics, no health checks).
+        #[serde(with = "admin_listen")]
+        listen: Option<SocketAddr> = Some(SocketAddr::from(([127, 0, 0, 1], 9478))),
+        /// Seconds to keep answering after SIGTERM while /readyz says 503, so load balancers
+        /// and health-checking DNS move traffic away before the node stops (0..=3600). SIGINT,
+        /// or a second SIGTERM, stops at once.
+        drain_seconds: u64 = 0,
+    }
+}
+
+section! {
+    /// Logging (to stderr).
+    Log "log" {
+        /// One of "error", "warn", "info", "debug", "trace". At "debug" each worker's counters
+        /// (including every drop reason) are logged every 10 seconds.
+        level: LogLevel = LogLevel::Info,
+    }
+}
+
+/// Which data-plane backend to run (`io.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring when [`crate::io::uring::probe`] succeeds, else mmsg.
+    Auto,
+    /// io_uring or nothing.
+    IoUring,
+    /// recvmmsg / sendmmsg.
+    Mmsg,
+}
+
+/// `log.level`, written in lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Start, stop, reloads (the default).
+    Info,
+    /// Each worker's counters every 10 seconds.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    const ALL: [LogLevel; 5] = [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace];
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> tracing::Level {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+/// A setting written as one of a few names.
+pub(super) trait Written: Copy {
+    /// The name as written in the file.
+    fn written(self) -> &'static str;
+}
+
+/// A TOML string turned into a `T` by `parse`; a string it rejects is the error `reason`.
+///
+/// The conversion runs inside the deserializer's `deserialize_str` call (as a visitor), not after
+/// it: only errors raised there carry the span of the value itself, so that an error in an array
+/// names the element (`server.listen[1]`), not the whole array.
+struct Text<T> {
+    parse: fn(&str) -> Option<T>,
+    reason: &'static str,
+}
+
+impl<T> Clone for Text<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Text<T> {}
+
+impl<'de, T> Visitor<'de> for Text<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // What serde says for a String field, so type errors read as they did before typing.
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+        (self.parse)(text).ok_or_else(|| E::custom(self.reason))
+    }
+}
+
+impl<'de, T> DeserializeSeed<'de> for Text<T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+/// A TOML array of strings, each turned into a `T` by `text`.
+struct List<T>(Text<T>);
+
+impl<'de, T> Visitor<'de> for List<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(self.0)? {
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+/// `s.parse()`, as an `Option`.
+fn parsed<T: std::str::FromStr>(s: &str) -> Option<T> {
+    s.parse().ok()
+}
+
+fn listen_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let each = Text { parse: parsed::<SocketAddr>, reason: "not an IP:port address (IPv6 as \"[::1]:3478\")" };
+    d.deserialize_seq(List(each))
+}
+
+fn ip_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    d.deserialize_seq(List(Text { parse: parsed::<IpAddr>, reason: "not an IP address" }))
+}
+
+/// `admin.listen`: an address, or `""` for none.
+mod admin_listen {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(listen: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match listen {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        d.deserialize_str(Text {
+            parse: |s| if s.is_empty() { Some(None) } else { parsed(s).map(Some) },
+            reason: "not an IP:port address (empty disables the endpoint)",
+        })
+    }
+}
+
+/// Serde for an enum written as one of a few names; any other string is the error `reason`,
+/// which names the choices. The impls live here, not beside the types (in `auth` and `io`),
+/// because the names and the messages are the configuration file's.
+macro_rules! choice {
+    ($ty:ty, $reason:literal, { $($variant:path = $name:literal),+ $(,)? }) => {
+        impl Written for $ty {
+            fn written(self) -> &'static str {
+                match self {
+                    $($variant => $name,)+
+                }
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.written())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(Text {
+                    parse: |s| match s {
+                        $($name => Some($variant),)+
+                        _ => None,
+                    },
+                    reason: $reason,
+                })
+            }
+        }
+    };
+}
+
+choice!(BackendChoice, "must be \"auto\", \"io_uring\" or \"mmsg\"", {
+    BackendChoice::Auto = "auto",
+    BackendChoice::IoUring = "io_uring",
+    BackendChoice::Mmsg = "mmsg",
+});
+
+choice!(SendMode, "must be \"sqe\" or \"sendmmsg\"", {
+    SendMode::Sqe = "sqe",
+    SendMode::Sendmmsg = "sendmmsg",
+});
+
+choice!(TaskRun, "must be \"defer\" or \"coop\"", {
+    TaskRun::Defer = "defer",
+    TaskRun::Coop = "coop",
+});
+
+choice!(Policy, "must be \"none\", \"optional\" or \"required\"", {
+    Policy::None = "none",
+    Policy::Optional = "optional",
+    Policy::Required = "required",
+});
+
+choice!(Mechanism, "must be \"long-term\" or \"short-term\"", {
+    Mechanism::LongTerm = "long-term",
+    Mechanism::ShortTerm = "short-term",
+});
+
+choice!(Algorithm, "must be \"sha256\" or \"md5\"", {
+    Algorithm::Sha256 = "sha256",
+    Algorithm::Md5 = "md5",
+});
+
+impl Written for LogLevel {
+    fn written(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl Serialize for LogLevel {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.written())
+    }
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // tracing's own parser, as before typing: it also takes "INFO" and "1".."5".
+        d.deserialize_str(Text {
+            parse: |s| {
+                let level = s.parse::<tracing::Level>().ok()?;
+                LogLevel::ALL.into_iter().find(|&l| tracing::Level::from(l) == level)
+            },
+            reason: "must be error, warn, info, debug or trace",
+        })
+    }
+}
