@@ -203,9 +203,8 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     request.fingerprint = gathered.fingerprint;
 
     // RFC 8489 §6.3: authentication first, then unknown attributes, then the method.
-    if let Some(auth) = &config.auth {
-        let verdict =
-            auth.authenticator.verify(auth.mechanism, auth.policy, &gathered.presented, datagram, meta.src, meta.now);
+    if let (Some(auth), Some(presented)) = (&config.auth, &gathered.presented) {
+        let verdict = auth.authenticator.verify(auth.mechanism, auth.policy, presented, datagram, meta.src, meta.now);
         match verdict {
             Verdict::Anonymous => {}
             Verdict::Authenticated(signer) => {
@@ -225,16 +224,16 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
         // More than MAX_UNKNOWN distinct unknown types: a 420 could not list them all.
         return bad_request(buf, &request, config, stats);
     }
-    if !gathered.unknown.is_empty() {
+    if let Some(unknown) = &gathered.unknown {
         return reply(buf, stats, Counter::Responses420, |b| {
-            error(b, &request, ERR_UNKNOWN_ATTRIBUTE, "Unknown Attribute", Some(&gathered.unknown), config)
+            error(b, &request, ERR_UNKNOWN_ATTRIBUTE, "Unknown Attribute", Some(unknown), config)
         });
     }
     if request.method != METHOD_BINDING {
         return bad_request(buf, &request, config, stats);
     }
-    if let Some(group) = &config.rfc5780 {
-        return rfc5780::success(buf, &request, &gathered.rfc5780, group, meta, config, stats);
+    if let (Some(group), Some(asked)) = (&config.rfc5780, &gathered.rfc5780) {
+        return rfc5780::success(buf, &request, asked, group, meta, config, stats);
     }
     reply(buf, stats, Counter::ResponsesSuccess, |b| binding_success(b, &request, meta, config))
 }
