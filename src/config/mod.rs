@@ -74,7 +74,7 @@ pub struct Settings {
     /// How each listener answers, in `listen` order (reloadable).
     pub handlers: Vec<HandlerConfig>,
     /// RFC 5780 groups: each adds three sockets to its primary listen address.
-    pub nat: Vec<NatPlan>,
+    pub rfc5780: Vec<Rfc5780Plan>,
     /// Log level.
     pub log_level: tracing::Level,
     /// Admin endpoint address; `None` when disabled.
@@ -88,7 +88,7 @@ pub struct Settings {
 
 /// One RFC 5780 group as configured: a primary listen address and its alternate IP and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NatPlan {
+pub struct Rfc5780Plan {
     /// Index of the primary in [`Settings::listen`].
     pub primary: usize,
     /// The alternate IP address.

@@ -45,7 +45,7 @@ impl Settings {
         if new.listen != self.listen {
             changed.push("server.listen");
         }
-        if new.nat != self.nat {
+        if new.rfc5780 != self.rfc5780 {
             changed.push("rfc5780");
         }
         if !changed.is_empty() {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use super::error::invalid;
-use super::{Config, ConfigError, NatPlan, Settings};
+use super::{Config, ConfigError, Rfc5780Plan, Settings};
 use crate::handler::HandlerConfig;
 use crate::stun::attr::MAX_TEXT;
 
@@ -70,7 +70,7 @@ impl Config {
             ));
         }
         let auth = self.validate_auth(listen, &mut warnings)?;
-        let nat = self.validate_rfc5780(listen)?;
+        let rfc5780 = self.validate_rfc5780(listen)?;
         let handlers = auth
             .into_iter()
             .map(|auth| HandlerConfig {
@@ -92,7 +92,7 @@ impl Config {
             socket_recv_buffer: self.io.socket_recv_buffer,
             socket_send_buffer: self.io.socket_send_buffer,
             handlers,
-            nat,
+            rfc5780,
             log_level: self.log.level.into(),
             admin_listen: self.admin.listen,
             drain: std::time::Duration::from_secs(self.admin.drain_seconds),
@@ -102,9 +102,9 @@ impl Config {
 
     /// Validates `[rfc5780]`: each alternate IP pairs with the one concrete listen address of
     /// its family.
-    fn validate_rfc5780(&self, listen: &[SocketAddr]) -> Result<Vec<NatPlan>, ConfigError> {
+    fn validate_rfc5780(&self, listen: &[SocketAddr]) -> Result<Vec<Rfc5780Plan>, ConfigError> {
         let r = &self.rfc5780;
-        let mut plans: Vec<NatPlan> = Vec::new();
+        let mut plans: Vec<Rfc5780Plan> = Vec::new();
         for (i, &ip) in r.alternate_ips.iter().enumerate() {
             let field = format!("rfc5780.alternate_ips[{i}]");
             let bad = |why: &str| invalid(&field, format!("\"{ip}\""), why);
@@ -138,7 +138,7 @@ impl Config {
                     format!("must differ from the primary's port (server.listen[{primary}])"),
                 ));
             }
-            plans.push(NatPlan { primary, alternate_ip: ip, alternate_port: r.alternate_port });
+            plans.push(Rfc5780Plan { primary, alternate_ip: ip, alternate_port: r.alternate_port });
         }
         Ok(plans)
     }
@@ -183,13 +183,13 @@ pub(super) mod tests {
         )
         .unwrap();
         assert_eq!(
-            ok.nat,
+            ok.rfc5780,
             [
-                NatPlan { primary: 1, alternate_ip: "2001:db8::2".parse().unwrap(), alternate_port: 3479 },
-                NatPlan { primary: 0, alternate_ip: "192.0.2.2".parse().unwrap(), alternate_port: 3479 },
+                Rfc5780Plan { primary: 1, alternate_ip: "2001:db8::2".parse().unwrap(), alternate_port: 3479 },
+                Rfc5780Plan { primary: 0, alternate_ip: "192.0.2.2".parse().unwrap(), alternate_port: 3479 },
             ]
         );
-        assert!(check("").unwrap().nat.is_empty(), "off by default");
+        assert!(check("").unwrap().rfc5780.is_empty(), "off by default");
         let err = |listen: &str, rfc: &str| {
             check(&format!("[server]\nlisten = {listen}\n[rfc5780]\n{rfc}\n")).unwrap_err().to_string()
         };

@@ -166,22 +166,22 @@ fn change_request_gets_420_without_an_alternate_address() {
 }
 
 /// A listener in RFC 5780 mode with role `role` of a group on 192.0.2.10/.11, ports 3478/3479.
-fn nat_on(role: u8) -> HandlerConfig {
+fn rfc5780_on(role: u8) -> HandlerConfig {
     let addrs =
         ["192.0.2.10:3478", "192.0.2.11:3478", "192.0.2.10:3479", "192.0.2.11:3479"].map(|a| a.parse().unwrap());
     let role = Role::ALL[usize::from(role)];
     HandlerConfig { rfc5780: Some(Rfc5780Role { addrs, listeners: [0, 5, 6, 7], role }), ..classic_on() }
 }
 
-fn nat_meta(role: u8) -> Meta {
-    let local = nat_on(role).rfc5780.unwrap().addrs[usize::from(role)];
+fn rfc5780_meta(role: u8) -> Meta {
+    let local = rfc5780_on(role).rfc5780.unwrap().addrs[usize::from(role)];
     Meta { src: "198.51.100.7:4000".parse().unwrap(), local, now: 0 }
 }
 
 #[test]
 fn rfc5780_answers_carry_origin_other_and_both_mapped_addresses() {
     let (mut buf, n) = request(0x0001, &[], true);
-    let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
+    let (action, stats) = run(&mut buf, n, &rfc5780_meta(0), &rfc5780_on(0));
     let Action::Reply { len, route } = action else { panic!("{action:?}") };
     assert_eq!(route, Route::BACK, "no CHANGE-REQUEST: back the way it came");
     let msg = Message::parse(&buf[..len]).unwrap();
@@ -209,7 +209,7 @@ fn rfc5780_change_request_picks_the_socket() {
     ];
     for (role, flags, via, origin, other) in cases {
         let (mut buf, n) = request(0x0001, &[(ATTR_CHANGE_REQUEST, &[0, 0, 0, flags])], false);
-        let (action, stats) = run(&mut buf, n, &nat_meta(role), &nat_on(role));
+        let (action, stats) = run(&mut buf, n, &rfc5780_meta(role), &rfc5780_on(role));
         let Action::Reply { len, route } = action else { panic!("{action:?}") };
         assert_eq!(route, Route::new(via, None), "role {role} flags {flags}");
         let msg = Message::parse(&buf[..len]).unwrap();
@@ -225,7 +225,7 @@ fn rfc5780_classic_request_gets_changed_and_source_address() {
     buf[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x08]);
     buf[4..20].copy_from_slice(&[9; 16]);
     buf[20..28].copy_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 6]);
-    let (action, _) = run(&mut buf, 28, &nat_meta(0), &nat_on(0));
+    let (action, _) = run(&mut buf, 28, &rfc5780_meta(0), &rfc5780_on(0));
     let Action::Reply { len, route } = action else { panic!("{action:?}") };
     assert_eq!(route.via(), Some(7));
     let msg = Message::parse(&buf[..len]).unwrap();
@@ -238,7 +238,7 @@ fn rfc5780_classic_request_gets_changed_and_source_address() {
 #[test]
 fn rfc5780_response_port_and_padding() {
     let (mut buf, n) = request(0x0001, &[(ATTR_RESPONSE_PORT, &[0x13, 0x88, 0, 0])], false);
-    let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
+    let (action, stats) = run(&mut buf, n, &rfc5780_meta(0), &rfc5780_on(0));
     let Action::Reply { route, .. } = action else { panic!("{action:?}") };
     assert_eq!((route.via(), route.port()), (None, Some(5000)));
     assert_eq!(stats.get(Counter::Rfc5780ResponsePort), 1);
@@ -248,7 +248,7 @@ fn rfc5780_response_port_and_padding() {
     for (asked, expect_padding) in [(400usize, true), (4, false), (0, false)] {
         let value = vec![0u8; asked];
         let (mut buf, n) = request(0x0001, &[(ATTR_PADDING, &value)], true);
-        let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
+        let (action, stats) = run(&mut buf, n, &rfc5780_meta(0), &rfc5780_on(0));
         let Action::Reply { len, .. } = action else { panic!("{action:?}") };
         let msg = Message::parse(&buf[..len]).unwrap();
         assert_eq!(check_fingerprint(&msg), Check::Valid);
@@ -271,7 +271,7 @@ fn rfc5780_response_port_and_padding() {
     ];
     for attrs in bad {
         let (mut buf, n) = request(0x0001, attrs, false);
-        let (action, stats) = run(&mut buf, n, &nat_meta(0), &nat_on(0));
+        let (action, stats) = run(&mut buf, n, &rfc5780_meta(0), &rfc5780_on(0));
         let Action::Reply { len, route } = action else { panic!("{action:?}") };
         assert_eq!(route, Route::BACK);
         assert_eq!(Message::parse(&buf[..len]).unwrap().get::<ErrorCode>().unwrap().unwrap().code, 400);

@@ -148,7 +148,7 @@ impl Server {
             .iter()
             .map(|&addr| socket::claim(addr).map_err(|error| StartError::Bind { addr, rfc5780: false, error }))
             .collect::<Result<_, _>>()?;
-        let (resolved, origins) = rfc5780::expand(resolved, &settings.nat)?;
+        let (resolved, origins) = rfc5780::expand(resolved, &settings.rfc5780)?;
         // After the addresses, so a port in use is reported alone, not after a fallback notice.
         let backend = select_backend(settings.backend, uring::probe)?;
         let per_worker = bind_workers(settings, &resolved)?;

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::StartError;
-use crate::config::NatPlan;
+use crate::config::Rfc5780Plan;
 use crate::handler::{HandlerConfig, Rfc5780Role, Role};
 use crate::io::socket;
 
@@ -28,7 +28,7 @@ pub(super) fn per_socket(configured: &[HandlerConfig], origins: &[Origin]) -> Ve
 /// the configured addresses, claiming each, and gives every socket its origin.
 pub(super) fn expand(
     mut addrs: Vec<SocketAddr>,
-    plans: &[NatPlan],
+    plans: &[Rfc5780Plan],
 ) -> Result<(Vec<SocketAddr>, Vec<Origin>), StartError> {
     let mut origins: Vec<Origin> = (0..addrs.len()).map(|config| Origin { config, rfc5780: None }).collect();
     for plan in plans {
