@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use stunedge::config::Config;
-use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, Rfc5780Role, handle};
 use stunedge::counters::Stats;
+use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, Rfc5780Role, handle};
 use stunedge::stun::attr::*;
 use stunedge::stun::integrity::{check_fingerprint, check_integrity_sha1, check_integrity_sha256};
 use stunedge::stun::{MAGIC_COOKIE, Message};
