@@ -1,4 +1,4 @@
-//! The Prometheus exporter: one table ([`METRICS`]) declares every exported metric, its help,
+//! The Prometheus exporter: one table (`METRICS`) declares every exported metric, its help,
 //! its labels and where its samples come from (the workers' counters in [`crate::counters`],
 //! the kernel's per-socket drop counters, the reload record). At scrape time the [`Exporter`]
 //! sums nothing on the packet path: it reads each worker's published slot and walks the table.

@@ -28,10 +28,10 @@
 //!   length, classic when disabled, bad FINGERPRINT, indications, responses.
 
 //!
-//! Layout: this file is the entry point and the order of the checks; [`gather`] walks the
-//! attributes once; [`respond`] writes the answers; [`rfc5780`] is NAT behaviour discovery;
-//! [`listener`] is the per-listener configuration. A future check on every answer (a rate
-//! limit, an amplification cap, a TURN redirect) is one more step in [`decide`].
+//! Layout: this file is the entry point and the order of the checks; `gather` walks the
+//! attributes once; `respond` writes the answers; `rfc5780` is NAT behaviour discovery;
+//! `listener` is the per-listener configuration. A future check on every answer (a rate
+//! limit, an amplification cap, a TURN redirect) is one more step in `decide`.
 //!
 //! Must not touch sockets, threads, clocks or the allocator: the time is [`Meta::now`].
 
