@@ -121,7 +121,9 @@ impl MmsgBatch {
         let len = hdr.msg_len as usize;
         let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let src = socket_addr(&self.names[i]);
-        let dst = pktinfo(&hdr.msg_hdr);
+        // SAFETY: msg_control points at this slot's `Control` buffer, which the kernel filled up
+        // to msg_controllen (set by `recv`, at most the buffer's size).
+        let dst = unsafe { pktinfo(&hdr.msg_hdr) };
         Received { buf: &mut self.bufs[i][..], len: len.min(BUFFER_SIZE), truncated, src, dst }
     }
 

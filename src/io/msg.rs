@@ -80,11 +80,15 @@ pub(crate) fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr
 /// The destination address and interface from an IP_PKTINFO / IPV6_PKTINFO control message.
 /// A PKTINFO cut short (the kernel truncates control messages that do not fit, MSG_CTRUNC) is
 /// no PKTINFO: `None`, never the stale bytes after it.
-pub(crate) fn pktinfo(hdr: &libc::msghdr) -> Option<(IpAddr, u32)> {
+///
+/// # Safety
+/// When `msg_control` is not null, it must point at `msg_controllen` readable bytes (a control
+/// buffer as the kernel filled it, or zeros).
+pub(crate) unsafe fn pktinfo(hdr: &libc::msghdr) -> Option<(IpAddr, u32)> {
     if hdr.msg_controllen == 0 || hdr.msg_control.is_null() {
         return None;
     }
-    // SAFETY: msg_control/msg_controllen describe our `Control` buffer as the kernel filled it;
+    // SAFETY: per this function's contract msg_control/msg_controllen describe readable bytes;
     // CMSG_FIRSTHDR/CMSG_NXTHDR return a header that fits within msg_controllen, or null.
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(hdr) };
     while !cmsg.is_null() {
@@ -253,8 +257,10 @@ mod tests {
     fn decode(control: &mut Control, len: usize) -> Option<(IpAddr, u32)> {
         let mut hdr = zeroed_msghdr();
         hdr.msg_control = control.0.as_mut_ptr().cast();
+        assert!(len <= control.0.len(), "a control length past the buffer");
         hdr.msg_controllen = len;
-        pktinfo(&hdr)
+        // SAFETY: `hdr` points at `control`, which holds at least `len` bytes (asserted).
+        unsafe { pktinfo(&hdr) }
     }
 
     /// Writes a control message header at `at` (as the kernel lays one out) and its payload.
@@ -467,8 +473,10 @@ mod tests {
         assert_eq!(decode(&mut control, HDR - 1), None, "shorter than a cmsghdr");
         let mut hdr = zeroed_msghdr();
         hdr.msg_controllen = 64;
-        assert_eq!(pktinfo(&hdr), None, "null msg_control");
-        assert_eq!(pktinfo(&zeroed_msghdr()), None, "all zero");
+        // SAFETY: a null msg_control is never read.
+        assert_eq!(unsafe { pktinfo(&hdr) }, None, "null msg_control");
+        // SAFETY: as above.
+        assert_eq!(unsafe { pktinfo(&zeroed_msghdr()) }, None, "all zero");
     }
 
     /// A control buffer the kernel truncated (MSG_CTRUNC) holds a PKTINFO header whose

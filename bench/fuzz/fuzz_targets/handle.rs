@@ -33,12 +33,12 @@ fn configs() -> &'static [HandlerConfig; 4] {
         let at = |a: &str| a.parse().unwrap();
         let addrs =
             [at("[2001:db8::2]:3478"), at("[2001:db8::3]:3478"), at("[2001:db8::2]:3479"), at("[2001:db8::3]:3479")];
-        let nat = Rfc5780Role { addrs, listeners: [0, 1, 2, 3], role: stunedge::handler::Role::PRIMARY };
+        let group = Rfc5780Role { addrs, listeners: [0, 1, 2, 3], role: stunedge::handler::Role::PRIMARY };
         [
             config("policy = \"none\""),
             config("policy = \"required\"\nmechanism = \"short-term\""),
             config("policy = \"required\"\nmechanism = \"long-term\""),
-            HandlerConfig { rfc5780: Some(nat), ..config("policy = \"none\"") },
+            HandlerConfig { rfc5780: Some(group), ..config("policy = \"none\"") },
         ]
     })
 }
@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(len <= request_len, "PADDING never makes an answer larger than its request");
             assert_eq!(padding.value.len() % 4, 0);
         }
-        if config.nat.is_none() {
+        if config.rfc5780.is_none() {
             assert_eq!(route, Default::default(), "only RFC 5780 mode routes answers elsewhere");
         }
     }

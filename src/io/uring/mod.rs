@@ -437,7 +437,9 @@ impl Driver {
             let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
             hdr.msg_control = control.as_mut_ptr().cast();
             hdr.msg_controllen = control_len.min(CONTROL_LEN);
-            pktinfo(&hdr)
+            // SAFETY: msg_control points at `control`, CONTROL_LEN bytes of the lent buffer, and
+            // msg_controllen is at most that.
+            unsafe { pktinfo(&hdr) }
         };
         t.received_datagrams += 1;
         t.received_bytes += len as u64;
