@@ -93,6 +93,8 @@ pub(super) fn locate(text: &str, span: Range<usize>) -> (usize, String, String) 
     let mut key: Option<String> = None;
     let mut key_start = 0;
     let mut stack: Vec<Frame> = Vec::new();
+    // The `[[name]]` headers passed, in order.
+    let mut tables: Vec<String> = Vec::new();
     let mut i = 0;
     while i < at {
         match bytes[i] {
@@ -114,8 +116,17 @@ pub(super) fn locate(text: &str, span: Range<usize>) -> (usize, String, String) 
                 if end >= at {
                     return (line, text[i..end].trim().to_string(), String::new());
                 }
-                let name = text[i..end].trim_start_matches('[');
-                section = name[..name.find(']').unwrap_or(name.len())].trim().to_string();
+                let header = text[i..end].trim();
+                let name = header.trim_start_matches('[');
+                let name = name[..name.find(']').unwrap_or(name.len())].trim();
+                section = if header.starts_with("[[") {
+                    // An array of tables: the nth `[[name]]` so far is element n.
+                    let n = tables.iter().filter(|t| *t == name).count();
+                    tables.push(name.to_string());
+                    format!("{name}[{n}]")
+                } else {
+                    name.to_string()
+                };
                 i = end;
                 continue;
             }
@@ -193,7 +204,8 @@ fn string_end(text: &str, start: usize) -> usize {
     let bytes = text.as_bytes();
     let quote = bytes[start];
     let triple = if quote == b'"' { "\"\"\"" } else { "'''" };
-    let multi_line = text[start..].starts_with(triple);
+    // Bytes, not `str` slices: `i` walks bytes and may stand inside a multi-byte character.
+    let multi_line = bytes[start..].starts_with(triple.as_bytes());
     let mut i = start + if multi_line { 3 } else { 1 };
     while i < bytes.len() {
         if quote == b'"' && bytes[i] == b'\\' {
@@ -201,7 +213,7 @@ fn string_end(text: &str, start: usize) -> usize {
             continue;
         }
         if multi_line {
-            if text[i..].starts_with(triple) {
+            if bytes[i..].starts_with(triple.as_bytes()) {
                 return i + 3;
             }
         } else if bytes[i] == quote {
@@ -270,5 +282,33 @@ mod tests {
         assert_eq!(at(text, "bogus").1, "[bogus]");
         let text = "[auth.long_term_users]\nalice = 7\n";
         assert_eq!(at(text, "7"), (2, "auth.long_term_users.alice".into(), "7".into()));
+        let text = "[[auth.listeners]]\npolicy = \"a\"\n[[auth.listeners]]\npolicy = \"zz\"\n";
+        assert_eq!(at(text, "\"zz\""), (4, "auth.listeners[1].policy".into(), "\"zz\"".into()));
+    }
+
+    #[test]
+    fn locate_walks_past_non_ascii_strings() {
+        // Strings with multi-byte characters before the error: the scan walks bytes and must
+        // never slice inside a character.
+        let strings =
+            [r#"software = """stunédge""""#, "software = '''pässwörd'''", r#"software = """\é""""#, r#"x = "é\"""#];
+        for before in strings {
+            let text = format!("[server]\n{before}\n[io]\nbatch_size = \"x\"\n");
+            assert_eq!(at(&text, "\"x\""), (4, "io.batch_size".into(), "\"x\"".into()), "{before}");
+        }
+        let text = "[io]\nbatch_size = \"\"\"ü";
+        assert_eq!(at(text, "ü").0, 2, "an unterminated string runs to the end");
+    }
+
+    proptest::proptest! {
+        /// Whatever the file holds, naming the place of an error never panics (a reload runs
+        /// this on the main thread of a running server).
+        #[test]
+        fn locate_never_panics(text in r#"[a-z\[\]{}=,#"'\\\n é\.ü\[\[0-9]{0,80}"#, start in 0usize..100, len in 0usize..20) {
+            let start = (0..=start.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            let end = (start..=(start + len).min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(start);
+            let (line, _, _) = locate(&text, start..end);
+            proptest::prop_assert!(line >= 1);
+        }
     }
 }

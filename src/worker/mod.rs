@@ -303,11 +303,14 @@ fn bind_workers(settings: &Settings, addrs: &[SocketAddr]) -> Result<Vec<Vec<Lis
     }
     // The steering program and the buffer sizes are per port group: the first worker's
     // sockets stand for all.
-    for l in per_worker.first().into_iter().flatten() {
-        if settings.cpu_steering {
+    let first = per_worker.first().map_or(&[][..], Vec::as_slice);
+    if settings.cpu_steering {
+        for l in first {
             socket::attach_cpu_steering(&l.socket, &settings.cpus)
                 .map_err(|error| StartError::CpuSteering { addr: l.local, error })?;
         }
+    }
+    for l in first {
         // The kernel reports twice the payload it grants (socket(7)).
         if l.recv_buffer < options.recv_buffer || l.send_buffer < options.send_buffer {
             tracing::warn!(
