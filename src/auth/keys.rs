@@ -137,10 +137,11 @@ pub fn rest_password(secret_mac: &Hmac<Sha1>, username: &[u8]) -> [u8; REST_PASS
     out
 }
 
-/// The expiry time of a TURN REST username, `"<unix expiry>:<user>"`; `None` when the name is
-/// not in that form.
+/// The expiry time of a TURN REST username: `"<unix expiry>:<user>"`, or the expiry alone (the
+/// REST API draft makes the user part optional, and coturn's `use-auth-secret` accepts it);
+/// `None` when the name is in neither form.
 pub fn rest_expiry(username: &[u8]) -> Option<u64> {
-    let colon = username.iter().position(|&b| b == b':')?;
+    let colon = username.iter().position(|&b| b == b':').unwrap_or(username.len());
     let digits = &username[..colon];
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -175,6 +176,8 @@ mod tests {
         assert_eq!(rest_expiry(b"alice:1790000000"), None);
         assert_eq!(rest_expiry(b":alice"), None);
         assert_eq!(rest_expiry(b"12345678901234567890:x"), None, "more digits than a u64 takes");
-        assert_eq!(rest_expiry(b"1790000000"), None);
+        assert_eq!(rest_expiry(b"1790000000"), Some(1_790_000_000), "the user part is optional");
+        assert_eq!(rest_expiry(b"1790000000x"), None);
+        assert_eq!(rest_expiry(b""), None);
     }
 }

@@ -170,8 +170,8 @@ section! {
         /// Long-term users: `{ "alice" = "password" }`. Keys are derived at load time.
         long_term_users: BTreeMap<String, String> = BTreeMap::new(),
         /// TURN REST API shared secrets (coturn `static-auth-secret`): usernames
-        /// `"<unix expiry>:<user>"` with password base64(HMAC-SHA1(secret, username)). List
-        /// several to rotate; any of them is accepted.
+        /// `"<unix expiry>:<user>"` (or the expiry alone) with password
+        /// base64(HMAC-SHA1(secret, username)). List several to rotate; any of them is accepted.
         rest_secrets: Vec<String> = Vec::new(),
     }
 }

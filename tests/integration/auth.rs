@@ -521,6 +521,16 @@ fn turn_rest_credentials_with_rotation_and_expiry() {
         let (answer, _) = ask(&config, &long_term(&user, REALM, &nonce, Some(&PA_SHA256), Sign::Sha256(&key)));
         assert_eq!(signature(&answer, &key), "sha256");
     }
+    // The user part is optional (the REST API draft; coturn's use-auth-secret accepts it).
+    let bare = (NOW + 3600).to_string();
+    let key = md5_key(&bare, REALM, &rest_password("north-secret", &bare));
+    let (answer, _) = ask(&config, &long_term(&bare, REALM, &nonce, None, Sign::Sha1(&key)));
+    assert_eq!(code(&answer), None, "a REST username that is only the expiry");
+    assert_eq!(signature(&answer, &key), "sha1");
+    let bare_expired = (NOW - 1).to_string();
+    let key = md5_key(&bare_expired, REALM, &rest_password("north-secret", &bare_expired));
+    let (answer, _) = ask(&config, &long_term(&bare_expired, REALM, &nonce, None, Sign::Sha1(&key)));
+    assert_eq!(code(&answer), Some(401), "an expired bare REST username");
     let expired = format!("{}:carol", NOW - 1);
     let key = md5_key(&expired, REALM, &rest_password("north-secret", &expired));
     let (answer, _) = ask(&config, &long_term(&expired, REALM, &nonce, None, Sign::Sha1(&key)));
