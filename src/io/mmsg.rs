@@ -93,13 +93,15 @@ impl MmsgBatch {
         loop {
             // SAFETY: `hdrs` holds `hdrs.len()` initialised mmsghdrs whose name, iov and control
             // pointers address live, correctly sized buffers owned by `self` (see `new`); the
-            // timeout is null (unused). The kernel writes only within those capacities.
+            // timeout is null (unused). The kernel writes only within those capacities. With
+            // MSG_TRUNC a UDP socket reports each datagram's real size in msg_len, even when
+            // only the buffer's worth was copied.
             let n = unsafe {
                 libc::recvmmsg(
                     fd,
                     self.hdrs.as_mut_ptr(),
                     self.hdrs.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
                     null_mut(),
                 )
             };
@@ -118,13 +120,14 @@ impl MmsgBatch {
     /// Datagram `i` of the last [`MmsgBatch::recv`].
     pub fn received(&mut self, i: usize) -> Received<'_> {
         let hdr = &self.hdrs[i];
-        let len = hdr.msg_len as usize;
-        let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        // The real size (recvmmsg with MSG_TRUNC), of which at most BUFFER_SIZE bytes were copied.
+        let size = hdr.msg_len as usize;
+        let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || size > BUFFER_SIZE;
         let src = socket_addr(&self.names[i]);
         // SAFETY: msg_control points at this slot's `Control` buffer, which the kernel filled up
         // to msg_controllen (set by `recv`, at most the buffer's size).
         let dst = unsafe { pktinfo(&hdr.msg_hdr) };
-        Received { buf: &mut self.bufs[i][..], len: len.min(BUFFER_SIZE), truncated, src, dst }
+        Received { buf: &mut self.bufs[i][..], len: size.min(BUFFER_SIZE), size, truncated, src, dst }
     }
 
     /// Queues the first `len` bytes of buffer `i` as a reply to its sender. With `from`, a

@@ -29,8 +29,11 @@ pub struct Received<'a> {
     /// The whole receive buffer (at least [`BUFFER_SIZE`] bytes): the datagram is `buf[..len]`,
     /// the answer is written over it.
     pub buf: &'a mut [u8],
-    /// Datagram length.
+    /// Datagram length in the buffer (at most [`BUFFER_SIZE`]).
     pub len: usize,
+    /// The datagram's size as it arrived: `len`, or more when the kernel cut it to fit the
+    /// buffer (both backends receive with MSG_TRUNC, so the kernel reports the real size).
+    pub size: usize,
     /// The kernel cut the datagram to fit the buffer (MSG_TRUNC).
     pub truncated: bool,
     /// Sender; `None` for an address family other than IPv4/IPv6 (never seen on UDP sockets).

@@ -544,7 +544,7 @@ impl Worker {
         let mut tally = Tally { received_datagrams: n as u64, ..Tally::default() };
         for i in 0..n {
             let packet = batch.received(i);
-            tally.received_bytes += packet.len as u64;
+            tally.received_bytes += packet.size as u64;
             if let Some(reply) = self.answer(listener, config, now, packet, stats) {
                 batch.queue(i, &reply);
             }

@@ -354,3 +354,19 @@ fn cpu_steering_sends_each_datagram_to_the_worker_on_its_cpu() {
         assert_eq!(total, 40, "{backend}: nothing went to the other worker");
     }
 }
+
+every_backend!(an_oversize_datagram_counts_its_real_size, oversize_bytes);
+
+/// `received_bytes` counts what arrived, not what fit the buffer: a 3,000-byte datagram (cut
+/// to the 2,048-byte buffer and dropped as truncated) counts 3,000 bytes.
+fn oversize_bytes(backend: &str) {
+    let server = Server::start(&settings("", backend)).unwrap();
+    let addr = server.local_addrs()[0];
+    let client = client_for(addr);
+    client.send_to(&[0u8; 3000], addr).unwrap();
+    let request = binding_request([4; 12], &[]);
+    assert_eq!(exchange(&client, addr, &request), expected_answer(client.local_addr().unwrap(), [4; 12]));
+    let stats = wait_for(&server, |s| s.get(Counter::ReceivedDatagrams) >= 2);
+    assert_eq!(stats.drops(DropReason::Truncated), 1, "{backend}: {stats}");
+    assert_eq!(stats.get(Counter::ReceivedBytes), 3000 + request.len() as u64, "{backend}: {stats}");
+}

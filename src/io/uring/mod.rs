@@ -248,7 +248,10 @@ impl Driver {
 
     /// Queues a multishot receive on `socket`.
     fn arm(&mut self, socket: usize) -> io::Result<()> {
+        // MSG_TRUNC: the completion's payloadlen is the datagram's real size, even when only
+        // the buffer's worth was copied (received_bytes counts what arrived).
         let sqe = opcode::RecvMsgMulti::new(types::Fd(self.fds[socket]), &raw const self.recv_hdrs[socket], BGID)
+            .flags(libc::MSG_TRUNC as u32)
             .build()
             .user_data(TAG_RECV | socket as u64);
         self.push(&sqe)?;
@@ -441,11 +444,14 @@ impl Driver {
             // msg_controllen is at most that.
             unsafe { pktinfo(&hdr) }
         };
+        let size = payload_len.max(len);
         t.received_datagrams += 1;
-        t.received_bytes += len as u64;
+        t.received_bytes += size as u64;
         let name_len = name_len.min(NAME_LEN);
-        let reply =
-            on_datagram(socket, Received { buf: &mut buf[PAYLOAD_OFFSET..], len, truncated, src: src.flatten(), dst });
+        let reply = on_datagram(
+            socket,
+            Received { buf: &mut buf[PAYLOAD_OFFSET..], len, size, truncated, src: src.flatten(), dst },
+        );
         let Some(reply) = reply else {
             self.bufs.recycle(lease);
             return Ok(());
