@@ -138,7 +138,7 @@ const METRICS: &[Row] = &[
     ),
     row(
         "stunedge_received_bytes_total",
-        "UDP payload bytes received.",
+        "UDP payload bytes received (an oversize datagram counts its real size).",
         &["worker"],
         Source::Counter(Counter::ReceivedBytes),
     ),
