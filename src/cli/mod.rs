@@ -1,7 +1,8 @@
 //! The `stunedge` command line: the argument types, the dispatch to `serve`, `probe`,
 //! `check-config` and `--print-config`, and the exit statuses: 0 on success, 1 when a probe
-//! fails or the server stops on a failure, 2 for a bad configuration, bad arguments or a
-//! server that cannot start. The binary (`src/main.rs`) only parses arguments and calls [`run`];
+//! fails, the server stops on a failure, or a second SIGINT or SIGTERM stopped it (the drain cut
+//! short; the totals are still logged) or a third ended it at once, 2 for a bad configuration,
+//! bad arguments or a server that cannot start. The binary (`src/main.rs`) only parses arguments and calls [`run`];
 //! everything here is reachable from tests. Configuration rules live in [`crate::config`], the
 //! server in [`crate::worker`], the probe client in [`crate::client`].
 
@@ -16,7 +17,7 @@ use crate::config::{Config, Settings};
 mod probe;
 mod serve;
 
-pub use probe::{BadSeconds, ProbeArgs, ProbeMode};
+pub use probe::{BadArgument, PASSWORD_ENV, ProbeArgs, ProbeMode};
 
 /// Exit status for configuration, argument and start-up errors.
 pub const EXIT_CONFIG: u8 = 2;
@@ -61,7 +62,7 @@ pub fn run(cli: Cli) -> ExitCode {
     }
     match cli.command {
         Some(Command::Serve { config }) => serve::serve(config),
-        Some(Command::Probe(args)) => probe::probe(&args),
+        Some(Command::Probe(args)) => probe::probe(args),
         Some(Command::CheckConfig { file }) => check_config(file),
         None => {
             let _ = Cli::command().print_help();
@@ -123,5 +124,8 @@ mod tests {
         let cli = Cli::try_parse_from(["stunedge", "check-config", "x.toml"]).unwrap();
         assert!(matches!(cli.command, Some(Command::CheckConfig { .. })));
         assert!(Cli::try_parse_from(["stunedge", "probe", "h", "--password", "p"]).is_err(), "needs --username");
+        assert!(Cli::try_parse_from(["stunedge", "probe", "h", "--password-file", "f"]).is_err(), "needs --username");
+        let both = ["stunedge", "probe", "h", "--username", "u", "--password", "p", "--password-file", "f"];
+        assert!(Cli::try_parse_from(both).is_err(), "--password and --password-file exclude each other");
     }
 }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::io::Write as _;
 use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,23 +17,28 @@ use crate::client::{self, Credentials, ProbeError, Retransmit, json, nat};
 /// `stunedge probe`'s arguments.
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct ProbeArgs {
-    /// The server: `host`, `host:port` or `[v6]:port` (port 3478 when absent).
+    /// The server: `host`, `host:port`, `v6`, `[v6]` or `[v6]:port` (port 3478 when absent).
     pub server: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Initial retransmission timeout in milliseconds (RFC 8489 RTO).
+    /// Initial retransmission timeout in milliseconds (RFC 8489 RTO), 1 to 60000.
     #[arg(long, default_value_t = 500)]
     pub rto_ms: u64,
-    /// Requests sent before giving up (Rc).
+    /// Requests sent before giving up (Rc), 1 to 20.
     #[arg(long, default_value_t = 7)]
     pub retries: u32,
-    /// USERNAME for authenticated Binding (short-term unless --long-term).
-    #[arg(long, requires = "password")]
+    /// USERNAME for authenticated Binding (short-term unless --long-term); the password comes
+    /// from --password-file, --password or the STUNEDGE_PASSWORD environment variable.
+    #[arg(long)]
     pub username: Option<String>,
-    /// Password for --username.
-    #[arg(long, requires = "username")]
+    /// Password for --username. Other users can read it in `ps`: prefer --password-file or
+    /// STUNEDGE_PASSWORD.
+    #[arg(long, requires = "username", conflicts_with = "password_file")]
     pub password: Option<String>,
+    /// Read the password for --username from the first line of FILE (its newline stripped).
+    #[arg(long, value_name = "FILE", requires = "username")]
+    pub password_file: Option<PathBuf>,
     /// Use long-term credentials (answer the server's 401 challenge).
     #[arg(long, requires = "username")]
     pub long_term: bool,
@@ -64,10 +70,35 @@ pub struct ProbeArgs {
     pub candidates: bool,
 }
 
+/// The environment variable `--username` takes its password from when neither `--password` nor
+/// `--password-file` is given.
+pub const PASSWORD_ENV: &str = "STUNEDGE_PASSWORD";
+
 impl ProbeArgs {
-    /// The retransmission schedule: `--rto-ms` and `--retries`, each at least 1.
+    /// The retransmission schedule: `--rto-ms` and `--retries` (their ranges are checked by
+    /// [`ProbeMode::try_from`]).
     pub fn retransmit(&self) -> Retransmit {
-        Retransmit { rto: Duration::from_millis(self.rto_ms.max(1)), rc: self.retries.max(1), ..Default::default() }
+        Retransmit { rto: Duration::from_millis(self.rto_ms), rc: self.retries, ..Default::default() }
+    }
+
+    /// These arguments with `password` filled in for `--username`: from `--password`, else the
+    /// first line of `--password-file`, else `env` (the value of [`PASSWORD_ENV`]). A file that
+    /// cannot be read is an error naming it; a missing or empty password is left to
+    /// [`ProbeMode::try_from`].
+    pub fn with_password(mut self, env: Option<String>) -> Result<ProbeArgs, String> {
+        if self.username.is_none() || self.password.is_some() {
+            return Ok(self);
+        }
+        self.password = match &self.password_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| format!("--password-file {}: cannot read: {e}", file.display()))?;
+                let line = text.split('\n').next().unwrap_or("");
+                Some(line.strip_suffix('\r').unwrap_or(line).to_string())
+            }
+            None => env,
+        };
+        Ok(self)
     }
 }
 
@@ -91,39 +122,85 @@ pub enum ProbeMode {
     Candidates,
 }
 
-/// A seconds argument out of range: not a finite number above 0 and at most 86400.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BadSeconds {
+/// An argument out of its range, or missing: `--keepalive 0: must be a number of seconds above 0
+/// and at most 86400`, `--retries 0: must be between 1 and 20`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadArgument {
     /// The flag, e.g. `--keepalive`.
     pub flag: &'static str,
-    /// The value given.
-    pub value: f64,
+    /// The value given, as written back (empty when the value is missing or secret).
+    pub value: String,
+    /// What it must be.
+    pub must: &'static str,
 }
 
-impl fmt::Display for BadSeconds {
+impl fmt::Display for BadArgument {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: must be a number of seconds above 0 and at most 86400", self.flag, self.value)
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.flag, self.must)
+        } else {
+            write!(f, "{} {}: {}", self.flag, self.value, self.must)
+        }
     }
 }
 
-impl std::error::Error for BadSeconds {}
+impl std::error::Error for BadArgument {}
 
 /// A positive, finite number of seconds from the command line.
-fn seconds(flag: &'static str, value: f64) -> Result<Duration, BadSeconds> {
+fn seconds(flag: &'static str, value: f64) -> Result<Duration, BadArgument> {
     if value.is_finite() && value > 0.0 && value <= 86_400.0 {
         Ok(Duration::from_secs_f64(value))
     } else {
-        Err(BadSeconds { flag, value })
+        Err(BadArgument {
+            flag,
+            value: value.to_string(),
+            must: "must be a number of seconds above 0 and at most 86400",
+        })
     }
 }
 
-impl TryFrom<&ProbeArgs> for ProbeMode {
-    /// Every seconds argument out of range, in command-line order (never empty).
-    type Error = Vec<BadSeconds>;
+/// `--rto-ms` and `--retries` in range. The upper bounds keep the doubling RTO far from
+/// overflowing (60 s × 2^19 is about a year).
+fn retransmit_errors(args: &ProbeArgs) -> Vec<BadArgument> {
+    let mut bad = Vec::new();
+    if !(1..=60_000).contains(&args.rto_ms) {
+        bad.push(BadArgument { flag: "--rto-ms", value: args.rto_ms.to_string(), must: "must be between 1 and 60000" });
+    }
+    if !(1..=20).contains(&args.retries) {
+        bad.push(BadArgument { flag: "--retries", value: args.retries.to_string(), must: "must be between 1 and 20" });
+    }
+    bad
+}
 
-    /// The mode the flags select (clap has already refused conflicting ones), with its seconds
-    /// arguments checked.
-    fn try_from(args: &ProbeArgs) -> Result<ProbeMode, Vec<BadSeconds>> {
+impl TryFrom<&ProbeArgs> for ProbeMode {
+    /// Every argument out of range, in the order of `--help` (never empty).
+    type Error = Vec<BadArgument>;
+
+    /// The mode the flags select (clap has already refused conflicting ones), with `--rto-ms`,
+    /// `--retries`, the password for `--username` (see [`ProbeArgs::with_password`]) and the
+    /// seconds arguments checked.
+    fn try_from(args: &ProbeArgs) -> Result<ProbeMode, Vec<BadArgument>> {
+        let mut bad = retransmit_errors(args);
+        if args.username.is_some() && args.password.as_deref().is_none_or(str::is_empty) {
+            let must = if args.password_file.is_some() {
+                "the file's first line is empty: no password"
+            } else {
+                "needs a password: --password-file FILE, --password or the STUNEDGE_PASSWORD environment variable"
+            };
+            bad.push(BadArgument { flag: "--username", value: String::new(), must });
+        }
+        let mode = ProbeMode::select(args);
+        match mode {
+            Ok(mode) if bad.is_empty() => Ok(mode),
+            Ok(_) => Err(bad),
+            Err(more) => Err(bad.into_iter().chain(more).collect()),
+        }
+    }
+}
+
+impl ProbeMode {
+    /// The mode the flags select, with its seconds arguments checked.
+    fn select(args: &ProbeArgs) -> Result<ProbeMode, Vec<BadArgument>> {
         Ok(if args.nat {
             ProbeMode::Nat
         } else if let Some(every) = args.keepalive {
@@ -151,8 +228,13 @@ impl TryFrom<&ProbeArgs> for ProbeMode {
     }
 }
 
-/// `stunedge probe`: checks the mode, resolves the server and runs the mode.
-pub(super) fn probe(args: &ProbeArgs) -> ExitCode {
+/// `stunedge probe`: reads the password, checks the mode, resolves the server and runs the mode.
+pub(super) fn probe(args: ProbeArgs) -> ExitCode {
+    let args = match args.with_password(std::env::var(PASSWORD_ENV).ok()) {
+        Ok(args) => args,
+        Err(e) => return fail(EXIT_CONFIG, format_args!("stunedge probe: {e}")),
+    };
+    let args = &args;
     let mode = match ProbeMode::try_from(args) {
         Ok(mode) => mode,
         Err(bad) => {
@@ -162,11 +244,17 @@ pub(super) fn probe(args: &ProbeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let Some(addr) = client::resolve(&args.server) else {
-        return fail(
-            EXIT_CONFIG,
-            format_args!("stunedge probe: cannot resolve {:?} (use host, host:port or [v6]:port)", args.server),
-        );
+    let addr = match client::resolve(&args.server) {
+        Ok(addr) => addr,
+        Err(e) => {
+            return fail(
+                EXIT_CONFIG,
+                format_args!(
+                    "stunedge probe: cannot resolve {:?}: {e} (use host, host:port, [v6] or [v6]:port)",
+                    args.server
+                ),
+            );
+        }
     };
     let (json, retransmit) = (args.json, &args.retransmit());
     let outcome = match mode {
@@ -246,7 +334,17 @@ fn binding(addr: SocketAddr, json: bool, credentials: Option<&Credentials>, retr
         Ok(s) => s,
         Err(e) => return fail(1, format_args!("stunedge probe: cannot open a UDP socket: {e}")),
     };
-    match client::binding(&socket, addr, credentials, retransmit) {
+    // On stderr, so that stdout stays one JSON object with --json.
+    let mut still_waiting = |s: &client::Silence| {
+        eprintln!(
+            "stunedge probe: no answer from {} yet ({} request{} sent); retrying until {:?} after the first",
+            s.server,
+            s.sent,
+            if s.sent == 1 { "" } else { "s" },
+            s.timeout
+        );
+    };
+    match client::binding_with_notice(&socket, addr, credentials, retransmit, &mut still_waiting) {
         Ok(b) => {
             if json {
                 println!("{}", json::line(&BindingJson::new(addr, &b)));
@@ -360,8 +458,59 @@ mod tests {
             mode(&["h", "--lifetime"]),
             Ok(ProbeMode::Lifetime { max: Duration::from_secs(600), precision: Duration::from_secs(1) })
         );
-        let retransmit = args(&["h", "--rto-ms", "0", "--retries", "0"]).retransmit();
-        assert_eq!((retransmit.rto, retransmit.rc), (Duration::from_millis(1), 1));
+        let retransmit = args(&["h", "--rto-ms", "50", "--retries", "4"]).retransmit();
+        assert_eq!((retransmit.rto, retransmit.rc), (Duration::from_millis(50), 4));
+    }
+
+    #[test]
+    fn rto_and_retries_must_be_in_range() {
+        assert_eq!(mode(&["h", "--rto-ms", "0"]), Err("--rto-ms 0: must be between 1 and 60000".into()));
+        assert_eq!(mode(&["h", "--retries", "0"]), Err("--retries 0: must be between 1 and 20".into()));
+        assert_eq!(
+            mode(&["h", "--nat", "--rto-ms", "0", "--retries", "21"]),
+            Err("--rto-ms 0: must be between 1 and 60000\n--retries 21: must be between 1 and 20".into()),
+            "in every mode, both reported"
+        );
+        assert_eq!(
+            mode(&["h", "--rto-ms", "60001", "--keepalive", "0"]),
+            Err("--rto-ms 60001: must be between 1 and 60000\n\
+                 --keepalive 0: must be a number of seconds above 0 and at most 86400"
+                .into())
+        );
+        assert!(mode(&["h", "--rto-ms", "1", "--retries", "1"]).is_ok());
+        assert!(mode(&["h", "--rto-ms", "60000", "--retries", "20"]).is_ok());
+    }
+
+    #[test]
+    fn the_password_comes_from_the_flag_the_file_or_the_environment() {
+        let short = |password: &str| {
+            Ok(ProbeMode::Binding(Some(Credentials::ShortTerm { username: "u".into(), password: password.into() })))
+        };
+        let with = |line: &[&str], env: Option<&str>| {
+            let args = args(line).with_password(env.map(String::from))?;
+            ProbeMode::try_from(&args).map_err(|bad| bad.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        };
+        assert_eq!(with(&["h", "--username", "u", "--password", "p"], Some("env")), short("p"), "the flag wins");
+        assert_eq!(with(&["h", "--username", "u"], Some("env")), short("env"));
+        assert_eq!(with(&["h"], Some("env")), Ok(ProbeMode::Binding(None)), "no --username: not used");
+        let file = std::env::temp_dir().join(format!("stunedge-probe-password-{}", std::process::id()));
+        std::fs::write(&file, "s3cret\r\nsecond line\n").unwrap();
+        let path = file.to_str().unwrap();
+        assert_eq!(with(&["h", "--username", "u", "--password-file", path], Some("env")), short("s3cret"));
+        std::fs::write(&file, "s3cret").unwrap();
+        assert_eq!(with(&["h", "--username", "u", "--password-file", path], None), short("s3cret"), "no newline");
+        std::fs::write(&file, "\nx\n").unwrap();
+        assert_eq!(
+            with(&["h", "--username", "u", "--password-file", path], None),
+            Err("--username: the file's first line is empty: no password".into())
+        );
+        std::fs::remove_file(&file).unwrap();
+        let e = with(&["h", "--username", "u", "--password-file", path], None).unwrap_err();
+        assert!(e.starts_with(&format!("--password-file {path}: cannot read: No such file")), "{e}");
+        assert_eq!(
+            with(&["h", "--username", "u"], None),
+            Err("--username: needs a password: --password-file FILE, --password or the STUNEDGE_PASSWORD environment variable".into())
+        );
     }
 
     #[test]

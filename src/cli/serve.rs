@@ -1,7 +1,9 @@
 //! `stunedge serve`: logging, signals, the server and its admin endpoint, and the loop that
 //! watches them. SIGINT stops at once; SIGTERM drains for `admin.drain_seconds` first; a second
-//! signal of either kind ends the process. SIGHUP re-reads the configuration file and, when
-//! [`Settings::reload_plan`] allows it, swaps in the new answer and authentication settings; a
+//! signal of either kind cuts the drain short and stops at once through the same path (the
+//! totals are logged, exit status 1); a third ends the process at once (exit status 1), in case
+//! stopping hangs. SIGHUP re-reads the configuration file and, when [`Settings::reload_plan`]
+//! allows it, swaps in the new answer and authentication settings and the new `log.level`; a
 //! bad file keeps the running configuration and logs why.
 
 use std::io::IsTerminal;
@@ -10,6 +12,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Registry, reload};
 
 use super::{EXIT_CONFIG, allowed_cpus, fail, load};
 use crate::admin::{Admin, Health};
@@ -20,17 +27,69 @@ use crate::worker::{Server, unix_now};
 /// How often counters are logged at debug level.
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
+/// Where a reload sets the running log level.
+type LevelHandle = reload::Handle<LevelFilter, Registry>;
+
+/// The flags the stop signals set, counted on their own thread (`signals`): the first SIGINT
+/// sets `stop`, the first SIGTERM `term` (drain, then stop); the second of either kind sets
+/// `cut` and `stop` (skip the rest of the drain); the third ends the process at once with
+/// status 1, the safety net for a stop that hangs.
+struct StopSignals {
+    stop: Arc<AtomicBool>,
+    term: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let flags = StopSignals {
+            stop: Arc::new(AtomicBool::new(false)),
+            term: Arc::new(AtomicBool::new(false)),
+            cut: Arc::new(AtomicBool::new(false)),
+        };
+        // The handlers are in place when `new` returns; signals that arrive before the thread
+        // reads them wait in its pipe.
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let (stop, term, cut) = (flags.stop.clone(), flags.term.clone(), flags.cut.clone());
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            let mut seen = 0u32;
+            for signal in signals.forever() {
+                seen += 1;
+                match seen {
+                    1 if signal == SIGINT => stop.store(true, Ordering::Relaxed),
+                    1 => term.store(true, Ordering::Relaxed),
+                    2 => {
+                        cut.store(true, Ordering::Relaxed);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    _ => {
+                        tracing::error!("a third stop signal: exiting at once");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        })?;
+        Ok(flags)
+    }
+}
+
 /// Runs the server until a signal stops it (or a worker ends unexpectedly: exit status 1).
 pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
-    let settings = match load(path.clone()) {
+    let mut settings = match load(path.clone()) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_max_level(settings.log_level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
+    // The level sits in a reloadable filter in front of the formatter, so SIGHUP can change it.
+    let (filter, levels) = reload::Layer::new(LevelFilter::from_level(settings.log_level));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(false),
+        )
         .init();
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
@@ -38,17 +97,11 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
 
     // Signal handlers first: a SIGTERM that arrives while (or just after) workers start must
     // stop them cleanly, not kill the process. SIGINT stops at once; SIGTERM drains first
-    // (admin.drain_seconds). A second signal of either kind ends the process at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    let term = Arc::new(AtomicBool::new(false));
-    for (signal, flag) in [(signal_hook::consts::SIGINT, &stop), (signal_hook::consts::SIGTERM, &term)] {
-        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
-            .and_then(|_| signal_hook::flag::register_conditional_shutdown(signal, 1, term.clone()))
-            .and_then(|_| signal_hook::flag::register(signal, flag.clone()));
-        if let Err(e) = registered {
-            return fail(EXIT_CONFIG, format_args!("stunedge: cannot install signal handler: {e}"));
-        }
-    }
+    // (admin.drain_seconds); a second signal cuts the drain short; a third exits at once.
+    let StopSignals { stop, term, cut } = match StopSignals::install() {
+        Ok(flags) => flags,
+        Err(e) => return fail(EXIT_CONFIG, format_args!("stunedge: cannot install signal handler: {e}")),
+    };
     let reload = Arc::new(AtomicBool::new(false));
     if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
         return fail(EXIT_CONFIG, format_args!("stunedge: cannot install signal handler: {e}"));
@@ -103,7 +156,7 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
             break;
         }
         if reload.swap(false, Ordering::Relaxed) {
-            let ok = reload_config(&server, path.as_deref(), &settings);
+            let ok = reload_config(&server, path.as_deref(), &mut settings, &levels);
             reloads.record(ok, unix_now());
         }
         if last_stats.elapsed() >= STATS_EVERY {
@@ -113,15 +166,22 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
             }
         }
     }
+    if cut.load(Ordering::Relaxed) {
+        tracing::warn!("a second stop signal: stopping now (a third exits at once)");
+    }
     server.stop();
     let panicked = server.join();
     tracing::info!("stopped; totals: {}", server.stats());
-    if failed || panicked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    // Status 1 also for a stop a second signal hurried (the drain cut short), even one that came
+    // while the workers were stopping.
+    let cut = cut.load(Ordering::Relaxed);
+    if failed || cut || panicked > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// SIGHUP: re-reads the file, and on success swaps every listener's answer and authentication
-/// settings into the running workers. Anything wrong keeps the running configuration.
-fn reload_config(server: &Server, path: Option<&Path>, running: &Settings) -> bool {
+/// settings into the running workers and sets a changed `log.level` (recorded in `running`).
+/// Anything wrong keeps the running configuration.
+fn reload_config(server: &Server, path: Option<&Path>, running: &mut Settings, levels: &LevelHandle) -> bool {
     let Some(path) = path else {
         tracing::warn!("SIGHUP ignored: started without a configuration file");
         return false;
@@ -146,14 +206,44 @@ fn reload_config(server: &Server, path: Option<&Path>, running: &Settings) -> bo
     if let Some(warning) = plan.warning() {
         tracing::warn!("{warning}");
     }
+    let old_level = running.log_level;
+    if let Some(level) = plan.log_level {
+        if let Err(e) = set_level(levels, old_level, level) {
+            tracing::error!("reload failed, keeping the running configuration: log.level cannot be changed: {e}");
+            return false;
+        }
+    }
+    let listeners = new.handlers.len();
     match server.reload(new.handlers) {
         Ok(()) => {
+            running.log_level = new.log_level;
             tracing::info!("configuration reloaded from {}", path.display());
+            tracing::debug!(
+                listeners,
+                "every worker takes the new answer and authentication settings at its next turn"
+            );
             true
         }
         Err(e) => {
+            if plan.log_level.is_some() {
+                let _ = set_level(levels, new.log_level, old_level);
+            }
             tracing::error!("reload failed, keeping the running configuration: {e}");
             false
         }
     }
+}
+
+/// Sets the log level from `old` to `new`, and says so at info level: after the change when it
+/// is more verbose, before it otherwise, so the line shows whenever either level shows info.
+fn set_level(levels: &LevelHandle, old: tracing::Level, new: tracing::Level) -> Result<(), reload::Error> {
+    let announce = || tracing::info!("log.level changed to {}", new.as_str().to_ascii_lowercase());
+    if new > old {
+        levels.reload(LevelFilter::from_level(new))?;
+        announce();
+    } else {
+        announce();
+        levels.reload(LevelFilter::from_level(new))?;
+    }
+    Ok(())
 }

@@ -161,15 +161,41 @@ impl std::error::Error for ProbeError {}
 /// The STUN port when a server is named without one (RFC 8489 §18.6).
 pub const DEFAULT_PORT: u16 = 3478;
 
-/// A server named as `host`, `host:port`, `IPv4`, `IPv4:port`, `IPv6` or `[IPv6]:port`; port 3478
-/// when none is given. Resolves host names (the first address wins).
-pub fn resolve(server: &str) -> Option<SocketAddr> {
-    use std::net::{IpAddr, ToSocketAddrs};
+/// A server named as `host`, `host:port`, `IPv4`, `IPv4:port`, `IPv6`, `[IPv6]` or
+/// `[IPv6]:port`; port 3478 when none is given. Resolves host names (the first address wins).
+/// The error is the resolver's (`failed to lookup address information: …`) or the parser's.
+pub fn resolve(server: &str) -> io::Result<SocketAddr> {
+    use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs};
     if let Ok(ip) = server.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, DEFAULT_PORT));
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    if let Some(ip) = server.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        return match ip.parse::<Ipv6Addr>() {
+            Ok(ip) => Ok(SocketAddr::new(IpAddr::V6(ip), DEFAULT_PORT)),
+            Err(_) => Err(io::Error::new(io::ErrorKind::InvalidInput, "not an IPv6 address in brackets")),
+        };
     }
     let with_port = if server.contains(':') { server.to_string() } else { format!("{server}:{DEFAULT_PORT}") };
-    with_port.to_socket_addrs().ok()?.next()
+    with_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the name has no address"))
+}
+
+/// A transaction still unanswered after its first requests: the third request has gone out
+/// unanswered (or, with fewer than three, one RTO has passed after the last). Reported once per
+/// transaction to the callback of [`binding_with_notice`], so a command line can say why it
+/// waits; [`binding`] reports nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silence {
+    /// The server asked.
+    pub server: SocketAddr,
+    /// Requests sent so far.
+    pub sent: u32,
+    /// Time since the first request.
+    pub elapsed: Duration,
+    /// When, from the first request, the transaction gives up.
+    pub timeout: Duration,
 }
 
 pub(crate) fn random_tid() -> [u8; 12] {
@@ -272,7 +298,24 @@ pub(crate) fn transact_split(
     tid: [u8; 12],
     retransmit: &Retransmit,
 ) -> Result<Answer, ProbeError> {
+    transact_noticed(sender, to, receiver, request, tid, retransmit, &mut |_, _, _| {})
+}
+
+/// [`transact_split`] that calls `silence(sent, elapsed, timeout)` once when the transaction is
+/// still unanswered at the time [`Silence`] describes.
+fn transact_noticed(
+    sender: &UdpSocket,
+    to: Option<SocketAddr>,
+    receiver: &UdpSocket,
+    request: &[u8],
+    tid: [u8; 12],
+    retransmit: &Retransmit,
+    silence: &mut dyn FnMut(u32, Duration, Duration),
+) -> Result<Answer, ProbeError> {
     let (sends, timeout) = retransmit.schedule();
+    // When the third request goes out; with fewer, one RTO after the last.
+    let mut notice_at =
+        Some(sends.get(2).copied().unwrap_or_else(|| sends.last().copied().unwrap_or_default() + retransmit.rto));
     let start = Instant::now();
     let mut sent = 0u32;
     let mut last_send = start;
@@ -291,9 +334,17 @@ pub(crate) fn transact_split(
                 continue;
             }
         }
-        let next = sends.get(sent as usize).copied().unwrap_or(timeout);
+        let mut next = sends.get(sent as usize).copied().unwrap_or(timeout);
         if now >= timeout {
             return Err(ProbeError::Timeout { after: now, attempts: sent });
+        }
+        if let Some(at) = notice_at {
+            if now >= at {
+                notice_at = None;
+                silence(sent, now, timeout);
+            } else {
+                next = next.min(at);
+            }
         }
         receiver.set_read_timeout(Some((next - now).max(Duration::from_millis(1)))).map_err(ProbeError::Io)?;
         match receiver.recv_from(&mut buf) {
@@ -329,6 +380,19 @@ pub fn binding(
     credentials: Option<&Credentials>,
     retransmit: &Retransmit,
 ) -> Result<Binding, ProbeError> {
+    binding_with_notice(socket, server, credentials, retransmit, &mut |_| {})
+}
+
+/// [`binding`], calling `on_silence` once in each transaction that goes unanswered for a while
+/// ([`Silence`]); `stunedge probe` says on stderr that it is still waiting.
+pub fn binding_with_notice(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    credentials: Option<&Credentials>,
+    retransmit: &Retransmit,
+    on_silence: &mut dyn FnMut(&Silence),
+) -> Result<Binding, ProbeError> {
+    let mut silence = |sent, elapsed, timeout| on_silence(&Silence { server, sent, elapsed, timeout });
     socket.connect(server).map_err(ProbeError::Io)?;
     let local = socket.local_addr().map_err(ProbeError::Io)?;
     let mut sign = match credentials {
@@ -339,7 +403,8 @@ pub fn binding(
     for _ in 0..3 {
         let tid = random_tid();
         let request = build(tid, &sign);
-        let Answer { bytes: answer, rtt, attempts, .. } = transact(socket, None, &request, tid, retransmit)?;
+        let Answer { bytes: answer, rtt, attempts, .. } =
+            transact_noticed(socket, None, socket, &request, tid, retransmit, &mut silence)?;
         let msg = Message::parse(&answer).map_err(|_| ProbeError::BadResponse("unparsable"))?;
         let key: Option<Vec<u8>> = match &sign {
             Sign::None => None,
@@ -401,12 +466,47 @@ mod tests {
 
     #[test]
     fn server_names() {
-        assert_eq!(resolve("192.0.2.1"), Some("192.0.2.1:3478".parse().unwrap()));
-        assert_eq!(resolve("192.0.2.1:19302"), Some("192.0.2.1:19302".parse().unwrap()));
-        assert_eq!(resolve("2001:db8::1"), Some("[2001:db8::1]:3478".parse().unwrap()));
-        assert_eq!(resolve("[2001:db8::1]:5349"), Some("[2001:db8::1]:5349".parse().unwrap()));
-        assert_eq!(resolve("localhost").map(|a| a.port()), Some(3478));
-        assert_eq!(resolve("no such host!"), None);
+        let ok = |s: &str| resolve(s).unwrap();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(ok("192.0.2.1"), addr("192.0.2.1:3478"));
+        assert_eq!(ok("192.0.2.1:19302"), addr("192.0.2.1:19302"));
+        assert_eq!(ok("2001:db8::1"), addr("[2001:db8::1]:3478"));
+        assert_eq!(ok("[2001:db8::1]:5349"), addr("[2001:db8::1]:5349"));
+        assert_eq!(ok("::1"), addr("[::1]:3478"));
+        assert_eq!(ok("[::1]"), addr("[::1]:3478"), "brackets without a port");
+        assert_eq!(ok("[::1]:9"), addr("[::1]:9"));
+        assert_eq!(ok("localhost").port(), 3478);
+        assert_eq!(ok("localhost:9").port(), 9);
+        assert_eq!(resolve("[192.0.2.1]").unwrap_err().to_string(), "not an IPv6 address in brackets");
+        assert_eq!(resolve("[::1]:x").unwrap_err().to_string(), "invalid port value");
+        // The resolver's reason is kept (its wording after the colon is the C library's).
+        let e = resolve("nope.invalid").unwrap_err().to_string();
+        assert!(e.starts_with("failed to lookup address information: "), "{e}");
+        let e = resolve("no such host!").unwrap_err().to_string();
+        assert!(e.starts_with("failed to lookup address information: "), "{e}");
+    }
+
+    #[test]
+    fn silence_is_reported_once_when_the_third_request_goes_unanswered() {
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = silent.local_addr().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Sends at 0, 50, 150, 350 ms; gives up at 450 ms.
+        let retransmit = Retransmit { rto: Duration::from_millis(50), rc: 4, rm: 2 };
+        let mut seen = Vec::new();
+        let result = binding_with_notice(&socket, server, None, &retransmit, &mut |s| seen.push(*s));
+        assert!(matches!(result, Err(ProbeError::Timeout { attempts: 4, .. })), "{result:?}");
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let s = seen[0];
+        assert_eq!((s.server, s.sent, s.timeout), (server, 3, Duration::from_millis(450)));
+        assert!(s.elapsed >= Duration::from_millis(150) && s.elapsed < Duration::from_millis(350), "{s:?}");
+
+        // One request: one RTO after it.
+        let mut seen = Vec::new();
+        let one = Retransmit { rto: Duration::from_millis(50), rc: 1, rm: 3 };
+        let _ = binding_with_notice(&socket, server, None, &one, &mut |s| seen.push(*s));
+        assert_eq!(seen.iter().map(|s| s.sent).collect::<Vec<_>>(), [1]);
+        assert!(seen[0].elapsed >= Duration::from_millis(50));
     }
 
     #[test]

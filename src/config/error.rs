@@ -1,5 +1,5 @@
 //! Configuration errors: [`ConfigError`] names the place (`file:line` for what the TOML parser
-//! finds), the field, the value as written and the reason, on one line, and never echoes a
+//! finds, the file for what validation finds), the field, the value as written and the reason, on one line, and never echoes a
 //! password or secret. [`locate`] turns a parser error's byte span into that field path.
 
 use std::fmt;
@@ -8,7 +8,9 @@ use std::ops::Range;
 /// A configuration problem: which field, what value, what is wrong. One line when displayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// `file:line` for syntax and type errors found while parsing; empty otherwise.
+    /// `file:line` for syntax and type errors found while parsing; the file alone for errors
+    /// [`Config::validate`](super::Config::validate) finds in a file's configuration; empty for
+    /// text that came from no file.
     pub location: String,
     /// Which field: a path (`io.batch_size`, `server.listen[1]`), or a file name.
     pub field: String,

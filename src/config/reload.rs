@@ -1,5 +1,6 @@
 //! What a SIGHUP reload may change. The answer and authentication settings (`[server]`'s answer
-//! fields, `[auth]`) are swapped into the running workers; the sockets (`server.listen`,
+//! fields, `[auth]`) are swapped into the running workers and a new `log.level` applies at once;
+//! the sockets (`server.listen`,
 //! `[rfc5780]`) cannot change without a restart, so a reload that changes them is refused; some
 //! `[io]` and `[admin]` fields only take effect after a restart, which is worth a warning.
 //! Pure: it compares two [`Settings`]; reading the file and logging are the caller's.
@@ -8,9 +9,12 @@ use std::fmt;
 
 use super::Settings;
 
-/// A reload that may go ahead, and the fields it changes that need a restart to take effect.
+/// A reload that may go ahead: the log level it sets, and the fields it changes that need a
+/// restart to take effect.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReloadPlan {
+    /// The new `log.level` when it changed (the caller applies it); `None` when unchanged.
+    pub log_level: Option<tracing::Level>,
     /// Changed fields that the running server keeps until it restarts (`io.cpus`, …).
     pub restart_needed: Vec<&'static str>,
 }
@@ -59,6 +63,7 @@ impl Settings {
             ("admin.drain_seconds", new.drain != self.drain),
         ];
         Ok(ReloadPlan {
+            log_level: (new.log_level != self.log_level).then_some(new.log_level),
             restart_needed: restart_only.into_iter().filter_map(|(field, changed)| changed.then_some(field)).collect(),
         })
     }
@@ -104,6 +109,16 @@ mod tests {
         assert_eq!(accepted.warning(), Some("[io] and [admin] changes take effect only after a restart"));
         let accepted = plan("", "[io]\nbackend = \"mmsg\"\n").unwrap();
         assert_eq!(accepted.restart_needed, ["io.backend"]);
+    }
+
+    #[test]
+    fn log_level_is_applied() {
+        let accepted = plan("", "[log]\nlevel = \"debug\"\n").unwrap();
+        assert_eq!(accepted.log_level, Some(tracing::Level::DEBUG));
+        assert_eq!(accepted.restart_needed, [] as [&str; 0], "no restart needed for it");
+        assert_eq!(accepted.warning(), None);
+        let same = plan("[log]\nlevel = \"warn\"\n", "[log]\nlevel = \"WARN\"\n").unwrap();
+        assert_eq!(same.log_level, None, "unchanged: nothing to apply");
     }
 
     #[test]

@@ -13,8 +13,21 @@ use crate::stun::attr::MAX_TEXT;
 const BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=(1 << 30);
 
 impl Config {
-    /// Checks every field; `allowed_cpus` is the process's affinity mask.
+    /// Checks every field; `allowed_cpus` is the process's affinity mask. An error in a
+    /// configuration read from a file ([`Config::origin`]) names the file, as parse errors do
+    /// (`file.toml: io.batch_size = 0: …`; the line is no longer known after parsing), unless it
+    /// already names a place of its own (the credentials file's `file:line`).
     pub fn validate(&self, allowed_cpus: &[usize]) -> Result<Settings, ConfigError> {
+        self.validate_fields(allowed_cpus).map_err(|mut e| {
+            if let (true, Some(origin)) = (e.location.is_empty(), &self.origin) {
+                e.location = origin.display().to_string();
+            }
+            e
+        })
+    }
+
+    /// [`Config::validate`] without the file name.
+    fn validate_fields(&self, allowed_cpus: &[usize]) -> Result<Settings, ConfigError> {
         let listen = &self.server.listen;
         if listen.is_empty() {
             return Err(invalid("server.listen", "[]", "at least one address is needed"));
@@ -318,6 +331,20 @@ pub(super) mod tests {
         );
         let e = check("[bogus]\n").unwrap_err();
         assert!(e.reason.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn errors_of_a_file_name_it() {
+        let mut config = Config::from_toml("[io]\nbatch_size = 0\n", "conf/stunedge.toml").unwrap();
+        assert_eq!(
+            config.validate(&[0]).unwrap_err().to_string(),
+            "io.batch_size = 0: must be between 1 and 1024",
+            "text without a file: no place to name"
+        );
+        config.origin = Some("conf/stunedge.toml".into());
+        let e = config.validate(&[0]).unwrap_err();
+        assert_eq!(e.location, "conf/stunedge.toml");
+        assert_eq!(e.to_string(), "conf/stunedge.toml: io.batch_size = 0: must be between 1 and 1024");
     }
 
     #[test]

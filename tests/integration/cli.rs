@@ -304,3 +304,83 @@ fn auto_picks_io_uring_where_the_kernel_has_it() {
     let log = server.stderr();
     assert!(log.contains("backend=\"io_uring\""), "{log}");
 }
+
+#[test]
+fn sighup_reload_applies_a_new_log_level() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let text = |level: &str| format!("[server]\nlisten = [\"{addr}\"]\n[log]\nlevel = \"{level}\"\n");
+    let config = write_config("log-level.toml", &text("info"));
+    let mut server = Running::start(&["serve", "-c", config.to_str().unwrap()]);
+    server.wait_ready(addr);
+    let until = |what: &str, server: &mut Running, check: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check(&server.stderr()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", server.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let debug_lines = |log: &str| log.lines().filter(|l| l.contains(" DEBUG ")).count();
+    let reloads = |log: &str| log.matches("configuration reloaded from").count();
+
+    write_config("log-level.toml", &text("debug"));
+    server.signal(libc::SIGHUP);
+    until("the reload at debug", &mut server, &|log| reloads(log) == 1);
+    let log = server.stderr();
+    assert!(debug_lines(&log) >= 1, "a debug line once the level is debug: {log}");
+    assert!(log.contains("log.level changed to debug"), "{log}");
+
+    // Back to info: said at info, and debug lines stop (the running level was recorded, so the
+    // reload sees a change).
+    write_config("log-level.toml", &text("info"));
+    server.signal(libc::SIGHUP);
+    until("the reload back to info", &mut server, &|log| reloads(log) == 2);
+    let log = server.stderr();
+    assert!(log.contains("log.level changed to info"), "{log}");
+    let before = debug_lines(&log);
+    server.signal(libc::SIGHUP);
+    until("a third reload", &mut server, &|log| reloads(log) == 3);
+    let log = server.stderr();
+    assert_eq!(debug_lines(&log), before, "no debug line at info: {log}");
+    assert_eq!(log.matches("log.level changed").count(), 2, "an unchanged level is not announced: {log}");
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(Duration::from_secs(2)), 0);
+}
+
+#[test]
+fn a_second_sigterm_cuts_the_drain_short_and_logs_the_totals() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = write_config(
+        "drain-cut.toml",
+        &format!("[server]\nlisten = [\"{addr}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ndrain_seconds = 30\n"),
+    );
+    let mut server = Running::start(&["serve", "-c", config.to_str().unwrap()]);
+    server.wait_ready(addr);
+    server.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr().contains("SIGTERM: draining for 30 s") {
+        assert!(Instant::now() < deadline, "no drain: {}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.alive(), "draining, not stopped");
+    let cut = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(3)), 1, "status 1: the drain was cut short");
+    assert!(cut.elapsed() < Duration::from_secs(3));
+    let log = server.stderr();
+    assert!(log.contains("stopped; totals: ") && log.contains("responses_success="), "totals logged: {log}");
+    assert!(log.contains("a second stop signal: stopping now"), "{log}");
+}
+
+#[test]
+fn check_config_names_the_file_in_validation_errors() {
+    let path = write_config("batch0.toml", "[io]\nbatch_size = 0\n");
+    let out = run(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("stunedge: config error: {}: io.batch_size = 0: must be between 1 and 1024\n", path.display())
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -131,3 +131,90 @@ fn nat_mode_reports_udp_blocked_and_a_server_without_rfc5780() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no OTHER-ADDRESS in the answer: the server does not run RFC 5780"), "{err}");
 }
+
+/// Against a server that never answers, `probe` says on stderr, after the third request, that
+/// it is still waiting; stdout stays one JSON object.
+#[test]
+fn probe_says_on_stderr_that_it_is_still_waiting() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap(); // bound, never answers
+    let target = silent.local_addr().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stunedge"))
+        .args(["probe", "--json", "--rto-ms", "50", "--retries", "4", &target.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let waiting: Vec<&str> = err.lines().filter(|l| l.contains("yet")).collect();
+    assert_eq!(waiting.len(), 1, "one line: {err}");
+    // Sends at 0, 50, 150 and 350 ms; gives up 16 RTOs after the last.
+    assert_eq!(
+        waiting[0],
+        format!("stunedge probe: no answer from {target} yet (3 requests sent); retrying until 1.15s after the first")
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(json["server"], target.to_string());
+    let error = json["error"].as_str().unwrap();
+    assert!(error.starts_with("no answer after 1.") && error.ends_with(" s and 4 requests"), "{error}");
+}
+
+/// `--rto-ms 0` and `--retries 0` are refused (status 2) rather than clamped; `[::1]` without a
+/// port is port 3478; an unresolvable name keeps the resolver's reason.
+#[test]
+fn probe_checks_its_arguments() {
+    let bin = env!("CARGO_BIN_EXE_stunedge");
+    for (flag, message) in [
+        ("--rto-ms", "--rto-ms 0: must be between 1 and 60000"),
+        ("--retries", "--retries 0: must be between 1 and 20"),
+    ] {
+        let out = std::process::Command::new(bin).args(["probe", "--nat", flag, "0", "127.0.0.1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), format!("stunedge probe: {message}\n"));
+        assert!(out.stdout.is_empty());
+    }
+    let server = server();
+    let port = server.local_addrs()[1].port();
+    // [::1] alone is [::1]:3478 (the port below is the server's, to get an answer).
+    let out =
+        std::process::Command::new(bin).args(["probe", "[::1]", "--rto-ms", "20", "--retries", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("cannot resolve"), "{err}");
+    assert!(err.contains("[::1]:3478") || out.status.success(), "{err}");
+    let out = std::process::Command::new(bin).args(["probe", &format!("[::1]:{port}")]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin).args(["probe", "nope.invalid"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("stunedge probe: cannot resolve \"nope.invalid\": failed to lookup address information: "),
+        "{err}"
+    );
+}
+
+/// The password for `--username` from `--password-file` or `STUNEDGE_PASSWORD`, never only
+/// from the command line.
+#[test]
+fn probe_reads_the_password_from_a_file_or_the_environment() {
+    let server = server();
+    let short = server.local_addrs()[3].to_string(); // bob, short-term, required
+    let bin = env!("CARGO_BIN_EXE_stunedge");
+    let file = std::env::temp_dir().join(format!("stunedge-probe-bob-{}", std::process::id()));
+    std::fs::write(&file, "builder\n").unwrap();
+    let base = ["probe", "--json", "--rto-ms", "100", "--username", "bob"];
+    let out = std::process::Command::new(bin)
+        .args(base)
+        .args(["--password-file", file.to_str().unwrap(), &short])
+        .env_remove("STUNEDGE_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"authenticated\": true"));
+    let out =
+        std::process::Command::new(bin).args(base).arg(&short).env("STUNEDGE_PASSWORD", "builder").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"authenticated\": true"));
+    let out = std::process::Command::new(bin).args(base).arg(&short).env_remove("STUNEDGE_PASSWORD").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--username: needs a password"));
+    std::fs::remove_file(&file).unwrap();
+}
