@@ -5,6 +5,15 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
 
+step "test dependencies (installed if missing and root with apt-get; otherwise stop and say which)"
+scripts/install-test-deps.sh
+
+# Every test that skips appends "SKIPPED: <test>: <why>" here (tests/integration/support.rs);
+# the last step summarises it. With CI set a test cannot skip (it fails instead).
+mkdir -p target
+export STUNEDGE_SKIP_LOG="$PWD/target/ci-skipped.log"
+: > "$STUNEDGE_SKIP_LOG"
+
 step "format (rustfmt --check)"
 cargo fmt --all -- --check
 cargo fmt --manifest-path bench/fuzz/Cargo.toml -- --check
@@ -87,5 +96,14 @@ cargo build --manifest-path bench/fuzz/Cargo.toml --locked
 step "config drift (configs/stunedge.toml == stunedge --print-config)"
 cargo run --quiet --locked --bin stunedge -- --print-config | diff -u configs/stunedge.toml - \
   || { echo "configs/stunedge.toml drifted: run 'cargo run -- --print-config > configs/stunedge.toml'"; exit 1; }
+
+step "skipped tests"
+if [[ -s $STUNEDGE_SKIP_LOG ]]; then
+  cat "$STUNEDGE_SKIP_LOG"
+  echo "$(wc -l < "$STUNEDGE_SKIP_LOG") skipped (listed above, each with why)"
+  [[ -z ${CI:-} ]] || { echo "CI must not skip a test"; exit 1; }
+else
+  echo "0 skipped"
+fi
 
 step "all checks passed"

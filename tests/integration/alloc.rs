@@ -226,9 +226,8 @@ fn crc32(data: &[u8]) -> u32 {
 fn server_steady_state_never_allocates() {
     // (io.backend, io.uring_send)
     let mut backends = vec![("mmsg", "sendmmsg")];
-    match stunedge::io::uring::probe() {
-        Ok(()) => backends.extend([("io_uring", "sendmmsg"), ("io_uring", "sqe")]),
-        Err(why) => eprintln!("SKIPPED io_uring backend: {why}"),
+    if crate::support::io_uring_available("alloc::server_steady_state_never_allocates") {
+        backends.extend([("io_uring", "sendmmsg"), ("io_uring", "sqe")]);
     }
     let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
     for (backend, send) in backends {

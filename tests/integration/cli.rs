@@ -118,9 +118,7 @@ pub(crate) fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     } else {
         text.to_string()
     };
-    let dir = std::env::temp_dir().join(format!("stunedge-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+    let path = crate::support::temp_dir().join(name);
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -179,8 +177,8 @@ fn default_config_serves_port_3478_on_both_families() {
     let busy = stunedge::io::socket::claim("0.0.0.0:3478".parse().unwrap()).is_err()
         || stunedge::io::socket::claim("[::]:3478".parse().unwrap()).is_err();
     if busy {
-        assert!(std::env::var_os("CI").is_none(), "UDP 3478 is taken on the CI machine");
-        eprintln!("SKIPPED: UDP port 3478 is in use on this machine; the default config needs it");
+        let why = "UDP port 3478 is in use on this machine; the default config needs it";
+        crate::support::skip(&crate::support::current_test(), why);
         return;
     }
     let mut server = Running::start(&["serve"]);
@@ -290,8 +288,7 @@ fn io_uring_forced_unavailable_falls_back_or_refuses() {
 
 #[test]
 fn auto_picks_io_uring_where_the_kernel_has_it() {
-    if let Err(why) = stunedge::io::uring::probe() {
-        eprintln!("SKIPPED: io_uring unavailable here, so auto cannot pick it: {why}");
+    if !crate::support::io_uring_available(&crate::support::current_test()) {
         return;
     }
     let port = free_port();

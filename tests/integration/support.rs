@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests. Requests and expected answers are built here by
 //! hand, byte by byte, not with the codec under test.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -80,18 +81,90 @@ pub(crate) fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(
     }
 }
 
-/// Whether an external tool is missing; in CI (CI set) a missing tool is a failure, elsewhere
-/// the test prints why it is skipped.
+/// Whether this run is CI's (`CI` set, as `.ci/run` and every CI service set it): there nothing
+/// may skip (docs/architecture.md, invariant 7).
+pub(crate) fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// The file every skip is appended to: `$STUNEDGE_SKIP_LOG` (scripts/ci.sh sets it and prints
+/// a summary from it at the end), else `skipped.log` in Cargo's target tmpdir.
+pub(crate) fn skip_log() -> std::path::PathBuf {
+    std::env::var_os("STUNEDGE_SKIP_LOG")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.log"))
+}
+
+/// The one way a test (or part of one) skips: in CI it panics, so the test fails naming what
+/// could not run and why; elsewhere it prints `SKIPPED: <test>: <why>` and appends that line to
+/// [`skip_log`]. The caller returns (or leaves out the part) after it.
+#[track_caller]
+pub(crate) fn skip(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test} cannot run, and CI must not skip it: {why}");
+    }
+    let line = format!("SKIPPED: {test}: {why}");
+    // Straight to stderr, past the test harness's capture: a skip shows even when the test passes.
+    let _ = writeln!(std::io::stderr(), "{line}");
+    let log = skip_log();
+    let appended =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = appended {
+        eprintln!("(could not append to the skip log {}: {e})", log.display());
+    }
+}
+
+/// Whether `tool` is an executable file on `PATH`.
+pub(crate) fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file())).unwrap_or(false)
+}
+
+/// The running test's name, as the test harness names its thread (`module::test`).
+pub(crate) fn current_test() -> String {
+    std::thread::current().name().unwrap_or("an unnamed test").to_string()
+}
+
+/// Whether an external tool is missing, in which case the running test is skipped through
+/// [`skip`] (in CI that fails it).
 pub(crate) fn tool_missing(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
-        .unwrap_or(false);
-    if found {
-        return false;
+    let found = on_path(tool);
+    if !found {
+        skip(&current_test(), &format!("{tool} is not installed (scripts/install-test-deps.sh names its package)"));
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("{tool} is not installed, and CI must not skip this test (.ci/run installs it)");
+    !found
+}
+
+/// Whether io_uring can run here; if not, `test`'s io_uring part is skipped through [`skip`]
+/// (in CI that fails it). `STUNEDGE_DISABLE_IO_URING` counts as "cannot".
+pub(crate) fn io_uring_available(test: &str) -> bool {
+    match stunedge::io::uring::probe() {
+        Ok(()) => true,
+        Err(why) => {
+            skip(test, &format!("its io_uring backend cannot run: {why}"));
+            false
+        }
     }
-    eprintln!("SKIPPED: {tool} is not installed (.ci/run shows the apt package); this test needs it");
-    true
+}
+
+/// This test binary's scratch directory (`stunedge-test-<pid>` in the system temp dir), created
+/// on first use and removed when the process exits.
+pub(crate) fn temp_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("stunedge-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Statics are never dropped, and the test harness's main returns or calls exit():
+        // either way atexit handlers run, after every test has finished.
+        // SAFETY: atexit(3) takes a plain `extern "C" fn()`; the handler below neither unwinds
+        // (remove_dir_all returns its error, which is ignored) nor touches thread-locals.
+        #[allow(unsafe_code)]
+        let registered = unsafe { libc::atexit(remove_temp_dir) };
+        assert_eq!(registered, 0, "atexit failed");
+        dir
+    })
+}
+
+/// The atexit handler of [`temp_dir`].
+extern "C" fn remove_temp_dir() {
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("stunedge-test-{}", std::process::id())));
 }
