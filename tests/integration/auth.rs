@@ -567,7 +567,7 @@ use crate::cli::{Running, free_port, write_config};
 use crate::support::{client_for, exchange, tool_missing};
 
 /// Starts `stunedge serve` with `text` as its config file.
-fn serve(name: &str, text: &str) -> (Running, std::path::PathBuf) {
+fn serve(name: &str, text: &str) -> (Running, crate::support::Scratch) {
     let path = write_config(name, text);
     let running = Running::start(&["serve", "-c", path.to_str().unwrap()]);
     (running, path)
@@ -596,9 +596,9 @@ fn a_nonce_from_one_process_authenticates_at_another_with_the_same_secret() {
         format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{}", auth_section("required", "long-term"))
             .replace(SECRET, secret)
     };
-    let (mut a, _) = serve("fleet-a.toml", &config(a_port, SECRET));
-    let (mut b, _) = serve("fleet-b.toml", &config(b_port, SECRET));
-    let (mut c, _) = serve("fleet-c.toml", &config(c_port, "a-different-secret-entirely"));
+    let (mut a, _config) = serve("fleet-a.toml", &config(a_port, SECRET));
+    let (mut b, _config) = serve("fleet-b.toml", &config(b_port, SECRET));
+    let (mut c, _config) = serve("fleet-c.toml", &config(c_port, "a-different-secret-entirely"));
     for (server, port) in [(&mut a, a_port), (&mut b, b_port), (&mut c, c_port)] {
         server.wait_answering(loopback(port));
     }
@@ -624,7 +624,7 @@ fn per_listener_policy() {
          {{ listen = \"127.0.0.1:{ice}\", policy = \"required\", mechanism = \"short-term\" }}]\n",
         auth_section("none", "long-term")
     );
-    let (mut server, _) = serve("listeners.toml", &text);
+    let (mut server, _config) = serve("listeners.toml", &text);
     server.wait_answering(loopback(open));
     let client = client_for(loopback(open));
     let plain = request([1; 12], &[], Sign::Unsigned, false);
@@ -641,7 +641,7 @@ fn rest_credentials_computed_by_openssl() {
         return;
     }
     let port = free_port();
-    let (mut server, _) = serve(
+    let (mut server, _config) = serve(
         "rest.toml",
         &format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n{}", auth_section("required", "long-term")),
     );
@@ -690,7 +690,7 @@ fn sighup_reloads_credentials_without_losing_a_packet_and_keeps_them_on_a_bad_fi
         creds.display()
     );
     std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let (mut server, _) = serve("reload.toml", &text);
+    let (mut server, _config) = serve("reload.toml", &text);
     server.wait_answering(loopback(port));
     assert!(server.stderr().contains("holds secrets and others can read it"), "{}", server.stderr());
     let client = client_for(loopback(port));
@@ -762,7 +762,7 @@ fn interop_with_aioice() {
          listeners = [{{ listen = \"127.0.0.1:{short}\", policy = \"required\", mechanism = \"short-term\" }}]\n",
         auth_section("required", "long-term")
     );
-    let (mut server, _) = serve("aioice.toml", &text);
+    let (mut server, _config) = serve("aioice.toml", &text);
     server.wait_answering(loopback(long));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/aioice_auth.py");
     let out = std::process::Command::new(python)

@@ -4,7 +4,6 @@
 //! against the committed configs/stunedge.toml.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ pub(crate) fn free_port() -> u16 {
 /// A `stunedge` process, its log (stderr) going to a file that can be read while it runs.
 pub(crate) struct Running {
     child: Child,
-    log: PathBuf,
+    log: crate::support::Scratch,
 }
 
 impl Running {
@@ -112,15 +111,19 @@ impl Drop for Running {
 
 /// Writes a config file for a test. A server config without an `[admin]` section gets an
 /// ephemeral admin port, so tests running in parallel never collide on the default 9478.
-pub(crate) fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let text = if text.contains("[server]") && !text.contains("[admin]") {
+/// The file is removed when the returned guard drops.
+pub(crate) fn write_config(name: &str, text: &str) -> crate::support::Scratch {
+    crate::support::Scratch::new(name, &with_admin(text))
+}
+
+/// `text`, with an ephemeral admin port when it is a server config without an `[admin]`
+/// section.
+pub(crate) fn with_admin(text: &str) -> String {
+    if text.contains("[server]") && !text.contains("[admin]") {
         format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
     } else {
         text.to_string()
-    };
-    let path = crate::support::temp_dir().join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+    }
 }
 
 fn run(args: &[&str]) -> Output {
@@ -320,7 +323,7 @@ fn sighup_reload_applies_a_new_log_level() {
     let debug_lines = |log: &str| log.lines().filter(|l| l.contains(" DEBUG ")).count();
     let reloads = |log: &str| log.matches("configuration reloaded from").count();
 
-    write_config("log-level.toml", &text("debug"));
+    config.rewrite(&with_admin(&text("debug")));
     server.signal(libc::SIGHUP);
     until("the reload at debug", &mut server, &|log| reloads(log) == 1);
     let log = server.stderr();
@@ -329,7 +332,7 @@ fn sighup_reload_applies_a_new_log_level() {
 
     // Back to info: said at info, and debug lines stop (the running level was recorded, so the
     // reload sees a change).
-    write_config("log-level.toml", &text("info"));
+    config.rewrite(&with_admin(&text("info")));
     server.signal(libc::SIGHUP);
     until("the reload back to info", &mut server, &|log| reloads(log) == 2);
     let log = server.stderr();

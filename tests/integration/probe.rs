@@ -198,8 +198,7 @@ fn probe_reads_the_password_from_a_file_or_the_environment() {
     let server = server();
     let short = server.local_addrs()[3].to_string(); // bob, short-term, required
     let bin = env!("CARGO_BIN_EXE_stunedge");
-    let file = std::env::temp_dir().join(format!("stunedge-probe-bob-{}", std::process::id()));
-    std::fs::write(&file, "builder\n").unwrap();
+    let file = crate::support::Scratch::new("probe-bob", "builder\n");
     let base = ["probe", "--json", "--rto-ms", "100", "--username", "bob"];
     let out = std::process::Command::new(bin)
         .args(base)
@@ -216,5 +215,4 @@ fn probe_reads_the_password_from_a_file_or_the_environment() {
     let out = std::process::Command::new(bin).args(base).arg(&short).env_remove("STUNEDGE_PASSWORD").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--username: needs a password"));
-    std::fs::remove_file(&file).unwrap();
 }

@@ -146,25 +146,47 @@ pub(crate) fn io_uring_available(test: &str) -> bool {
     }
 }
 
-/// This test binary's scratch directory (`stunedge-test-<pid>` in the system temp dir), created
-/// on first use and removed when the process exits.
-pub(crate) fn temp_dir() -> &'static std::path::Path {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("stunedge-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // Statics are never dropped, and the test harness's main returns or calls exit():
-        // either way atexit handlers run, after every test has finished.
-        // SAFETY: atexit(3) takes a plain `extern "C" fn()`; the handler below neither unwinds
-        // (remove_dir_all returns its error, which is ignored) nor touches thread-locals.
-        #[allow(unsafe_code)]
-        let registered = unsafe { libc::atexit(remove_temp_dir) };
-        assert_eq!(registered, 0, "atexit failed");
-        dir
-    })
+/// A file of one test in the system temp dir (`stunedge-test-<pid>-<name>`), removed when
+/// dropped, so that a test run leaves nothing behind (a panicking test's too: drops run while
+/// it unwinds).
+#[derive(Debug)]
+pub(crate) struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// Writes `text` to a new scratch file named after `name`.
+    pub(crate) fn new(name: &str, text: &str) -> Scratch {
+        let scratch = Scratch(std::env::temp_dir().join(format!("stunedge-test-{}-{name}", std::process::id())));
+        scratch.rewrite(text);
+        scratch
+    }
+
+    /// Replaces the file's contents (a test that reloads a changed file).
+    pub(crate) fn rewrite(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap();
+    }
 }
 
-/// The atexit handler of [`temp_dir`].
-extern "C" fn remove_temp_dir() {
-    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("stunedge-test-{}", std::process::id())));
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
