@@ -59,8 +59,13 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
     };
     let reloads = Arc::new(ReloadStats::new(unix_now()));
     let health = Arc::new(Health::default());
-    let _admin = match settings.admin_listen {
-        Some(addr) => match Admin::start(addr, server.exporter(reloads.clone()), health.clone()) {
+    let admin = match settings.admin_listen {
+        Some(addr) => match Admin::start_with_token(
+            addr,
+            server.exporter(reloads.clone()),
+            health.clone(),
+            settings.metrics_token.clone(),
+        ) {
             Ok(admin) => {
                 tracing::info!(listen = %admin.local_addr(), "admin endpoint: /metrics /healthz /readyz");
                 Some(admin)
@@ -103,7 +108,7 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
             break;
         }
         if reload.swap(false, Ordering::Relaxed) {
-            let ok = reload_config(&server, path.as_deref(), &settings);
+            let ok = reload_config(&server, admin.as_ref(), path.as_deref(), &settings);
             reloads.record(ok, unix_now());
         }
         if last_stats.elapsed() >= STATS_EVERY {
@@ -120,8 +125,9 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
 }
 
 /// SIGHUP: re-reads the file, and on success swaps every listener's answer and authentication
-/// settings into the running workers. Anything wrong keeps the running configuration.
-fn reload_config(server: &Server, path: Option<&Path>, running: &Settings) -> bool {
+/// settings into the running workers, and the `/metrics` token into the admin endpoint.
+/// Anything wrong keeps the running configuration.
+fn reload_config(server: &Server, admin: Option<&Admin>, path: Option<&Path>, running: &Settings) -> bool {
     let Some(path) = path else {
         tracing::warn!("SIGHUP ignored: started without a configuration file");
         return false;
@@ -148,6 +154,9 @@ fn reload_config(server: &Server, path: Option<&Path>, running: &Settings) -> bo
     }
     match server.reload(new.handlers) {
         Ok(()) => {
+            if let Some(admin) = admin {
+                admin.set_metrics_token(new.metrics_token);
+            }
             tracing::info!("configuration reloaded from {}", path.display());
             true
         }
