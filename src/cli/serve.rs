@@ -112,8 +112,13 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
     };
     let reloads = Arc::new(ReloadStats::new(unix_now()));
     let health = Arc::new(Health::default());
-    let _admin = match settings.admin_listen {
-        Some(addr) => match Admin::start(addr, server.exporter(reloads.clone()), health.clone()) {
+    let admin = match settings.admin_listen {
+        Some(addr) => match Admin::start_with_token(
+            addr,
+            server.exporter(reloads.clone()),
+            health.clone(),
+            settings.metrics_token.clone(),
+        ) {
             Ok(admin) => {
                 tracing::info!(listen = %admin.local_addr(), "admin endpoint: /metrics /healthz /readyz");
                 Some(admin)
@@ -156,7 +161,7 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
             break;
         }
         if reload.swap(false, Ordering::Relaxed) {
-            let ok = reload_config(&server, path.as_deref(), &mut settings, &levels);
+            let ok = reload_config(&server, admin.as_ref(), path.as_deref(), &mut settings, &levels);
             reloads.record(ok, unix_now());
         }
         if last_stats.elapsed() >= STATS_EVERY {
@@ -179,9 +184,15 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
 }
 
 /// SIGHUP: re-reads the file, and on success swaps every listener's answer and authentication
-/// settings into the running workers and sets a changed `log.level` (recorded in `running`).
-/// Anything wrong keeps the running configuration.
-fn reload_config(server: &Server, path: Option<&Path>, running: &mut Settings, levels: &LevelHandle) -> bool {
+/// settings into the running workers, the `/metrics` token into the admin endpoint, and sets a
+/// changed `log.level` (recorded in `running`). Anything wrong keeps the running configuration.
+fn reload_config(
+    server: &Server,
+    admin: Option<&Admin>,
+    path: Option<&Path>,
+    running: &mut Settings,
+    levels: &LevelHandle,
+) -> bool {
     let Some(path) = path else {
         tracing::warn!("SIGHUP ignored: started without a configuration file");
         return false;
@@ -217,6 +228,9 @@ fn reload_config(server: &Server, path: Option<&Path>, running: &mut Settings, l
     match server.reload(new.handlers) {
         Ok(()) => {
             running.log_level = new.log_level;
+            if let Some(admin) = admin {
+                admin.set_metrics_token(new.metrics_token);
+            }
             tracing::info!("configuration reloaded from {}", path.display());
             tracing::debug!(
                 listeners,

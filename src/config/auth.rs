@@ -210,7 +210,7 @@ fn merge_users(
 }
 
 /// Whether users other than the owner may read `path` (mode bits o+r).
-fn world_readable(path: &Path) -> bool {
+pub(super) fn world_readable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }

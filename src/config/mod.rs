@@ -79,6 +79,8 @@ pub struct Settings {
     pub log_level: tracing::Level,
     /// Admin endpoint address; `None` when disabled.
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token `/metrics` requires (`admin.metrics_token_file`; reloadable).
+    pub metrics_token: Option<crate::admin::MetricsToken>,
     /// How long to drain after SIGTERM.
     pub drain: std::time::Duration,
     /// Things worth a warning that are not errors (world-readable secrets, a random nonce

@@ -197,10 +197,19 @@ section! {
 section! {
     /// The admin HTTP endpoint (/metrics, /healthz, /readyz) and the stop sequence.
     Admin "admin" {
-        /// Address of the admin endpoint, `"IP:port"`. Keep it off public addresses: it is
-        /// unauthenticated. Empty: no admin endpoint (no metrics, no health checks).
+        /// Address of the admin endpoint, `"IP:port"`. Keep it off public addresses; off
+        /// loopback, set metrics_token_file (a warning says so when it is empty). Empty: no
+        /// admin endpoint (no metrics, no health checks).
         #[serde(with = "admin_listen")]
         listen: Option<SocketAddr> = Some(SocketAddr::from(([127, 0, 0, 1], 9478))),
+        /// File holding a bearer token that /metrics then requires (`Authorization: Bearer
+        /// <token>`, else 401); /healthz and /readyz stay open for probes. The file holds the
+        /// token alone (printable ASCII, no spaces; surrounding whitespace and the final newline
+        /// are ignored); mode 0600, a warning when others can read it. A relative path is taken
+        /// from the configuration file's directory. Read at start and on every reload (SIGHUP),
+        /// so a rotated token takes effect with a reload. Prometheus: `authorization: {
+        /// credentials_file: <the same file> }`. Empty: /metrics needs no token.
+        metrics_token_file: String = String::new(),
         /// Seconds to keep answering after SIGTERM while /readyz says 503, so load balancers
         /// and health-checking DNS move traffic away before the node stops (0..=3600). SIGINT,
         /// or a second SIGTERM, stops at once.

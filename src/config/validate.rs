@@ -4,9 +4,12 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 
+use super::auth::world_readable;
 use super::error::invalid;
 use super::{Config, ConfigError, Rfc5780Plan, Settings};
+use crate::admin::MetricsToken;
 use crate::handler::HandlerConfig;
 use crate::stun::attr::MAX_TEXT;
 
@@ -77,10 +80,14 @@ impl Config {
             return Err(invalid("admin.drain_seconds", self.admin.drain_seconds, "must be between 0 and 3600"));
         }
         let mut warnings = Vec::new();
+        let metrics_token = self.metrics_token(&mut warnings)?;
         if let Some(admin) = self.admin.listen.filter(|a| !a.ip().is_loopback()) {
-            warnings.push(format!(
-                "admin.listen = \"{admin}\" is not a loopback address: the endpoint has no authentication"
-            ));
+            if metrics_token.is_none() {
+                warnings.push(format!(
+                    "admin.listen = \"{admin}\" is not a loopback address and admin.metrics_token_file is empty: \
+                     anyone who can reach it can read /metrics"
+                ));
+            }
         }
         let auth = self.validate_auth(listen, &mut warnings)?;
         let rfc5780 = self.validate_rfc5780(listen)?;
@@ -108,9 +115,41 @@ impl Config {
             rfc5780,
             log_level: self.log.level.into(),
             admin_listen: self.admin.listen,
+            metrics_token,
             drain: std::time::Duration::from_secs(self.admin.drain_seconds),
             warnings,
         })
+    }
+
+    /// Reads `admin.metrics_token_file` (relative to the configuration file's directory).
+    /// Errors name the field and the file, never the token.
+    fn metrics_token(&self, warnings: &mut Vec<String>) -> Result<Option<MetricsToken>, ConfigError> {
+        const FIELD: &str = "admin.metrics_token_file";
+        let named = Path::new(&self.admin.metrics_token_file);
+        if named.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let path = match self.origin.as_deref().and_then(Path::parent) {
+            Some(dir) if named.is_relative() => dir.join(named),
+            _ => named.to_path_buf(),
+        };
+        let shown = format!("{path:?}");
+        let bytes = std::fs::read(&path).map_err(|e| invalid(FIELD, &shown, format!("cannot read: {e}")))?;
+        let token = bytes.trim_ascii();
+        if token.is_empty() {
+            return Err(invalid(FIELD, &shown, "the file is empty; it must hold the token"));
+        }
+        if !token.iter().all(u8::is_ascii_graphic) {
+            return Err(invalid(
+                FIELD,
+                &shown,
+                "the token must be one word of printable ASCII (no spaces, control or non-ASCII characters)",
+            ));
+        }
+        if world_readable(&path) {
+            warnings.push(format!("{} holds the metrics token and others can read it; chmod 600 it", path.display()));
+        }
+        Ok(Some(MetricsToken::new(token)))
     }
 
     /// Validates `[rfc5780]`: each alternate IP pairs with the one concrete listen address of
@@ -314,7 +353,8 @@ pub(super) mod tests {
         let s = check("[admin]\nlisten = \"0.0.0.0:9478\"\n").unwrap();
         assert_eq!(
             s.warnings,
-            ["admin.listen = \"0.0.0.0:9478\" is not a loopback address: the endpoint has no authentication"]
+            ["admin.listen = \"0.0.0.0:9478\" is not a loopback address and admin.metrics_token_file is \
+                 empty: anyone who can reach it can read /metrics"]
         );
     }
 
@@ -345,6 +385,50 @@ pub(super) mod tests {
         let e = config.validate(&[0]).unwrap_err();
         assert_eq!(e.location, "conf/stunedge.toml");
         assert_eq!(e.to_string(), "conf/stunedge.toml: io.batch_size = 0: must be between 1 and 1024");
+    }
+
+    #[test]
+    fn metrics_token_file_is_read_and_never_echoed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("stunedge-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        };
+        let config = |file: &std::path::Path| {
+            format!("[admin]\nlisten = \"0.0.0.0:9478\"\nmetrics_token_file = {:?}\n", file.display().to_string())
+        };
+        let good = write("good", "  s3cret-Token_1\n");
+        let s = check(&config(&good)).unwrap();
+        assert!(s.warnings.is_empty(), "off loopback with a token: no warning ({:?})", s.warnings);
+        let token = s.metrics_token.as_ref().unwrap();
+        assert!(token.matches(b"s3cret-Token_1"));
+        assert!(!format!("{s:?}").contains("s3cret"));
+
+        let missing = dir.join("missing");
+        let e = check(&config(&missing)).unwrap_err();
+        assert_eq!(e.field, "admin.metrics_token_file");
+        assert!(e.to_string().contains(&missing.display().to_string()) && e.reason.starts_with("cannot read"), "{e}");
+        for (name, text, reason) in [
+            ("empty", "\n \n", "the file is empty; it must hold the token"),
+            ("spaced", "s3cret token\n", "the token must be one word of printable ASCII"),
+            ("two-lines", "s3cret\ntoken\n", "the token must be one word of printable ASCII"),
+        ] {
+            let e = check(&config(&write(name, text))).unwrap_err();
+            assert_eq!(e.field, "admin.metrics_token_file", "{name}");
+            assert!(e.reason.starts_with(reason), "{name}: {e}");
+            assert!(e.to_string().contains(name) && !e.to_string().contains("s3cret"), "{name}: {e}");
+        }
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = check(&config(&good)).unwrap();
+        assert_eq!(
+            s.warnings,
+            [format!("{} holds the metrics token and others can read it; chmod 600 it", good.display())]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -74,6 +74,11 @@ impl Running {
         panic!("{addr} never answered");
     }
 
+    /// The process id (for /proc/<pid>/status and /proc/<pid>/fd).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub(crate) fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
