@@ -16,7 +16,6 @@
 //! The request-head parser ([`parse_head`]) and the answers ([`answer`]) are sans-IO and
 //! unit-tested below; the loop only moves bytes and keeps time.
 
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -25,8 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
+pub use crate::auth::bearer::MetricsToken;
 use crate::io::mmsg::wait_readable;
 use crate::metrics::Exporter;
 
@@ -97,31 +95,6 @@ impl Health {
     /// Ready: workers running and not draining.
     pub fn ready(&self) -> bool {
         self.workers_running.load(Ordering::Relaxed) && !self.draining()
-    }
-}
-
-/// The bearer token `/metrics` requires (`admin.metrics_token_file`), kept as its SHA-256
-/// digest: a presented token is hashed and the digests compared in constant time, so neither
-/// the token's bytes nor its length show in the time an answer takes. `Debug` never prints it.
-#[derive(Clone)]
-pub struct MetricsToken([u8; 32]);
-
-impl MetricsToken {
-    /// The token `token` (the file's contents without surrounding whitespace).
-    pub fn new(token: &[u8]) -> MetricsToken {
-        MetricsToken(Sha256::digest(token).into())
-    }
-
-    /// Whether `presented` is the token (constant time in its contents).
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        digest.iter().zip(&self.0).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    }
-}
-
-impl fmt::Debug for MetricsToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MetricsToken(<redacted>)")
     }
 }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod base64;
+pub mod bearer;
 pub mod keys;
 pub mod nonce;
 

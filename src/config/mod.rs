@@ -80,7 +80,7 @@ pub struct Settings {
     /// Admin endpoint address; `None` when disabled.
     pub admin_listen: Option<SocketAddr>,
     /// The bearer token `/metrics` requires (`admin.metrics_token_file`; reloadable).
-    pub metrics_token: Option<crate::admin::MetricsToken>,
+    pub metrics_token: Option<crate::auth::bearer::MetricsToken>,
     /// How long to drain after SIGTERM.
     pub drain: std::time::Duration,
     /// Things worth a warning that are not errors (world-readable secrets, a random nonce

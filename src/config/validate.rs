@@ -9,7 +9,7 @@ use std::path::Path;
 use super::auth::world_readable;
 use super::error::invalid;
 use super::{Config, ConfigError, Rfc5780Plan, Settings};
-use crate::admin::MetricsToken;
+use crate::auth::bearer::MetricsToken;
 use crate::handler::HandlerConfig;
 use crate::stun::attr::MAX_TEXT;
 
