@@ -28,6 +28,7 @@ fn serve_admin(name: &str, admin_fields: &str) -> (Running, SocketAddr, SocketAd
     let config =
         write_config(name, &format!("[server]\nlisten = [\"{udp}\"]\n[admin]\nlisten = \"{admin}\"\n{admin_fields}"));
     let mut server = Running::start(&["serve", "-c", config.to_str().unwrap()]);
+    server.keep(config);
     server.wait_answering(udp);
     // The admin endpoint starts just after the workers: wait for it too.
     let started = Instant::now();
@@ -260,8 +261,9 @@ fn admin_stays_fast_and_bounded_under_2000_idle_connections_and_a_slowloris() {
 fn metrics_token_guards_metrics_not_probes_and_reloads() {
     let file = write_config("metrics-token", "first-token\n");
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    // Relative: taken from the configuration file's directory.
-    let (mut server, _, admin) = serve_admin("token.toml", "metrics_token_file = \"metrics-token\"\n");
+    // Relative: taken from the configuration file's directory (both are in the temp dir).
+    let relative = file.file_name().unwrap().to_str().unwrap().to_string();
+    let (mut server, _, admin) = serve_admin("token.toml", &format!("metrics_token_file = \"{relative}\"\n"));
     let bearer = |token: &str| format!("Authorization: Bearer {token}");
     let metrics = |token: &str| http_get_with(admin, "/metrics", &[&bearer(token)]).unwrap();
     assert_eq!(http_get(admin, "/metrics").unwrap(), (401, "unauthorized\n".to_string()));

@@ -27,6 +27,8 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct Running {
     child: Child,
     log: crate::support::Scratch,
+    /// Files the process reads while it runs (its config, for SIGHUP), removed with it.
+    kept: Vec<crate::support::Scratch>,
 }
 
 impl Running {
@@ -42,7 +44,12 @@ impl Running {
         let file = std::fs::File::create(&log).unwrap();
         let child =
             Command::new(BIN).args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
-        Running { child, log }
+        Running { child, log, kept: Vec::new() }
+    }
+
+    /// Keeps `file` until this process is dropped (a config it re-reads on SIGHUP).
+    pub(crate) fn keep(&mut self, file: crate::support::Scratch) {
+        self.kept.push(file);
     }
 
     /// Waits until `addr` answers a Binding request with the minimal answer.
