@@ -10,8 +10,16 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stunedge");
 
-/// Why the lab cannot run here, if it cannot.
+/// Why the lab cannot run here, if it cannot. Asked once per test binary: the tests run in
+/// parallel, and concurrent probes with one namespace name raced (one `ip netns add` failed
+/// because another test's probe held the name), which reported a working lab as missing.
 fn unavailable() -> Option<String> {
+    static VERDICT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    VERDICT.get_or_init(probe_lab).clone()
+}
+
+/// [`unavailable`]'s check, once.
+fn probe_lab() -> Option<String> {
     if !is_root() {
         return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
     }
