@@ -285,25 +285,14 @@ pub(crate) fn transact(
     tid: [u8; 12],
     retransmit: &Retransmit,
 ) -> Result<Answer, ProbeError> {
-    transact_split(socket, to, socket, request, tid, retransmit)
+    transact_split(socket, to, socket, request, tid, retransmit, &mut |_, _, _| {})
 }
 
 /// [`transact`] with the requests sent from `sender` and the answer awaited on `receiver`
-/// (RFC 5780 §4.6: the lifetime test asks from one socket for an answer to another).
+/// (RFC 5780 §4.6: the lifetime test asks from one socket for an answer to another); calls
+/// `silence(sent, elapsed, timeout)` once when the transaction is still unanswered at the time
+/// [`Silence`] describes.
 pub(crate) fn transact_split(
-    sender: &UdpSocket,
-    to: Option<SocketAddr>,
-    receiver: &UdpSocket,
-    request: &[u8],
-    tid: [u8; 12],
-    retransmit: &Retransmit,
-) -> Result<Answer, ProbeError> {
-    transact_noticed(sender, to, receiver, request, tid, retransmit, &mut |_, _, _| {})
-}
-
-/// [`transact_split`] that calls `silence(sent, elapsed, timeout)` once when the transaction is
-/// still unanswered at the time [`Silence`] describes.
-fn transact_noticed(
     sender: &UdpSocket,
     to: Option<SocketAddr>,
     receiver: &UdpSocket,
@@ -404,7 +393,7 @@ pub fn binding_with_notice(
         let tid = random_tid();
         let request = build(tid, &sign);
         let Answer { bytes: answer, rtt, attempts, .. } =
-            transact_noticed(socket, None, socket, &request, tid, retransmit, &mut silence)?;
+            transact_split(socket, None, socket, &request, tid, retransmit, &mut silence)?;
         let msg = Message::parse(&answer).map_err(|_| ProbeError::BadResponse("unparsable"))?;
         let key: Option<Vec<u8>> = match &sign {
             Sign::None => None,

@@ -376,7 +376,7 @@ pub fn binding_alive_after(server: SocketAddr, idle: Duration, retransmit: &Retr
     let tid = random_tid();
     let request = request(tid, ChangeRequest::default(), Some(first.mapped.port()));
     // Y sends on the schedule; X listens for the answer.
-    match transact_split(&y, Some(server), &x, &request, tid, retransmit) {
+    match transact_split(&y, Some(server), &x, &request, tid, retransmit, &mut |_, _, _| {}) {
         Ok(_) => Ok(true),
         Err(ProbeError::Timeout { .. }) => Ok(false),
         Err(e) => Err(e),

@@ -281,7 +281,36 @@ pub(super) trait Written: Copy {
 /// names the element (`server.listen[1]`), not the whole array.
 struct Text<T> {
     parse: fn(&str) -> Option<T>,
-    reason: &'static str,
+    reason: Reason,
+}
+
+/// Why a string was rejected.
+#[derive(Clone, Copy)]
+enum Reason {
+    /// As written.
+    Says(&'static str),
+    /// Not one of these names: `must be "a", "b" or "c"`.
+    OneOf(&'static [&'static str]),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Says(text) => f.write_str(text),
+            Reason::OneOf(names) => {
+                f.write_str("must be ")?;
+                for (i, name) in names.iter().enumerate() {
+                    let sep = match i {
+                        0 => "",
+                        _ if i + 1 == names.len() => " or ",
+                        _ => ", ",
+                    };
+                    write!(f, "{sep}\"{name}\"")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl<T> Clone for Text<T> {
@@ -338,12 +367,13 @@ fn parsed<T: std::str::FromStr>(s: &str) -> Option<T> {
 }
 
 fn listen_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    let each = Text { parse: parsed::<SocketAddr>, reason: "not an IP:port address (IPv6 as \"[::1]:3478\")" };
+    let each =
+        Text { parse: parsed::<SocketAddr>, reason: Reason::Says("not an IP:port address (IPv6 as \"[::1]:3478\")") };
     d.deserialize_seq(List(each))
 }
 
 fn ip_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
-    d.deserialize_seq(List(Text { parse: parsed::<IpAddr>, reason: "not an IP address" }))
+    d.deserialize_seq(List(Text { parse: parsed::<IpAddr>, reason: Reason::Says("not an IP address") }))
 }
 
 /// `admin.listen`: an address, or `""` for none.
@@ -360,16 +390,16 @@ mod admin_listen {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
         d.deserialize_str(Text {
             parse: |s| if s.is_empty() { Some(None) } else { parsed(s).map(Some) },
-            reason: "not an IP:port address (empty disables the endpoint)",
+            reason: Reason::Says("not an IP:port address (empty disables the endpoint)"),
         })
     }
 }
 
-/// Serde for an enum written as one of a few names; any other string is the error `reason`,
-/// which names the choices. The impls live here, not beside the types (in `auth` and `io`),
+/// Serde for an enum written as one of a few names; any other string is an error that lists
+/// them (`must be "a", "b" or "c"`). The impls live here, not beside the types (in `auth` and `io`),
 /// because the names and the messages are the configuration file's.
 macro_rules! choice {
-    ($ty:ty, $reason:literal, { $($variant:path = $name:literal),+ $(,)? }) => {
+    ($ty:ty, { $($variant:path = $name:literal),+ $(,)? }) => {
         impl Written for $ty {
             fn written(self) -> &'static str {
                 match self {
@@ -391,41 +421,41 @@ macro_rules! choice {
                         $($name => Some($variant),)+
                         _ => None,
                     },
-                    reason: $reason,
+                    reason: Reason::OneOf(&[$($name),+]),
                 })
             }
         }
     };
 }
 
-choice!(BackendChoice, "must be \"auto\", \"io_uring\" or \"mmsg\"", {
+choice!(BackendChoice, {
     BackendChoice::Auto = "auto",
     BackendChoice::IoUring = "io_uring",
     BackendChoice::Mmsg = "mmsg",
 });
 
-choice!(SendMode, "must be \"sqe\" or \"sendmmsg\"", {
+choice!(SendMode, {
     SendMode::Sqe = "sqe",
     SendMode::Sendmmsg = "sendmmsg",
 });
 
-choice!(TaskRun, "must be \"defer\" or \"coop\"", {
+choice!(TaskRun, {
     TaskRun::Defer = "defer",
     TaskRun::Coop = "coop",
 });
 
-choice!(Policy, "must be \"none\", \"optional\" or \"required\"", {
+choice!(Policy, {
     Policy::None = "none",
     Policy::Optional = "optional",
     Policy::Required = "required",
 });
 
-choice!(Mechanism, "must be \"long-term\" or \"short-term\"", {
+choice!(Mechanism, {
     Mechanism::LongTerm = "long-term",
     Mechanism::ShortTerm = "short-term",
 });
 
-choice!(Algorithm, "must be \"sha256\" or \"md5\"", {
+choice!(Algorithm, {
     Algorithm::Sha256 = "sha256",
     Algorithm::Md5 = "md5",
 });
@@ -456,7 +486,7 @@ impl<'de> Deserialize<'de> for LogLevel {
                 let level = s.parse::<tracing::Level>().ok()?;
                 LogLevel::ALL.into_iter().find(|&l| tracing::Level::from(l) == level)
             },
-            reason: "must be error, warn, info, debug or trace",
+            reason: Reason::Says("must be error, warn, info, debug or trace"),
         })
     }
 }
