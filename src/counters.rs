@@ -8,6 +8,7 @@
 //! The leaf every room may use: this module imports nothing from the rest of the crate.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
@@ -61,7 +62,68 @@ named! {
         /// The response would not fit the buffer (cannot happen with the io buffer size;
         /// counted rather than trusted).
         ResponseTooLarge => "response_too_large",
+        /// The source is on the configured deny list (`limit.deny`).
+        DeniedListed => "denied_listed",
+        /// Source port 0: nothing can be sent to it (`limit.deny_bogons`).
+        DeniedPortZero => "denied_port_zero",
+        /// A source address that cannot send real traffic: 0.0.0.0/8, multicast, 240.0.0.0/4,
+        /// ::, ff00::/8 (`limit.deny_bogons`).
+        DeniedBogon => "denied_bogon",
+        /// The server's own listening address as the source: a spoofed loop.
+        DeniedOwnAddress => "denied_own_address",
+        /// Over the response rate limit of the answer's destination prefix, and not leaked.
+        RateLimited => "rate_limited",
+        /// Even trimmed, the answer would pass the amplification cap (`limit.max_amplification`).
+        AmplificationCap => "amplification_cap",
     }
+}
+
+named! {
+    /// What kind of answer a request gets, for the response rate limit (each has its own budget).
+    AnswerClass {
+        /// A Binding success.
+        Success => "success",
+        /// An error or a challenge: 400, 401, 420, 438.
+        Error => "error",
+    }
+}
+
+named! {
+    /// What the response rate limit decided for one answer.
+    LimitAction {
+        /// Within the prefix's budget.
+        Pass => "pass",
+        /// Not counted against a budget: the request proved it can receive at its source (a
+        /// valid nonce), or comes from the host itself (loopback).
+        Exempt => "exempt",
+        /// Within the budget of the allowlist entry it is in.
+        Allowlisted => "allowlisted",
+        /// Over budget, answered anyway with the minimal answer (one in `leak`).
+        Leak => "leak",
+        /// Over budget, dropped.
+        Drop => "drop",
+        /// Dry run: would have been leaked (answered in full).
+        WouldLeak => "would_leak",
+        /// Dry run: would have been dropped (answered in full).
+        WouldDrop => "would_drop",
+    }
+}
+
+/// Address families, as the limit counters index them: IPv4 then IPv6.
+pub const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+/// The levels a limit can trip at, per family: the four prefix lengths, then the allowlist.
+pub const LIMIT_LEVELS: [[&str; 5]; 2] = [["32", "24", "20", "18", "allow"], ["128", "64", "56", "48", "allow"]];
+const CLASSES: usize = AnswerClass::ALL.len();
+const ACTIONS: usize = LimitAction::ALL.len();
+const LEVELS: usize = LIMIT_LEVELS[0].len();
+/// Per family and class: the actions, the levels, then bytes in, bytes out, trimmed answers.
+const PER_CLASS: usize = ACTIONS + LEVELS + 3;
+const LIMIT: usize = FAMILIES.len() * CLASSES * PER_CLASS;
+
+/// Where one (family, class) pair's limit counters start in [`Stats`].
+#[inline]
+const fn limit_base(family: usize, class: AnswerClass) -> usize {
+    (family * CLASSES + class as usize) * PER_CLASS
 }
 
 named! {
@@ -231,11 +293,17 @@ pub struct Stats {
     drops: [u64; DROPS],
     /// Histogram buckets (not cumulative): batch sizes, then batch durations.
     hist: [u64; HIST],
+    /// Per family and answer class: rate-limit actions, limiting levels, bytes in and out,
+    /// trimmed answers.
+    limit: [u64; LIMIT],
+    /// A limited answer the worker should log (at most one per log period for the whole
+    /// table): its destination, the level index that was over, its class. Not published.
+    limited_sample: Option<(IpAddr, usize, AnswerClass)>,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats { counters: [0; COUNTERS], drops: [0; DROPS], hist: [0; HIST] }
+        Stats { counters: [0; COUNTERS], drops: [0; DROPS], hist: [0; HIST], limit: [0; LIMIT], limited_sample: None }
     }
 }
 
@@ -274,6 +342,64 @@ impl Stats {
     #[inline]
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
+    }
+
+    /// Counts one rate-limit decision for an answer of `class` to a `family` source (0: IPv4,
+    /// 1: IPv6); for limited ones, also the `level` that was over.
+    #[inline]
+    pub fn limit_decision(&mut self, family: usize, class: AnswerClass, action: LimitAction, level: usize) {
+        let base = limit_base(family, class);
+        self.limit[base + action as usize] += 1;
+        if !matches!(action, LimitAction::Pass | LimitAction::Exempt | LimitAction::Allowlisted) {
+            self.limit[base + ACTIONS + level.min(LEVELS - 1)] += 1;
+        }
+    }
+
+    /// Counts the bytes of a request classified as `class` and of its answer (0 when none).
+    #[inline]
+    pub fn class_bytes(&mut self, family: usize, class: AnswerClass, request: usize, answer: usize) {
+        let base = limit_base(family, class) + ACTIONS + LEVELS;
+        self.limit[base] += request as u64;
+        self.limit[base + 1] += answer as u64;
+    }
+
+    /// Counts an answer whose optional attributes were trimmed to fit the amplification cap.
+    #[inline]
+    pub fn trimmed(&mut self, family: usize, class: AnswerClass) {
+        self.limit[limit_base(family, class) + ACTIONS + LEVELS + 2] += 1;
+    }
+
+    /// Records a limited answer for the worker to log.
+    #[cold]
+    pub fn sample_limited(&mut self, dst: IpAddr, level: usize, class: AnswerClass) {
+        self.limited_sample = Some((dst, level, class));
+    }
+
+    /// The limited answer to log, if one was recorded since the last call.
+    #[inline]
+    pub fn take_limited_sample(&mut self) -> Option<(IpAddr, usize, AnswerClass)> {
+        self.limited_sample.take()
+    }
+
+    /// Rate-limit decisions of `action` for `class` answers to `family`.
+    pub fn limit_decisions(&self, family: usize, class: AnswerClass, action: LimitAction) -> u64 {
+        self.limit[limit_base(family, class) + action as usize]
+    }
+
+    /// Limited (leaked, dropped, would-be) answers of `class` to `family` by the level over.
+    pub fn limited_at(&self, family: usize, class: AnswerClass, level: usize) -> u64 {
+        self.limit[limit_base(family, class) + ACTIONS + level]
+    }
+
+    /// Bytes of requests classified as `class` from `family` and of their answers.
+    pub fn bytes_of(&self, family: usize, class: AnswerClass) -> (u64, u64) {
+        let base = limit_base(family, class) + ACTIONS + LEVELS;
+        (self.limit[base], self.limit[base + 1])
+    }
+
+    /// Answers of `class` to `family` trimmed to fit the amplification cap.
+    pub fn trimmed_count(&self, family: usize, class: AnswerClass) -> u64 {
+        self.limit[limit_base(family, class) + ACTIONS + LEVELS + 2]
     }
 
     /// All drops, whatever the reason.
@@ -335,6 +461,9 @@ impl Stats {
         for (a, b) in self.hist.iter_mut().zip(other.hist) {
             *a += b;
         }
+        for (a, b) in self.limit.iter_mut().zip(other.limit) {
+            *a += b;
+        }
     }
 }
 
@@ -359,13 +488,14 @@ impl fmt::Display for Stats {
 /// per batch), read by anyone. Cache-padded so workers never share a line.
 #[derive(Debug)]
 pub struct WorkerSlot {
-    counters: CachePadded<([AtomicU64; COUNTERS], [AtomicU64; DROPS], [AtomicU64; HIST])>,
+    counters: CachePadded<([AtomicU64; COUNTERS], [AtomicU64; DROPS], [AtomicU64; HIST], [AtomicU64; LIMIT])>,
 }
 
 impl Default for WorkerSlot {
     fn default() -> Self {
         WorkerSlot {
             counters: CachePadded::new((
+                std::array::from_fn(|_| AtomicU64::new(0)),
                 std::array::from_fn(|_| AtomicU64::new(0)),
                 std::array::from_fn(|_| AtomicU64::new(0)),
                 std::array::from_fn(|_| AtomicU64::new(0)),
@@ -387,6 +517,9 @@ impl WorkerSlot {
         for (slot, v) in self.counters.2.iter().zip(stats.hist) {
             slot.store(v, Ordering::Relaxed);
         }
+        for (slot, v) in self.counters.3.iter().zip(stats.limit) {
+            slot.store(v, Ordering::Relaxed);
+        }
     }
 
     /// The last published counters.
@@ -399,6 +532,9 @@ impl WorkerSlot {
             *v = slot.load(Ordering::Relaxed);
         }
         for (v, slot) in s.hist.iter_mut().zip(&self.counters.2) {
+            *v = slot.load(Ordering::Relaxed);
+        }
+        for (v, slot) in s.limit.iter_mut().zip(&self.counters.3) {
             *v = slot.load(Ordering::Relaxed);
         }
         s

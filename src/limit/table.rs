@@ -1,0 +1,380 @@
+//! The shared load table: fixed memory allocated once, relaxed atomics, no locks. A
+//! Space-Saving sketch (Metwally, Agrawal and El Abbadi, "Efficient computation of frequent and
+//! top-k elements in data streams", 2005) with exponential decay instead of counts, in the shape
+//! Knot DNS 3.4 describes for its response rate limiting: lines of slots, each slot a key's
+//! fingerprint and its decayed load.
+//!
+//! - A [`Key`] is a line index and a 24-bit fingerprint, both from one keyed 64-bit hash of the
+//!   key's bits ([`Table::key`]); the hash key is random per table (per process), so nobody
+//!   outside can plan collisions.
+//! - A line is 128 bytes (two cache lines): its last-decay time and 15 slots of
+//!   `fingerprint << 40 | load`. A key lives in at most one slot of its line.
+//! - Loads decay exponentially with time constant τ ([`Decay`]): a key hit at a steady rate r
+//!   settles at a load of `r · τ · price`. The decay of a line is applied lazily, by whoever
+//!   touches it next with a later clock.
+//! - A key that is not in its line is estimated at the line's smallest load, and when it is
+//!   added it takes that slot *and inherits its load* (Space-Saving): every error makes a key
+//!   look heavier, never lighter. A flood of new keys evicts only the lightest slots, so a heavy
+//!   (limited) key survives any number of one-off keys and memory never grows.
+//!
+//! Reading ([`Table::load`]) writes nothing, so a key that is over its limit costs no cache-line
+//! ping-pong between the workers that see it. Must not allocate or lock after [`Table::new`].
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Key slots per line.
+pub const SLOTS: usize = 15;
+/// Bits of a slot's load.
+const LOAD_BITS: u32 = 40;
+/// The largest load a slot holds; a key whose load would pass it is over its limit.
+pub const CAPACITY: u64 = (1 << LOAD_BITS) - 1;
+/// Bits of a fingerprint (the rest of the slot).
+const FP_BITS: u32 = 64 - LOAD_BITS;
+/// Fixed-point scale of decay factors: 1.0 is `1 << FACTOR_BITS` (load × factor fits 64 bits).
+const FACTOR_BITS: u32 = 64 - LOAD_BITS;
+const ONE: u64 = 1 << FACTOR_BITS;
+/// Decay steps below this many ticks come from the fine table, above from the coarse one.
+const FINE: usize = 256;
+/// Beyond this many time constants a load has decayed to nothing (e^-28 · 2^40 < 1).
+const FORGET_TAUS: f64 = 28.0;
+
+/// One line: slot 0 is the tick its loads were last decayed to, slots 1..=15 the keys.
+#[repr(C, align(128))]
+#[derive(Debug)]
+struct Line([AtomicU64; SLOTS + 1]);
+
+/// Where a key lives: its line and its fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    line: u32,
+    fp: u64,
+}
+
+impl Key {
+    /// The same prefix in another namespace (answer class, leak budget…): the same line, a
+    /// different fingerprint, so one cache line serves all of a prefix's budgets.
+    #[inline]
+    pub fn namespaced(self, namespace: u8) -> Key {
+        // Odd multiples spread small namespace numbers over the fingerprint's bits.
+        let fp = (self.fp ^ (namespace as u64).wrapping_mul(0x9E37_79B9)) & ((1 << FP_BITS) - 1);
+        Key { line: self.line, fp }
+    }
+}
+
+/// Exponential decay with time constant τ, in ticks, as fixed-point factors `e^(-dt/τ)`:
+/// a fine table for steps under [`FINE`] ticks and a coarse one for multiples of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decay {
+    fine: Box<[u64]>,
+    coarse: Box<[u64]>,
+}
+
+impl Decay {
+    /// Decay with time constant `tau_ticks` (at least 1).
+    pub fn new(tau_ticks: f64) -> Decay {
+        let tau = tau_ticks.max(1.0);
+        let factor = |dt: f64| ((-dt / tau).exp() * ONE as f64).round() as u64;
+        let fine = (0..FINE).map(|dt| factor(dt as f64)).collect();
+        let coarse_len = (FORGET_TAUS * tau / FINE as f64).ceil() as usize + 1;
+        let coarse = (0..coarse_len).map(|k| factor((k * FINE) as f64)).collect();
+        Decay { fine, coarse }
+    }
+
+    /// The factor for `dt` ticks, `1 << FACTOR_BITS` being 1.0.
+    #[inline]
+    fn factor(&self, dt: u64) -> u64 {
+        let fine = self.fine[(dt % FINE as u64) as usize];
+        match self.coarse.get((dt / FINE as u64) as usize) {
+            Some(&coarse) => (fine * coarse) >> FACTOR_BITS,
+            None => 0,
+        }
+    }
+
+    /// `load` after `dt` ticks.
+    #[inline]
+    pub fn apply(&self, load: u64, dt: u64) -> u64 {
+        if dt == 0 { load } else { (load * self.factor(dt)) >> FACTOR_BITS }
+    }
+}
+
+#[inline]
+const fn load_of(slot: u64) -> u64 {
+    slot & CAPACITY
+}
+
+#[inline]
+const fn fp_of(slot: u64) -> u64 {
+    slot >> LOAD_BITS
+}
+
+/// The table: a power of two of lines, allocated once.
+#[derive(Debug)]
+pub struct Table {
+    lines: Box<[Line]>,
+    mask: u64,
+    seed: [u64; 2],
+}
+
+impl Table {
+    /// A table holding at least `entries` keys (rounded up to a power of two of 15-slot lines,
+    /// at least one line), with a random hash key.
+    pub fn new(entries: usize) -> Table {
+        let lines = entries.div_ceil(SLOTS).max(1).next_power_of_two();
+        // Two independent random words from the standard library's per-process random keys.
+        let state = std::collections::hash_map::RandomState::new();
+        let seed = [state.hash_one(0x5354_554E_u64), state.hash_one(0x4544_4745_u64) | 1];
+        Table {
+            lines: (0..lines).map(|_| Line(std::array::from_fn(|_| AtomicU64::new(0)))).collect(),
+            mask: lines as u64 - 1,
+            seed,
+        }
+    }
+
+    /// How many keys it holds: lines × 15.
+    pub fn capacity(&self) -> usize {
+        self.lines.len() * SLOTS
+    }
+
+    /// Its memory, in bytes.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.lines)
+    }
+
+    /// Slots whose load, decayed to `now`, is still above zero. Walks the whole table: for the
+    /// exporter at scrape time, never for the packet path.
+    pub fn occupied(&self, now: u64, decay: &Decay) -> usize {
+        self.lines
+            .iter()
+            .map(|line| {
+                let dt = now.saturating_sub(line.0[0].load(Relaxed));
+                line.0[1..].iter().filter(|s| decay.apply(load_of(s.load(Relaxed)), dt) > 0).count()
+            })
+            .sum()
+    }
+
+    /// The key of `bits` (already masked to the prefix) under `tag` (family, prefix length,
+    /// namespace: anything that must tell two equal bit patterns apart). A keyed multiply-xor
+    /// mix: cheap, and with a random key per process its collisions cannot be planned from
+    /// outside (the output never leaves the process).
+    #[inline]
+    pub fn key(&self, tag: u64, bits: u128) -> Key {
+        let h = self.hash(tag, bits);
+        Key { line: (h & self.mask) as u32, fp: h >> LOAD_BITS }
+    }
+
+    /// The keyed 64-bit hash behind [`Table::key`] (also the limiter's random draws).
+    #[inline]
+    pub fn hash(&self, tag: u64, bits: u128) -> u64 {
+        let [k0, k1] = self.seed;
+        let mut h = (bits as u64 ^ k0).wrapping_mul(k1);
+        h ^= ((bits >> 64) as u64 ^ tag.rotate_left(32)).wrapping_add(k0.rotate_left(17));
+        h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 29)).wrapping_mul(0x94D0_49BB_1331_11EB ^ k1);
+        h ^ (h >> 32)
+    }
+
+    /// The key's load decayed to tick `now`; a key not in its line gets the line's smallest
+    /// load (what it would inherit). Reads only.
+    #[inline]
+    pub fn load(&self, key: Key, now: u64, decay: &Decay) -> u64 {
+        let line = &self.lines[key.line as usize].0;
+        let dt = now.saturating_sub(line[0].load(Relaxed));
+        let mut min = CAPACITY;
+        for slot in &line[1..] {
+            let v = slot.load(Relaxed);
+            if fp_of(v) == key.fp && load_of(v) != 0 {
+                return decay.apply(load_of(v), dt);
+            }
+            min = min.min(load_of(v));
+        }
+        decay.apply(min, dt)
+    }
+
+    /// Adds `price` to the key's load at tick `now` (saturating at [`CAPACITY`]): decays the
+    /// line first when its time moved, then bumps the key's slot or, when the key is not in
+    /// the line, takes the lightest slot and its load. Lock-free; a lost race retries a few
+    /// times and then gives up (the next datagram counts again).
+    #[inline]
+    pub fn add(&self, key: Key, price: u64, now: u64, decay: &Decay) {
+        let line = &self.lines[key.line as usize].0;
+        let then = line[0].load(Relaxed);
+        if now > then && line[0].compare_exchange(then, now, Relaxed, Relaxed).is_ok() {
+            let dt = now - then;
+            for slot in &line[1..] {
+                let _ = slot.fetch_update(Relaxed, Relaxed, |v| {
+                    (load_of(v) != 0).then(|| v & !CAPACITY | decay.apply(load_of(v), dt))
+                });
+            }
+        }
+        for _ in 0..4 {
+            let mut lightest = (0, u64::MAX);
+            for (i, slot) in line[1..].iter().enumerate() {
+                let v = slot.load(Relaxed);
+                if fp_of(v) == key.fp && load_of(v) != 0 {
+                    let _ = slot.fetch_update(Relaxed, Relaxed, |v| {
+                        Some(v & !CAPACITY | (load_of(v) + price).min(CAPACITY))
+                    });
+                    return;
+                }
+                if load_of(v) < lightest.1 {
+                    lightest = (i, v);
+                }
+            }
+            let (i, v) = lightest;
+            let taken = key.fp << LOAD_BITS | (load_of(v) + price).min(CAPACITY);
+            if line[1 + i].compare_exchange(v, taken, Relaxed, Relaxed).is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decay() -> Decay {
+        Decay::new(100.0)
+    }
+
+    #[test]
+    fn decay_is_exponential_and_forgets() {
+        let d = decay();
+        let load = 1u64 << 30;
+        assert_eq!(d.apply(load, 0), load);
+        for dt in [1u64, 50, 100, 255, 256, 300, 1000] {
+            let want = load as f64 * (-(dt as f64) / 100.0).exp();
+            let got = d.apply(load, dt) as f64;
+            // 24-bit factors: a relative error of at most 2^-24 ÷ the factor, ~1e-3 at 10 τ.
+            assert!((got - want).abs() <= want * 2e-3 + 2.0, "dt {dt}: {got} vs {want}");
+        }
+        assert_eq!(d.apply(CAPACITY, 3000), 0, "28 τ forgets everything");
+        assert_eq!(d.apply(CAPACITY, u64::MAX), 0);
+        // A load never grows by decaying, whatever the step.
+        for dt in 0..2000 {
+            assert!(d.apply(CAPACITY, dt) <= CAPACITY);
+        }
+    }
+
+    #[test]
+    fn a_key_accumulates_then_decays() {
+        let t = Table::new(64);
+        let d = decay();
+        let k = t.key(1, 42);
+        assert_eq!(t.load(k, 0, &d), 0);
+        for _ in 0..10 {
+            t.add(k, 1000, 0, &d);
+        }
+        assert_eq!(t.load(k, 0, &d), 10_000);
+        let later = t.load(k, 100, &d);
+        assert!((3670..=3680).contains(&later), "one τ later: {later}");
+        t.add(k, 1000, 100, &d);
+        let now = t.load(k, 100, &d);
+        assert!((4670..=4680).contains(&now), "decayed then added: {now}");
+    }
+
+    #[test]
+    fn loads_saturate_at_capacity() {
+        let t = Table::new(16);
+        let d = decay();
+        let k = t.key(0, 7);
+        for _ in 0..5 {
+            t.add(k, CAPACITY / 2, 0, &d);
+        }
+        assert_eq!(t.load(k, 0, &d), CAPACITY);
+    }
+
+    #[test]
+    fn distinct_tags_and_bits_are_distinct_keys() {
+        let t = Table::new(1 << 16);
+        let a = t.key(32, 0x0A00_0001);
+        assert_eq!(a, t.key(32, 0x0A00_0001), "deterministic");
+        assert_ne!(a, t.key(24, 0x0A00_0001), "the tag counts");
+        assert_ne!(a, t.key(32, 0x0A00_0002), "the bits count");
+        assert_ne!(a.namespaced(1), a.namespaced(2));
+        assert_eq!(a.namespaced(1).line, a.line, "namespaces share the line");
+        // Two tables hash differently: the key is random.
+        let other = Table::new(1 << 16);
+        let same = (0..64u128).filter(|&b| t.key(32, b) == other.key(32, b)).count();
+        assert!(same < 4, "{same} of 64 keys equal across random seeds");
+    }
+
+    #[test]
+    fn keys_spread_over_lines() {
+        let t = Table::new(1 << 12);
+        let lines = t.lines.len();
+        let mut per_line = vec![0u32; lines];
+        for b in 0..(lines as u128 * 8) {
+            per_line[t.key(32, b << 8).line as usize] += 1;
+        }
+        let max = *per_line.iter().max().unwrap();
+        assert!(max < 30, "worst line holds {max} of mean 8");
+    }
+
+    /// A fingerprint collision makes two keys share one budget: the error is towards limiting.
+    #[test]
+    fn a_colliding_key_shares_the_load() {
+        let t = Table::new(16);
+        let d = decay();
+        let a = t.key(1, 1);
+        let twin = Key { line: a.line, fp: a.fp };
+        t.add(a, 5000, 0, &d);
+        assert_eq!(t.load(twin, 0, &d), 5000);
+    }
+
+    /// Space-Saving: a heavy key survives a flood of one-off keys through its line, and a new
+    /// key inherits the lightest load (never less than zero, never a fresh start for the heavy).
+    #[test]
+    fn heavy_hitters_survive_a_flood_of_new_keys() {
+        let t = Table::new(SLOTS); // one line: every key competes for it
+        let d = decay();
+        let heavy = t.key(32, 0xC0FF_EE00);
+        for _ in 0..100 {
+            t.add(heavy, 10_000, 0, &d);
+        }
+        for b in 0..1_000_000u128 {
+            let k = t.key(32, b);
+            if k.fp != heavy.fp {
+                t.add(k, 10, 0, &d);
+            }
+        }
+        assert_eq!(t.load(heavy, 0, &d), 1_000_000, "the heavy key kept its whole load");
+        // Every slot is taken, so a brand new key is estimated at the lightest load, not 0.
+        let fresh = Key { line: heavy.line, fp: heavy.fp ^ 1 };
+        assert!(t.load(fresh, 0, &d) > 0);
+        assert_eq!(t.capacity(), SLOTS);
+        assert_eq!(t.occupied(0, &d), SLOTS);
+        assert_eq!(t.occupied(10_000, &d), 0, "all forgotten after 100 τ");
+    }
+
+    #[test]
+    fn shared_between_threads_without_losing_much() {
+        let t = std::sync::Arc::new(Table::new(1 << 10));
+        let d = std::sync::Arc::new(decay());
+        let k = t.key(32, 99);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (t, d) = (t.clone(), d.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        t.add(k, 1, 0, &d);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(t.load(k, 0, &d), 40_000, "fetch_update loses no increment of a present key");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(std::mem::size_of::<Line>(), 128);
+        let t = Table::new(491_520);
+        assert_eq!(t.capacity(), 491_520);
+        assert_eq!(t.bytes(), 32_768 * 128);
+        assert_eq!(Table::new(0).capacity(), SLOTS);
+    }
+}
