@@ -48,9 +48,18 @@ fn respond(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse_and_respond");
     group.throughput(Throughput::Elements(1));
     let config = HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() };
-    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: 0 };
-    let meta6 =
-        Meta { src: "[2001:db8::9]:40000".parse().unwrap(), local: "[2001:db8::1]:3478".parse().unwrap(), now: 0 };
+    let meta = Meta {
+        src: "203.0.113.9:40000".parse().unwrap(),
+        local: "192.0.2.1:3478".parse().unwrap(),
+        now: 0,
+        clock_ms: 1,
+    };
+    let meta6 = Meta {
+        src: "[2001:db8::9]:40000".parse().unwrap(),
+        local: "[2001:db8::1]:3478".parse().unwrap(),
+        now: 0,
+        clock_ms: 1,
+    };
     for (name, kind, meta) in [
         ("binding", Kind::Plain, &meta),
         ("binding_fingerprint", Kind::Fingerprint, &meta),
@@ -150,7 +159,8 @@ fn auth(c: &mut Criterion) {
     let mut group = c.benchmark_group("auth");
     group.throughput(Throughput::Elements(1));
     let now = 1_790_000_000;
-    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now };
+    let meta =
+        Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now, clock_ms: 1 };
     let creds = Credentials::default();
     let users = format!(
         "realm = \"example.org\"\nnonce_secret = \"bench-nonce-secret-0123456789\"\n\

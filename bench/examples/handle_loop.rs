@@ -55,7 +55,12 @@ fn main() {
             config.unwrap_or_else(|e| panic!("handle_loop's own config: {e}")).handlers.remove(0)
         }
     };
-    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: 0 };
+    let meta = Meta {
+        src: "203.0.113.9:40000".parse().unwrap(),
+        local: "192.0.2.1:3478".parse().unwrap(),
+        now: 0,
+        clock_ms: 1,
+    };
     let bytes = request(kind, [7; 12]);
     let mut buf = [0u8; BUFFER_SIZE];
     let mut stats = Stats::default();

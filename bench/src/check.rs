@@ -144,7 +144,7 @@ mod tests {
     fn stunedge_answer(kind: Kind, local: SocketAddr) -> Vec<u8> {
         let mut buf = [0u8; BUFFER_SIZE];
         let n = write_request(kind, tag(kind).to_tid(), &Credentials::default(), &mut buf).unwrap();
-        let meta = Meta { src: local, local: "127.0.0.1:3478".parse().unwrap(), now: 0 };
+        let meta = Meta { src: local, local: "127.0.0.1:3478".parse().unwrap(), now: 0, clock_ms: 1 };
         let config = HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() };
         let Action::Reply { len, .. } = handle(&mut buf, n, &meta, &config, &mut Stats::default()) else { panic!() };
         buf[..len].to_vec()
@@ -226,7 +226,7 @@ mod tests {
         let t = Tag { thread: 3, socket: 513, seq: 0x0102_0304_0506_0708, kind: Kind::Software.index() };
         let mut buf = [0u8; BUFFER_SIZE];
         let n = write_request(Kind::Software, t.to_tid(), &Credentials::default(), &mut buf).unwrap();
-        let meta = Meta { src: v4(), local: "127.0.0.1:3478".parse().unwrap(), now: 0 };
+        let meta = Meta { src: v4(), local: "127.0.0.1:3478".parse().unwrap(), now: 0, clock_ms: 1 };
         let Action::Reply { len, .. } = handle(&mut buf, n, &meta, &HandlerConfig::default(), &mut Stats::default())
         else {
             panic!()

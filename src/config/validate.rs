@@ -99,6 +99,7 @@ impl Config {
                 rfc3489_classic: self.server.rfc3489_classic,
                 auth,
                 rfc5780: None,
+                limit: crate::limit::Limit::default(),
             })
             .collect();
         Ok(Settings {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::{Authenticator, Mechanism, Policy};
+use crate::limit::Limit;
 
 /// How one listener answers: what goes into answers and whether credentials are checked.
 /// Built from the config (one per listen address); read-only; replaced whole on reload.
@@ -23,6 +24,9 @@ pub struct HandlerConfig {
     /// RFC 5780 NAT behaviour discovery: this listener's place among the four sockets; `None`
     /// outside RFC 5780 mode.
     pub rfc5780: Option<Rfc5780Role>,
+    /// The reflection defence: deny lists, the response rate limit, the amplification cap.
+    /// The default limits nothing (the configuration's defaults do: `[limit]`).
+    pub limit: Limit,
 }
 
 /// A listener's authentication: policy, mechanism and the shared credentials.

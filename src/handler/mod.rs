@@ -88,6 +88,9 @@ pub struct Meta {
     pub local: SocketAddr,
     /// Unix time in seconds (nonce expiry), read once per batch by the worker.
     pub now: u64,
+    /// A monotonic millisecond clock shared by all workers (the rate limit's time), read once
+    /// per batch.
+    pub clock_ms: u64,
 }
 
 /// Where an answer goes when it does not simply go back: RFC 5780's CHANGE-REQUEST (send from

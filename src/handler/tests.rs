@@ -20,7 +20,7 @@ const TID: [u8; 12] = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x8
 fn meta(src: &str) -> Meta {
     let src: SocketAddr = src.parse().unwrap();
     let local = if src.is_ipv4() { "192.0.2.10:3478" } else { "[2001:db8::10]:3478" };
-    Meta { src, local: local.parse().unwrap(), now: 0 }
+    Meta { src, local: local.parse().unwrap(), now: 0, clock_ms: 1 }
 }
 
 fn classic_on() -> HandlerConfig {
@@ -86,6 +86,7 @@ fn fingerprint_software_and_origin() {
         rfc3489_classic: true,
         auth: None,
         rfc5780: None,
+        limit: Default::default(),
     };
     let m = meta("198.51.100.7:4000");
     let Action::Reply { len, .. } = run(&mut buf, n, &m, &config).0 else { panic!("no reply") };
@@ -175,7 +176,7 @@ fn rfc5780_on(role: u8) -> HandlerConfig {
 
 fn rfc5780_meta(role: u8) -> Meta {
     let local = rfc5780_on(role).rfc5780.unwrap().addrs[usize::from(role)];
-    Meta { src: "198.51.100.7:4000".parse().unwrap(), local, now: 0 }
+    Meta { src: "198.51.100.7:4000".parse().unwrap(), local, now: 0, clock_ms: 1 }
 }
 
 #[test]
@@ -410,7 +411,7 @@ proptest! {
         if fp { w.add_fingerprint().unwrap(); }
         let n = w.finish();
         let src = SocketAddr::from((ip, port));
-        let m = Meta { src, local: "10.0.0.1:3478".parse().unwrap(), now: 0 };
+        let m = Meta { src, local: "10.0.0.1:3478".parse().unwrap(), now: 0, clock_ms: 1 };
         let (action, _) = run(&mut buf, n, &m, &classic_on());
         let Action::Reply { len, .. } = action else { panic!("{action:?}") };
         let msg = Message::parse(&buf[..len]).unwrap();

@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use self::prefix::{Cidr, CidrError, PrefixSet};
-pub use self::table::{Decay, Table};
-pub use crate::counters::{AnswerClass, LimitAction};
 use self::prefix::{canonical_bits, mask};
 use self::table::{CAPACITY, Key};
+pub use self::table::{Decay, Table};
 use crate::counters::DropReason;
+pub use crate::counters::{AnswerClass, LimitAction};
 
 /// The prefix lengths an IPv4 destination is limited at, narrowest first.
 pub const IPV4_LEVELS: [u8; 4] = [32, 24, 20, 18];
@@ -128,7 +128,13 @@ impl Params {
     /// Everything off: no limit, no cap, no deny list (the bare handler's behaviour; what a
     /// [`Limit::default`] has).
     pub fn off() -> Params {
-        Params { mode: Mode::Off, max_amplification: 0.0, rfc5780_max_amplification: 0.0, deny_bogons: false, ..Params::default() }
+        Params {
+            mode: Mode::Off,
+            max_amplification: 0.0,
+            rfc5780_max_amplification: 0.0,
+            deny_bogons: false,
+            ..Params::default()
+        }
     }
 
     /// The budget, answers per second, of `class` at `level` of a family (`v4`).
@@ -421,11 +427,7 @@ impl Limit {
         let (levels, width) = if v4 { (&IPV4_LEVELS, 32) } else { (&IPV6_LEVELS, 128) };
         let Some(&len) = levels.get(level) else { return format!("{src} (allowlist entry)") };
         let network = bits & mask(len, width);
-        let ip = if v4 {
-            IpAddr::V4((network as u32).into())
-        } else {
-            IpAddr::V6(network.into())
-        };
+        let ip = if v4 { IpAddr::V4((network as u32).into()) } else { IpAddr::V6(network.into()) };
         format!("{ip}/{len}")
     }
 }

@@ -61,8 +61,9 @@ impl FromStr for Cidr {
             Some((addr, len)) => (addr, Some(len)),
             None => (s, None),
         };
-        let addr: IpAddr =
-            addr.parse().map_err(|_| CidrError(format!("\"{s}\" is not an IP address or prefix (\"192.0.2.0/24\")")))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| CidrError(format!("\"{s}\" is not an IP address or prefix (\"192.0.2.0/24\")")))?;
         let width = width(addr);
         let len = match len {
             None => width,

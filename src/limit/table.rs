@@ -212,9 +212,8 @@ impl Table {
             for (i, slot) in line[1..].iter().enumerate() {
                 let v = slot.load(Relaxed);
                 if fp_of(v) == key.fp && load_of(v) != 0 {
-                    let _ = slot.fetch_update(Relaxed, Relaxed, |v| {
-                        Some(v & !CAPACITY | (load_of(v) + price).min(CAPACITY))
-                    });
+                    let _ = slot
+                        .fetch_update(Relaxed, Relaxed, |v| Some(v & !CAPACITY | (load_of(v) + price).min(CAPACITY)));
                     return;
                 }
                 if load_of(v) < lightest.1 {

@@ -78,7 +78,14 @@ fn enclosing_prefixes_have_larger_budgets() {
 fn ipv6_levels_and_the_mapped_form() {
     let l = limit(Params { leak: 0, ..enforce() });
     // Rotating addresses inside one /64 does not escape: /64 × 4.
-    let got = run(&l, AnswerClass::Success, |i| IpAddr::V6(((0x2001_0db8_0000_0001_u128 << 64) | i as u128).into()), 5000, 1, 0);
+    let got = run(
+        &l,
+        AnswerClass::Success,
+        |i| IpAddr::V6(((0x2001_0db8_0000_0001_u128 << 64) | i as u128).into()),
+        5000,
+        1,
+        0,
+    );
     assert!((395..=400).contains(&got[PASS]), "{got:?}");
     // An IPv4-mapped IPv6 address shares the IPv4 address's budget.
     let l = limit(Params { leak: 0, ..enforce() });
@@ -248,4 +255,3 @@ fn never_panics_on_any_key() {
     assert_eq!(Limit::level_prefix(ip("2001:db8:1:2:3::9"), 2), "2001:db8:1::/56");
     assert_eq!(Limit::level_prefix(ip("198.51.100.1"), ALLOW_LEVEL), "198.51.100.1 (allowlist entry)");
 }
-

@@ -120,6 +120,26 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the first call in this process: the monotonic clock every worker shares
+/// (the rate limiter's table is shared, so its times must agree). Starts at 1.
+pub fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// The clocks of one batch, read once per loop turn.
+#[derive(Debug, Clone, Copy)]
+struct Now {
+    unix: u64,
+    ms: u64,
+}
+
+impl Now {
+    fn read() -> Now {
+        Now { unix: unix_now(), ms: clock_ms() }
+    }
+}
+
 /// A running server: its workers, their counters and the stop flag.
 #[derive(Debug)]
 pub struct Server {
@@ -438,7 +458,7 @@ impl Worker {
         while !self.stop.load(Ordering::Relaxed) {
             let mut busy = false;
             view.refresh(&self.handlers);
-            let now = unix_now();
+            let now = Now::read();
             for (socket, config) in view.current.iter().enumerate().take(self.listeners.len()) {
                 for _ in 0..BATCHES_PER_TURN {
                     let n = self.serve_batch(socket, &fds, config, now, &mut batch, stats);
@@ -464,7 +484,7 @@ impl Worker {
         let mut view = HandlersView::new(&self.handlers);
         while !self.stop.load(Ordering::Relaxed) {
             view.refresh(&self.handlers);
-            let now = unix_now();
+            let now = Now::read();
             let configs = &view.current;
             // The batch clock starts at the turn's first datagram, after the wait.
             let mut started: Option<Instant> = None;
@@ -491,7 +511,7 @@ impl Worker {
         &self,
         listener: &Listener,
         config: &HandlerConfig,
-        now: u64,
+        now: Now,
         packet: Received<'_>,
         stats: &mut Stats,
     ) -> Option<Reply> {
@@ -505,7 +525,8 @@ impl Worker {
             return None;
         };
         let local_ip = packet.dst.map_or(listener.local.ip(), |(ip, _)| ip);
-        let meta = Meta { src, local: SocketAddr::new(local_ip, listener.local.port()), now };
+        let meta =
+            Meta { src, local: SocketAddr::new(local_ip, listener.local.port()), now: now.unix, clock_ms: now.ms };
         match handler::handle(packet.buf, packet.len, &meta, config, stats) {
             Action::Reply { len, route } => {
                 let via = route.via().map(usize::from);
@@ -525,7 +546,7 @@ impl Worker {
         socket: usize,
         fds: &[RawFd],
         config: &HandlerConfig,
-        now: u64,
+        now: Now,
         batch: &mut MmsgBatch,
         stats: &mut Stats,
     ) -> usize {

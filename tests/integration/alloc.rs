@@ -97,13 +97,20 @@ fn handler_never_allocates() {
         rfc3489_classic: true,
         auth: None,
         rfc5780: None,
+        limit: Default::default(),
     };
     let metas = [
-        Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: 0 },
+        Meta {
+            src: "203.0.113.9:40000".parse().unwrap(),
+            local: "192.0.2.1:3478".parse().unwrap(),
+            now: 0,
+            clock_ms: 1,
+        },
         Meta {
             src: "[2001:db8::9]:40000".parse().unwrap(),
             local: "[2001:db8::1]:3478".parse::<SocketAddr>().unwrap(),
             now: 0,
+            clock_ms: 1,
         },
     ];
     let mut buffers: Vec<[u8; BUFFER_SIZE]> = vec![[0u8; BUFFER_SIZE]; inputs.len() * metas.len()];
@@ -143,7 +150,7 @@ fn rfc5780_answers_never_allocate() {
         binding_request(tid, &hex("00 03 00 02 00 06 00 00")), // malformed: 400
         hex("00 01 00 08 00 00 00 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 00 03 00 04 00 00 00 04"), // classic
     ];
-    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: addrs[0], now: 0 };
+    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: addrs[0], now: 0, clock_ms: 1 };
     let mut buffers: Vec<[u8; BUFFER_SIZE]> = vec![[0u8; BUFFER_SIZE]; inputs.len()];
     let mut stats = Stats::default();
     let mut replies = 0;
@@ -167,7 +174,12 @@ fn authentication_never_allocates() {
     use stunedge::stun::registry::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
     let long = handler("required", "long-term");
     let short = handler("required", "short-term");
-    let meta = Meta { src: "203.0.113.9:40000".parse().unwrap(), local: "192.0.2.1:3478".parse().unwrap(), now: NOW };
+    let meta = Meta {
+        src: "203.0.113.9:40000".parse().unwrap(),
+        local: "192.0.2.1:3478".parse().unwrap(),
+        now: NOW,
+        clock_ms: 1,
+    };
     let nonce = long.auth.as_ref().unwrap().authenticator.nonce_for(meta.src, NOW);
     let key = md5_key("alice", REALM, "wonderland");
     let lt = |user: &str, key: &[u8]| {

@@ -111,7 +111,7 @@ fn client() -> std::net::SocketAddr {
 fn ask_from(config: &HandlerConfig, bytes: &[u8], src: std::net::SocketAddr, now: u64) -> (Action, Vec<u8>, Stats) {
     let mut buf = [0u8; 2048];
     buf[..bytes.len()].copy_from_slice(bytes);
-    let meta = Meta { src, local: "192.0.2.1:3478".parse().unwrap(), now };
+    let meta = Meta { src, local: "192.0.2.1:3478".parse().unwrap(), now, clock_ms: 1 };
     let mut stats = Stats::default();
     let action = handle(&mut buf, bytes.len(), &meta, config, &mut stats);
     let answer = match action {

@@ -80,6 +80,7 @@ fuzz_target!(|data: &[u8]| {
         src: "[2001:db8::1]:5".parse().unwrap(),
         local: "[2001:db8::2]:3478".parse().unwrap(),
         now: 1_790_000_000,
+        clock_ms: 1,
     };
     let mut stats = Stats::default();
     let request_len = len;
