@@ -488,8 +488,11 @@ impl fmt::Display for Stats {
 /// per batch), read by anyone. Cache-padded so workers never share a line.
 #[derive(Debug)]
 pub struct WorkerSlot {
-    counters: CachePadded<([AtomicU64; COUNTERS], [AtomicU64; DROPS], [AtomicU64; HIST], [AtomicU64; LIMIT])>,
+    counters: CachePadded<Published>,
 }
+
+/// A [`WorkerSlot`]'s atomics: the counters, drops, histograms and limit counters of [`Stats`].
+type Published = ([AtomicU64; COUNTERS], [AtomicU64; DROPS], [AtomicU64; HIST], [AtomicU64; LIMIT]);
 
 impl Default for WorkerSlot {
     fn default() -> Self {

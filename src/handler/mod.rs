@@ -50,7 +50,7 @@ pub use crate::io::BUFFER_SIZE;
 
 use self::gather::Gathered;
 use self::respond::{Request, Stale, bad_request, binding_success, challenge, error, reply};
-use crate::auth::Verdict;
+use crate::auth::{Mechanism, Verdict};
 use crate::counters::{Counter, Stats};
 use crate::stun::attr::MAX_UNKNOWN;
 use crate::stun::header::is_classic;
@@ -174,6 +174,10 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     if len > MAX_REQUEST || len > buf.len() {
         return Action::Drop(DropReason::Truncated);
     }
+    // The deny list and bogon sources: dropped before anything is parsed.
+    if let Some(reason) = config.limit.denied(meta.src, meta.local) {
+        return Action::Drop(reason);
+    }
     let datagram = &buf[..len];
     let message_type = match check_header(datagram) {
         Ok(t) => t,
@@ -194,10 +198,14 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
         stats.bump(Counter::RequestsClassic);
     }
 
-    let mut request = Request { method: message_type.method, classic, len, fingerprint: false, signer: None };
+    // The transaction ID (classic: all 16 bytes after the type and length), folded.
+    let word = |at: usize| u64::from_be_bytes(datagram[at..at + 8].try_into().unwrap_or_default());
+    let draw = word(4) ^ word(12).rotate_left(32);
+    let mut request =
+        Request { method: message_type.method, classic, len, fingerprint: false, signer: None, routable: false, draw };
     let Ok(message) = Message::parse(datagram) else {
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.
-        return bad_request(buf, &request, config, stats);
+        return bad_request(buf, &request, meta, config, stats);
     };
     let mut gathered = Gathered::default();
     if let Err(reason) = gathered.walk(&message, classic, config) {
@@ -213,8 +221,10 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
             Verdict::Authenticated(signer) => {
                 stats.bump(Counter::RequestsAuthenticated);
                 request.signer = Some(signer);
+                // A long-term request authenticates with a valid nonce bound to its source.
+                request.routable = auth.mechanism == Mechanism::LongTerm;
             }
-            Verdict::BadRequest => return bad_request(buf, &request, config, stats),
+            Verdict::BadRequest => return bad_request(buf, &request, meta, config, stats),
             Verdict::Unauthenticated => return challenge(buf, &request, Stale::No, auth, meta, config, stats),
             Verdict::StaleNonce(signer) => {
                 request.signer = Some(signer);
@@ -225,20 +235,22 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
 
     if gathered.too_many_unknown {
         // More than MAX_UNKNOWN distinct unknown types: a 420 could not list them all.
-        return bad_request(buf, &request, config, stats);
+        return bad_request(buf, &request, meta, config, stats);
     }
     if let Some(unknown) = &gathered.unknown {
-        return reply(buf, stats, Counter::Responses420, |b| {
-            error(b, &request, ERR_UNKNOWN_ATTRIBUTE, "Unknown Attribute", Some(unknown), config)
+        return reply(buf, &request, meta, config, stats, Counter::Responses420, |b, trim| {
+            error(b, &request, ERR_UNKNOWN_ATTRIBUTE, "Unknown Attribute", Some(unknown), config, trim)
         });
     }
     if request.method != METHOD_BINDING {
-        return bad_request(buf, &request, config, stats);
+        return bad_request(buf, &request, meta, config, stats);
     }
     if let (Some(group), Some(asked)) = (&config.rfc5780, &gathered.rfc5780) {
         return rfc5780::success(buf, &request, asked, group, meta, config, stats);
     }
-    reply(buf, stats, Counter::ResponsesSuccess, |b| binding_success(b, &request, meta, config))
+    reply(buf, &request, meta, config, stats, Counter::ResponsesSuccess, |b, trim| {
+        binding_success(b, &request, meta, config, trim)
+    })
 }
 
 // The largest answer: header, XOR-MAPPED-ADDRESS and RESPONSE-ORIGIN for IPv6 (24 each), the

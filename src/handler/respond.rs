@@ -5,7 +5,8 @@
 use super::listener::{HandlerConfig, ListenerAuth};
 use super::{Action, Meta, Route};
 use crate::auth::{Mechanism, Signer};
-use crate::counters::{Counter, DropReason, Stats};
+use crate::counters::{AnswerClass, Counter, DropReason, LimitAction, Stats};
+use crate::limit::family;
 use crate::stun::attr::{
     MappedAddress, Nonce, Realm, ResponseOrigin, Software, SourceAddress, UnknownAttributes, XorMappedAddress,
 };
@@ -22,24 +23,77 @@ pub(super) struct Request<'s> {
     pub(super) fingerprint: bool,
     /// The request authenticated: every answer is signed with its key.
     pub(super) signer: Option<Signer<'s>>,
+    /// The request proved it can receive at its source: it authenticated with a valid
+    /// long-term nonce, which is bound to the source address (RFC 8489 §9.2).
+    pub(super) routable: bool,
+    /// Bits of the transaction ID, for the rate limit's leak draw (read before the answer
+    /// overwrites them).
+    pub(super) draw: u64,
 }
 
-/// Writes an answer with `write` and counts it under `counter`; an answer that does not fit
-/// the buffer is dropped (it cannot happen: see the bound at the end of `handler/mod.rs`).
+/// What an answer leaves out to fit the amplification cap, or because it is a leak: first
+/// SOFTWARE (and error reason phrases), then everything optional (RESPONSE-ORIGIN; in
+/// RFC 5780 mode the answer becomes the plain minimal one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Trim {
+    None,
+    Software,
+    All,
+}
+
+/// Answers with `write` (given how much to trim), counted under `counter`, after the
+/// reflection defence has had its say: the response rate limit of the answer's class and
+/// destination prefix (pass, leak a minimal answer, or drop), then the amplification cap (trim
+/// optional attributes until the answer fits, else drop). Counts the decision and the bytes in
+/// and out. An answer that does not fit the buffer is dropped (it cannot happen: see the
+/// bound at the end of `handler/mod.rs`).
 #[inline]
 pub(super) fn reply(
     buf: &mut [u8],
+    request: &Request<'_>,
+    meta: &Meta,
+    config: &HandlerConfig,
     stats: &mut Stats,
     counter: Counter,
-    write: impl FnOnce(&mut [u8]) -> Result<usize, WriteError>,
+    write: impl Fn(&mut [u8], Trim) -> Result<usize, WriteError>,
 ) -> Action {
-    match write(buf) {
-        Ok(len) => {
-            stats.bump(counter);
-            Action::Reply { len, route: Route::BACK }
+    let class = if counter == Counter::ResponsesSuccess { AnswerClass::Success } else { AnswerClass::Error };
+    let family = family(meta.src.ip());
+    let limit = &config.limit;
+    let decision = limit.decide(class, meta.src.ip(), request.routable, meta.clock_ms, request.draw);
+    if limit.enabled() {
+        stats.limit_decision(family, class, decision.action, decision.level);
+        if decision.log {
+            stats.sample_limited(meta.src.ip(), decision.level, class);
         }
-        Err(_) => Action::Drop(DropReason::ResponseTooLarge),
     }
+    let mut trim = match decision.action {
+        LimitAction::Drop => {
+            stats.class_bytes(family, class, request.len, 0);
+            return Action::Drop(DropReason::RateLimited);
+        }
+        LimitAction::Leak => Trim::All,
+        _ => Trim::None,
+    };
+    let room = limit.room(request.len, family, config.rfc5780.is_some());
+    let Ok(mut len) = write(buf, trim) else { return Action::Drop(DropReason::ResponseTooLarge) };
+    while len > room && trim != Trim::All {
+        trim = if trim == Trim::None { Trim::Software } else { Trim::All };
+        match write(buf, trim) {
+            Ok(shorter) => len = shorter,
+            Err(_) => return Action::Drop(DropReason::ResponseTooLarge),
+        }
+        if len <= room {
+            stats.trimmed(family, class);
+        }
+    }
+    if len > room {
+        stats.class_bytes(family, class, request.len, 0);
+        return Action::Drop(DropReason::AmplificationCap);
+    }
+    stats.bump(counter);
+    stats.class_bytes(family, class, request.len, len);
+    Action::Reply { len, route: Route::BACK }
 }
 
 /// The Binding success outside RFC 5780 mode: XOR-MAPPED-ADDRESS (classic: MAPPED-ADDRESS) and,
@@ -50,24 +104,27 @@ pub(super) fn binding_success(
     request: &Request<'_>,
     meta: &Meta,
     config: &HandlerConfig,
+    trim: Trim,
 ) -> Result<usize, WriteError> {
     let mut w = MessageWriter::over(buf, MessageType::BINDING_SUCCESS)?;
+    let origin = config.response_origin && trim < Trim::All;
     if request.classic {
         // RFC 3489 §11.2.1: classic clients read MAPPED-ADDRESS (no XOR).
         w.add(&MappedAddress(meta.src))?;
-        if config.response_origin {
+        if origin {
             w.add(&SourceAddress(meta.local))?;
         }
     } else {
         w.add(&XorMappedAddress(meta.src))?;
-        if config.response_origin {
+        if origin {
             w.add(&ResponseOrigin(meta.local))?;
         }
     }
-    finish(w, request, config)
+    finish(w, request, config, trim)
 }
 
-/// An error response with `code` and `reason`, and the 420's UNKNOWN-ATTRIBUTES.
+/// An error response with `code` and `reason` (left out when trimming), and the 420's
+/// UNKNOWN-ATTRIBUTES.
 pub(super) fn error(
     buf: &mut [u8],
     request: &Request<'_>,
@@ -75,21 +132,30 @@ pub(super) fn error(
     reason: &str,
     unknown: Option<&UnknownAttributes>,
     config: &HandlerConfig,
+    trim: Trim,
 ) -> Result<usize, WriteError> {
     let mut w = MessageWriter::over(buf, MessageType::new(request.method, Class::ErrorResponse))?;
-    w.add_error(code, reason)?;
+    w.add_error(code, if trim == Trim::None { reason } else { "" })?;
     if let Some(unknown) = unknown {
         w.add(unknown)?;
     }
-    finish(w, request, config)
+    finish(w, request, config, trim)
 }
 
 /// 400 Bad Request: broken attribute framing, a method this edge does not serve, or more
 /// unknown attributes than a 420 can list. Cold: kept out of the Binding path's code.
 #[cold]
 #[inline(never)]
-pub(super) fn bad_request(buf: &mut [u8], request: &Request<'_>, config: &HandlerConfig, stats: &mut Stats) -> Action {
-    reply(buf, stats, Counter::Responses400, |b| error(b, request, ERR_BAD_REQUEST, "Bad Request", None, config))
+pub(super) fn bad_request(
+    buf: &mut [u8],
+    request: &Request<'_>,
+    meta: &Meta,
+    config: &HandlerConfig,
+    stats: &mut Stats,
+) -> Action {
+    reply(buf, request, meta, config, stats, Counter::Responses400, |b, trim| {
+        error(b, request, ERR_BAD_REQUEST, "Bad Request", None, config, trim)
+    })
 }
 
 /// Which challenge: 438 for a request that authenticated with a nonce no longer valid, 401
@@ -119,7 +185,7 @@ pub(super) fn challenge(
         Stale::Yes => (ERR_STALE_NONCE, Counter::Responses438),
         Stale::No => (ERR_UNAUTHENTICATED, Counter::Responses401),
     };
-    reply(buf, stats, counter, |b| {
+    reply(buf, request, meta, config, stats, counter, |b, trim| {
         let mut w = MessageWriter::over(b, MessageType::new(request.method, Class::ErrorResponse))?;
         w.add_error(code, "")?;
         if auth.mechanism == Mechanism::LongTerm {
@@ -130,20 +196,21 @@ pub(super) fn challenge(
                 w.add_raw(ATTR_PASSWORD_ALGORITHMS, algorithms)?;
             }
         }
-        finish(w, request, config)
+        finish(w, request, config, trim)
     })
 }
 
-/// SOFTWARE when configured, the integrity attribute when the request authenticated, FINGERPRINT
-/// when the request had one (RFC 8489 §7.3.1: a server that receives FINGERPRINT includes it),
-/// then the length.
+/// SOFTWARE when configured (and not trimmed), the integrity attribute when the request
+/// authenticated, FINGERPRINT when the request had one (RFC 8489 §7.3.1: a server that receives
+/// FINGERPRINT includes it), then the length.
 #[inline]
 pub(super) fn finish(
     mut w: MessageWriter<'_>,
     request: &Request<'_>,
     config: &HandlerConfig,
+    trim: Trim,
 ) -> Result<usize, WriteError> {
-    if !config.software.is_empty() {
+    if !config.software.is_empty() && trim == Trim::None {
         w.add(&Software(config.software.as_bytes()))?;
     }
     if let Some(signer) = &request.signer {
@@ -156,8 +223,12 @@ pub(super) fn finish(
 }
 
 /// The bytes [`finish`] will add.
-pub(super) fn finish_len(request: &Request<'_>, config: &HandlerConfig) -> usize {
-    let software = if config.software.is_empty() { 0 } else { 4 + config.software.len().next_multiple_of(4) };
+pub(super) fn finish_len(request: &Request<'_>, config: &HandlerConfig, trim: Trim) -> usize {
+    let software = if config.software.is_empty() || trim != Trim::None {
+        0
+    } else {
+        4 + config.software.len().next_multiple_of(4)
+    };
     let integrity = request.signer.as_ref().map_or(0, Signer::attribute_len);
     let fingerprint = if request.fingerprint { 8 } else { 0 };
     software + integrity + fingerprint

@@ -4,8 +4,10 @@
 //! RESPONSE-PORT names, with both mapped-address forms, RESPONSE-ORIGIN and OTHER-ADDRESS,
 //! PADDING-ed up to the request's size at most. Cold: kept out of the plain Binding path.
 
+use std::cell::Cell;
+
 use super::listener::{HandlerConfig, Rfc5780Role, Role};
-use super::respond::{Request, bad_request, finish, finish_len, reply};
+use super::respond::{Request, Trim, bad_request, binding_success, finish, finish_len, reply};
 use super::{Action, MAX_REQUEST, Meta, Route};
 use crate::counters::{Counter, Stats};
 use crate::stun::attr::{
@@ -59,13 +61,21 @@ pub(super) fn success(
     stats: &mut Stats,
 ) -> Action {
     if asked.malformed || (asked.padding.is_some() && asked.response_port.is_some()) {
-        return bad_request(buf, request, config, stats);
+        return bad_request(buf, request, meta, config, stats);
     }
     let target = group.role.changed(asked.change);
     let origin = group.addrs[target.index()];
     let other = group.other();
-    let mut padded = false;
-    let action = reply(buf, stats, Counter::ResponsesSuccess, |b| {
+    // How the answer was last written: padded, and trimmed to the plain minimal answer (a
+    // leak, or the cap), which goes straight back.
+    let padded = Cell::new(false);
+    let minimal = Cell::new(false);
+    let action = reply(buf, request, meta, config, stats, Counter::ResponsesSuccess, |b, trim| {
+        minimal.set(trim == Trim::All);
+        padded.set(false);
+        if trim == Trim::All {
+            return binding_success(b, request, meta, config, trim);
+        }
         let mut w = MessageWriter::over(b, MessageType::BINDING_SUCCESS)?;
         if request.classic {
             w.add(&MappedAddress(meta.src))?;
@@ -79,18 +89,21 @@ pub(super) fn success(
         }
         if let Some(wanted) = asked.padding {
             // Never larger than the request: room left after the PADDING header and the tail.
-            let room = request.len.saturating_sub(w.len() + 4 + finish_len(request, config));
+            let room = request.len.saturating_sub(w.len() + 4 + finish_len(request, config, trim));
             let pad = wanted.min(room) & !3;
             if pad > 0 {
                 w.add_raw(ATTR_PADDING, &ZEROS[..pad])?;
-                padded = true;
+                padded.set(true);
             }
         }
-        finish(w, request, config)
+        finish(w, request, config, trim)
     });
     let Action::Reply { len, .. } = action else { return action };
+    if minimal.get() {
+        return action;
+    }
     let via = (asked.change != Role::PRIMARY).then(|| group.listeners[target.index()]);
-    if padded {
+    if padded.get() {
         stats.bump(Counter::Rfc5780Padded);
     }
     if via.is_some() {

@@ -420,3 +420,135 @@ proptest! {
         prop_assert_eq!(check_fingerprint(&msg) == Check::Valid, fp);
     }
 }
+
+/// The reflection defence in the decision: the limiter of `params` on a 4,096-key table.
+fn defended(params: crate::limit::Params, config: HandlerConfig) -> HandlerConfig {
+    use crate::limit::{Limit, Rules, Shared};
+    let limit = Limit::new(std::sync::Arc::new(Rules::new(params, vec![3478])), std::sync::Arc::new(Shared::new(4096)));
+    HandlerConfig { limit, ..config }
+}
+
+#[test]
+fn denied_sources_are_dropped_before_parsing() {
+    let config = defended(crate::limit::Params::default(), classic_on());
+    for (src, reason) in [
+        ("224.0.0.9:4000", DropReason::DeniedBogon),
+        ("203.0.113.9:0", DropReason::DeniedPortZero),
+        ("192.0.2.10:3478", DropReason::DeniedOwnAddress),
+    ] {
+        // Not even STUN: the deny list comes first.
+        let mut buf = [0xFFu8; BUFFER_SIZE];
+        let (action, stats) = run(&mut buf, 40, &meta(src), &config);
+        assert_eq!(action, Action::Drop(reason), "{src}");
+        assert_eq!(stats.drops(reason), 1);
+    }
+    let (mut buf, n) = request(0x0001, &[], false);
+    assert!(matches!(run(&mut buf, n, &meta("203.0.113.9:4000"), &config).0, Action::Reply { len: 32, .. }));
+}
+
+/// Over budget: dropped, or leaked as the minimal answer (no SOFTWARE, no RESPONSE-ORIGIN,
+/// FINGERPRINT only because the request had one); counted by class, action and level.
+#[test]
+fn over_budget_answers_leak_minimal_or_drop() {
+    let params = crate::limit::Params { rate: 10, burst_seconds: 1.0, ..crate::limit::Params::default() };
+    let config = defended(params, HandlerConfig { software: "edge".into(), response_origin: true, ..classic_on() });
+    let m = meta("203.0.113.9:4000");
+    let mut total = Stats::default();
+    let mut sizes = std::collections::BTreeMap::new();
+    for i in 0..200u32 {
+        let (mut buf, n) = request(0x0001, &[], false);
+        buf[8..12].copy_from_slice(&i.to_be_bytes()); // distinct transactions
+        let (action, stats) = run(&mut buf, n, &m, &config);
+        total.merge(&stats);
+        let key = match action {
+            Action::Reply { len, route } => {
+                assert_eq!(route, Route::BACK);
+                len
+            }
+            Action::Drop(reason) => {
+                assert_eq!(reason, DropReason::RateLimited);
+                0
+            }
+        };
+        *sizes.entry(key).or_insert(0) += 1;
+    }
+    use crate::counters::{AnswerClass, LimitAction};
+    let count = |a| total.limit_decisions(0, AnswerClass::Success, a);
+    // The burst (10) in full: header, XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN, SOFTWARE "edge".
+    assert_eq!(sizes.get(&52), Some(&count(LimitAction::Pass)));
+    assert!((9..=10).contains(&count(LimitAction::Pass)), "{sizes:?}");
+    // Leaks: header and XOR-MAPPED-ADDRESS only, within the leak budget (15/s, burst 15).
+    assert_eq!(sizes.get(&32).copied().unwrap_or(0), count(LimitAction::Leak));
+    assert!((10..=15).contains(&count(LimitAction::Leak)), "{sizes:?}");
+    assert_eq!(sizes[&0], count(LimitAction::Drop));
+    assert_eq!(total.drops(DropReason::RateLimited), count(LimitAction::Drop));
+    assert_eq!(total.limited_at(0, AnswerClass::Success, 0), count(LimitAction::Leak) + count(LimitAction::Drop));
+    let (bytes_in, bytes_out) = total.bytes_of(0, AnswerClass::Success);
+    assert_eq!(bytes_in, 200 * 20);
+    assert_eq!(bytes_out, 52 * count(LimitAction::Pass) + 32 * count(LimitAction::Leak));
+}
+
+/// The amplification cap trims SOFTWARE first, then RESPONSE-ORIGIN, and drops what still
+/// does not fit; the bare Binding success always fits.
+#[test]
+fn the_amplification_cap_trims_then_drops() {
+    let software = "s".repeat(100);
+    let config = defended(
+        crate::limit::Params::default(),
+        HandlerConfig { software: software.clone(), response_origin: true, ..classic_on() },
+    );
+    let answer = |src: &str, attrs: &[(u16, &[u8])]| {
+        let (mut buf, n) = request(0x0001, attrs, false);
+        let (action, stats) = run(&mut buf, n, &meta(src), &config);
+        let Action::Reply { len, .. } = action else { panic!("{action:?}") };
+        let msg = Message::parse(&buf[..len]).unwrap();
+        let has = (msg.get::<Software>().is_some(), msg.get::<ResponseOrigin>().is_some());
+        (
+            n,
+            len,
+            has,
+            stats.trimmed_count(crate::limit::family(meta(src).src.ip()), crate::counters::AnswerClass::Success),
+        )
+    };
+    // 20-byte request, cap 60: IPv4 keeps RESPONSE-ORIGIN (44), IPv6 loses it too (68 > 60).
+    assert_eq!(answer("203.0.113.9:4000", &[]), (20, 44, (false, true), 1));
+    assert_eq!(answer("[2001:db8::9]:4000", &[]), (20, 44, (false, false), 1));
+    // A request large enough (its own SOFTWARE) gets everything.
+    let big = [b'c'; 120];
+    assert_eq!(answer("203.0.113.9:4000", &[(ATTR_SOFTWARE, &big)]), (144, 148, (true, true), 0));
+    // Off: no cap.
+    let uncapped =
+        defended(crate::limit::Params { max_amplification: 0.0, ..crate::limit::Params::default() }, config.clone());
+    let (mut buf, n) = request(0x0001, &[], false);
+    assert!(matches!(run(&mut buf, n, &meta("[2001:db8::9]:4000"), &uncapped).0, Action::Reply { len: 172, .. }));
+    // An error that cannot fit: a 420 for an unknown attribute of a request of 24 bytes, with
+    // SOFTWARE trimmed, fits; a 400 is never over (its reason phrase is trimmed first).
+    let (mut buf, n) = request(0x0001, &[(0x7777, &[])], false);
+    let (action, stats) = run(&mut buf, n, &meta("203.0.113.9:4000"), &config);
+    let Action::Reply { len, .. } = action else { panic!("{action:?}") };
+    assert!(len <= 3 * n, "{len} for {n}");
+    assert_eq!(stats.get(Counter::Responses420), 1);
+}
+
+/// RFC 5780 answers have their own cap, and a leaked one is the plain minimal answer, sent
+/// straight back (no CHANGE-REQUEST, no RESPONSE-PORT).
+#[test]
+fn rfc5780_cap_and_minimal_leak() {
+    let params = crate::limit::Params { rate: 1, burst_seconds: 1.0, leak: 1, ..crate::limit::Params::default() };
+    let config = defended(params, rfc5780_on(0));
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..20u32 {
+        let (mut buf, n) = request(0x0001, &[(ATTR_CHANGE_REQUEST, &[0, 0, 0, 6])], false);
+        buf[8..12].copy_from_slice(&i.to_be_bytes());
+        match run(&mut buf, n, &rfc5780_meta(0), &config).0 {
+            Action::Reply { len, route } => {
+                assert!(len <= 6 * n, "{len} for {n}");
+                seen.insert((len, route.via()));
+            }
+            Action::Drop(reason) => assert_eq!(reason, DropReason::RateLimited),
+        }
+    }
+    // The first: the whole RFC 5780 answer from the changed socket; then minimal leaks, back.
+    assert!(seen.contains(&(68, Some(7))), "{seen:?}");
+    assert!(seen.contains(&(32, None)), "{seen:?}");
+}

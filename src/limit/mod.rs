@@ -290,6 +290,12 @@ impl Limit {
         Limit { rules, shared }
     }
 
+    /// Whether rate limiting is on (`enforce` or `dry-run`): its decisions are counted.
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.rules.params.mode != Mode::Off
+    }
+
     /// Why a datagram from `src`, received on `local`, is dropped before it is parsed: the
     /// configured deny list, or (with `deny_bogons`) a source that cannot send real traffic.
     #[inline]
@@ -357,7 +363,8 @@ impl Limit {
         if !rules.allow.is_empty() {
             if let Some(entry) = rules.allow.lookup(src) {
                 let (network, _) = canonical_bits(entry.addr());
-                let key = table.key(0x1_0000 | (f as u64) << 8 | entry.len() as u64, network).namespaced(NS_ALLOW);
+                let key =
+                    table.key(0x1_0000 | (f as u64) << 8 | entry.prefix_len() as u64, network).namespaced(NS_ALLOW);
                 if self.admit(&[key], &[rules.allow_price], now) {
                     return Decision::new(LimitAction::Allowlisted);
                 }

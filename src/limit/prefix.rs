@@ -41,7 +41,7 @@ impl Cidr {
     }
 
     /// The prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -163,7 +163,7 @@ impl PrefixSet {
             level.networks.push((bits(cidr.addr), index as u32));
         }
         for levels in [&mut set.v4, &mut set.v6] {
-            levels.sort_by(|a, b| b.len.cmp(&a.len));
+            levels.sort_by_key(|l| std::cmp::Reverse(l.len));
             for level in levels.iter_mut() {
                 level.networks.sort_unstable();
             }
@@ -217,8 +217,8 @@ mod tests {
         assert_eq!(cidr("192.0.2.0/24").to_string(), "192.0.2.0/24");
         assert_eq!(cidr("192.0.2.7").to_string(), "192.0.2.7/32");
         assert_eq!(cidr("2001:db8::/32").to_string(), "2001:db8::/32");
-        assert_eq!(cidr("::1").len(), 128);
-        assert_eq!(cidr("0.0.0.0/0").len(), 0);
+        assert_eq!(cidr("::1").prefix_len(), 128);
+        assert_eq!(cidr("0.0.0.0/0").prefix_len(), 0);
         let err = |s: &str| s.parse::<Cidr>().unwrap_err().to_string();
         assert_eq!(err("192.0.2.1/24"), "\"192.0.2.1/24\" has bits set past /24; did you mean \"192.0.2.0/24\"?");
         assert_eq!(err("192.0.2.0/33"), "\"192.0.2.0/33\": the prefix length must be 0..=32");

@@ -25,6 +25,7 @@ use crate::io::mmsg::{MmsgBatch, wait_readable};
 use crate::io::socket::{self, Listener, SocketOptions};
 use crate::io::uring::{self, Driver, Unavailable};
 use crate::io::{Received, Reply};
+use crate::limit;
 use crate::metrics;
 
 /// How long an idle worker sleeps in poll(2) before looking at the stop flag again.
@@ -155,6 +156,8 @@ pub struct Server {
     cpus: Vec<usize>,
     backend: Backend,
     sockets: Vec<metrics::SocketInfo>,
+    /// The rate limiter's table, allocated once at start and kept across reloads.
+    limit: Arc<limit::Shared>,
 }
 
 impl Server {
@@ -185,6 +188,10 @@ impl Server {
             cpus: settings.cpus.clone(),
             backend,
             sockets,
+            limit: settings
+                .handlers
+                .first()
+                .map_or_else(|| Arc::new(limit::Shared::new(0)), |h| h.limit.shared.clone()),
         };
         server.spawn(settings, per_worker)?;
         Ok(server)
@@ -270,13 +277,18 @@ impl Server {
     /// Replaces every listener's answer configuration (credentials, auth policy, answer
     /// options) without stopping a worker: each picks it up at its next loop turn (within
     /// 200 ms when idle). `handlers` must have one entry per listen address, in order.
-    pub fn reload(&self, handlers: Vec<HandlerConfig>) -> Result<(), String> {
+    pub fn reload(&self, mut handlers: Vec<HandlerConfig>) -> Result<(), String> {
         if handlers.len() != self.configured {
             return Err(format!(
                 "{} listener configurations for {} listen addresses; changing server.listen needs a restart",
                 handlers.len(),
                 self.configured
             ));
+        }
+        // New rules, the running table: a reload neither forgets who is being limited nor
+        // resizes the table (limit.table_size waits for a restart).
+        for handler in &mut handlers {
+            handler.limit.shared = self.limit.clone();
         }
         self.handlers.replace(rfc5780::per_socket(&handlers, &self.origins));
         Ok(())
@@ -469,6 +481,7 @@ impl Worker {
                 }
             }
             slot.publish(stats);
+            log_limited(stats);
             if !busy {
                 if let Err(e) = wait_readable(&mut pollfds, IDLE_POLL_MS) {
                     tracing::error!(cpu = self.cpu, error = %e, "poll failed");
@@ -501,6 +514,7 @@ impl Worker {
                 }
             }
             slot.publish(stats);
+            log_limited(stats);
         }
     }
 
@@ -573,6 +587,23 @@ impl Worker {
         tally.add(batch.flush_routed(fds, socket));
         stats.record(&tally, started.elapsed().as_nanos() as u64);
         n
+    }
+}
+
+/// Logs the limited answer the handler picked for logging, if any: at most one line per
+/// [`limit::LOG_PERIOD_MS`] for the whole table (the handler's CAS on the table's log clock),
+/// naming the prefix and level that were over; never a line per packet.
+#[inline]
+fn log_limited(stats: &mut Stats) {
+    if let Some((dst, level, class)) = stats.take_limited_sample() {
+        let family = limit::family(dst);
+        tracing::warn!(
+            prefix = %limit::Limit::level_prefix(dst, level),
+            level = counters::LIMIT_LEVELS[family][level.min(limit::ALLOW_LEVEL)],
+            class = class.name(),
+            "response rate limit: answers to this prefix are over budget (leaked or dropped); \
+             at most one such line per 30 s, stunedge_limit_decisions_total counts every decision"
+        );
     }
 }
 
