@@ -218,6 +218,51 @@ fn authentication_never_allocates() {
     assert_eq!(stats.get(stunedge::counters::Counter::RequestsAuthenticated), 4, "{stats}");
 }
 
+/// The reflection defence on the packet path: deny checks, every rate-limit outcome (pass,
+/// leak, drop, allowlisted, exempt), trimming and the amplification cap, across thousands of
+/// sources (new keys taking table slots) — no allocation.
+#[test]
+fn the_reflection_defence_never_allocates() {
+    use std::sync::Arc;
+    use stunedge::counters::{AnswerClass, LimitAction};
+    use stunedge::limit::{Limit, Params, Rules, Shared};
+    let params = Params {
+        rate: 5,
+        burst_seconds: 1.0,
+        allow: vec!["198.51.100.0/24".parse().unwrap()],
+        deny: vec!["192.0.2.128/25".parse().unwrap()],
+        ..Params::default()
+    };
+    let limit = Limit::new(Arc::new(Rules::new(params, vec![3478])), Arc::new(Shared::new(1 << 12)));
+    let config = HandlerConfig { software: "x".repeat(60), response_origin: true, limit, ..HandlerConfig::default() };
+    let local: SocketAddr = "192.0.2.1:3478".parse().unwrap();
+    let sources: Vec<SocketAddr> = (0..4000u32)
+        .map(|i| match i % 5 {
+            0 => SocketAddr::from(([203, 0, 113, 9], 40000)), // one flooded /32
+            1 => SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 40000)), // many new keys
+            2 => SocketAddr::from(([198, 51, 100, i as u8], 40000)), // allowlisted
+            3 => SocketAddr::from(([192, 0, 2, 200], 40000)), // denied
+            _ => format!("[2001:db8::{i:x}]:40000").parse().unwrap(),
+        })
+        .collect();
+    let request = binding_request([3; 12], &[]);
+    let mut buf = [0u8; BUFFER_SIZE];
+    let mut stats = Stats::default();
+    let before = allocations();
+    for (i, src) in sources.iter().enumerate() {
+        buf[..request.len()].copy_from_slice(&request);
+        buf[8] = i as u8;
+        let meta = Meta { src: *src, local, now: 0, clock_ms: 1 + i as u64 / 8 };
+        let _ = handle(&mut buf, request.len(), &meta, &config, &mut stats);
+    }
+    assert_eq!(allocations() - before, 0, "the reflection defence allocated");
+    for action in [LimitAction::Pass, LimitAction::Leak, LimitAction::Drop, LimitAction::Allowlisted] {
+        assert!(stats.limit_decisions(0, AnswerClass::Success, action) > 0, "no {action:?}: {stats}");
+    }
+    assert!(stats.trimmed_count(0, AnswerClass::Success) > 0, "{stats}");
+    assert!(stats.drops(stunedge::counters::DropReason::DeniedListed) > 0, "{stats}");
+}
+
 /// CRC-32 (IEEE), bitwise: independent of the crate the codec uses.
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
