@@ -9,6 +9,11 @@
 //!
 //! The difference of the two totals divided by 100000 is instructions per request. Without
 //! valgrind it prints ns/op (noisy; criterion's `cargo bench` is the timing of record).
+//!
+//! Kinds: plain, fingerprint, ice, short-term, challenge; and `limited`: plain requests through
+//! the reflection defence with the default `[limit]` (enforce), from 65,536 sources spread over
+//! every /18, the clock moving 1 ms per 16 requests, so every answer passes and every level's
+//! key is looked up and charged in a 491,520-key table.
 
 use std::hint::black_box;
 
@@ -20,8 +25,10 @@ use stunedge_bench::{Kind, request};
 fn main() {
     let mut args = std::env::args().skip(1);
     // The request kind, and the [auth] section of the listener that answers it.
-    let (kind, auth) = match args.next().as_deref() {
-        Some("plain") | None => (Kind::Plain, None),
+    let arg = args.next();
+    let limited = arg.as_deref() == Some("limited");
+    let (kind, auth) = match arg.as_deref() {
+        Some("plain" | "limited") | None => (Kind::Plain, None),
         Some("fingerprint") => (Kind::Fingerprint, None),
         Some("ice") => (Kind::Ice, None),
         // Short-term credentials checked and the answer signed (the bench user's password).
@@ -29,7 +36,9 @@ fn main() {
         // A long-term listener's 401 challenge to a request without credentials.
         Some("challenge") => (Kind::Plain, Some("mechanism = \"long-term\"")),
         Some(other) => {
-            eprintln!("handle_loop: unknown kind {other:?}; use plain, fingerprint, ice, short-term or challenge");
+            eprintln!(
+                "handle_loop: unknown kind {other:?}; use plain, fingerprint, ice, short-term, challenge or limited"
+            );
             std::process::exit(2);
         }
     };
@@ -42,6 +51,13 @@ fn main() {
         }
     };
     let config = match auth {
+        None if limited => {
+            let params = stunedge::limit::Params::default();
+            let rules = std::sync::Arc::new(stunedge::limit::Rules::new(params.clone(), vec![3478]));
+            let shared = std::sync::Arc::new(stunedge::limit::Shared::new(params.table_size));
+            let limit = stunedge::limit::Limit::new(rules, shared);
+            HandlerConfig { rfc3489_classic: true, limit, ..HandlerConfig::default() }
+        }
         None => HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() },
         Some(auth) => {
             let user = stunedge_bench::Credentials::default();
@@ -55,23 +71,35 @@ fn main() {
             config.unwrap_or_else(|e| panic!("handle_loop's own config: {e}")).handlers.remove(0)
         }
     };
-    let meta = Meta {
+    let mut meta = Meta {
         src: "203.0.113.9:40000".parse().unwrap(),
         local: "192.0.2.1:3478".parse().unwrap(),
         now: 0,
         clock_ms: 1,
     };
+    // `limited`: 65,536 sources, one per (a, b) with a spread over 1..=223 and b over 0..=255.
+    let sources: Vec<std::net::SocketAddr> = (0..65_536u32)
+        .map(|i| std::net::SocketAddr::from(([1 + (i % 223) as u8, (i >> 8) as u8, i as u8, 7], 40000)))
+        .collect();
     let bytes = request(kind, [7; 12]);
     let mut buf = [0u8; BUFFER_SIZE];
     let mut stats = Stats::default();
     let started = std::time::Instant::now();
     let mut replies = 0u64;
-    for _ in 0..n {
+    for i in 0..n {
+        if limited {
+            meta.src = sources[(i % sources.len() as u64) as usize];
+            meta.clock_ms = 1 + i / 16;
+        }
         buf[..bytes.len()].copy_from_slice(&bytes);
         if let Action::Reply { .. } = black_box(handle(&mut buf, black_box(bytes.len()), &meta, &config, &mut stats)) {
             replies += 1;
         }
     }
-    assert_eq!(replies, n, "every request is answered");
+    assert_eq!(replies, n, "every request is answered: {stats}");
     eprintln!("{kind:?}: {:.1} ns/op over {n}", started.elapsed().as_nanos() as f64 / n as f64);
+    if limited {
+        let pass = stats.limit_decisions(0, stunedge::counters::AnswerClass::Success, stunedge::counters::LimitAction::Pass);
+        eprintln!("limited: {pass} of {n} passed");
+    }
 }
