@@ -5,7 +5,8 @@
 //!
 //! - `schema`: the sections, their defaults and docs; typed fields reject bad values while parsing.
 //! - `validate`: what serde cannot check, into [`Settings`]; `auth`: the `[auth]` section and
-//!   the credentials file.
+//!   the credentials file; `limit`: the `[limit]` section, the limiter it builds and the
+//!   amplification warnings.
 //! - `print`: `--print-config`; `error`: [`ConfigError`] and where a parser error is.
 //! - `reload`: what a SIGHUP may change ([`Settings::reload_plan`]).
 
@@ -18,6 +19,7 @@ use crate::handler::HandlerConfig;
 
 mod auth;
 mod error;
+mod limit;
 mod print;
 mod reload;
 mod schema;
@@ -25,12 +27,12 @@ mod validate;
 
 pub use error::ConfigError;
 pub use reload::{RefusedReload, ReloadPlan};
-pub use schema::{Admin, Auth, BackendChoice, Io, ListenerAuthConfig, Log, LogLevel, Rfc5780, Server};
+pub use schema::{Admin, Auth, BackendChoice, Io, Limit, ListenerAuthConfig, Log, LogLevel, Rfc5780, Server};
 
 use error::invalid;
 
 /// The whole configuration file. Every section and field is optional.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`
@@ -41,6 +43,8 @@ pub struct Config {
     pub auth: Auth,
     /// `[rfc5780]`
     pub rfc5780: Rfc5780,
+    /// `[limit]`
+    pub limit: Limit,
     /// `[admin]`
     pub admin: Admin,
     /// `[log]`
@@ -75,6 +79,9 @@ pub struct Settings {
     pub handlers: Vec<HandlerConfig>,
     /// RFC 5780 groups: each adds three sockets to its primary listen address.
     pub rfc5780: Vec<Rfc5780Plan>,
+    /// The reflection defence every handler holds a clone of: the rules of `[limit]` and a
+    /// table of `limit.table_size` keys (a reload keeps the running server's table).
+    pub limit: crate::limit::Limit,
     /// Log level.
     pub log_level: tracing::Level,
     /// Admin endpoint address; `None` when disabled.

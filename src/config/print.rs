@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::Config;
-use super::schema::{Admin, Auth, Io, Log, Rfc5780, Server};
+use super::schema::{Admin, Auth, Io, Limit, Log, Rfc5780, Server};
 
 impl Config {
     /// The commented TOML that `stunedge --print-config` prints: every field with its doc
@@ -20,6 +20,7 @@ impl Config {
             (Io::KEY, Io::DOC, self.io.fields()),
             (Auth::KEY, Auth::DOC, self.auth.fields()),
             (Rfc5780::KEY, Rfc5780::DOC, self.rfc5780.fields()),
+            (Limit::KEY, Limit::DOC, self.limit.fields()),
             (Admin::KEY, Admin::DOC, self.admin.fields()),
             (Log::KEY, Log::DOC, self.log.fields()),
         ];
@@ -51,6 +52,9 @@ mod tests {
         // Every field carries its doc comment.
         assert!(text.contains("# Datagrams received with one recvmmsg"));
         assert!(text.contains("listen = [\"0.0.0.0:3478\", \"[::]:3478\"]"));
+        for line in ["\n[limit]\n", "\nmode = \"enforce\"\n", "\nburst_seconds = 2.5\n", "\nallow = []\n"] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
     }
 
     #[test]

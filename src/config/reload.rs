@@ -1,8 +1,9 @@
-//! What a SIGHUP reload may change. The answer and authentication settings (`[server]`'s answer
-//! fields, `[auth]`) are swapped into the running workers and a new `log.level` applies at once;
-//! the sockets (`server.listen`,
-//! `[rfc5780]`) cannot change without a restart, so a reload that changes them is refused; some
-//! `[io]` and `[admin]` fields only take effect after a restart, which is worth a warning.
+//! What a SIGHUP reload may change. The answer, authentication and reflection-defence settings
+//! (`[server]`'s answer fields, `[auth]`, `[limit]`) are swapped into the running workers and a
+//! new `log.level` applies at once; the sockets (`server.listen`, `[rfc5780]`) cannot change
+//! without a restart, so a reload that changes them is refused; some `[io]` and `[admin]` fields
+//! and `limit.table_size` (the running table is kept) only take effect after a restart, which
+//! is worth a warning.
 //! Pure: it compares two [`Settings`]; reading the file and logging are the caller's.
 
 use std::fmt;
@@ -20,9 +21,10 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    /// The warning to log when some changes wait for a restart.
-    pub fn warning(&self) -> Option<&'static str> {
-        (!self.restart_needed.is_empty()).then_some("[io] and [admin] changes take effect only after a restart")
+    /// The warning to log when some changes wait for a restart; it names them.
+    pub fn warning(&self) -> Option<String> {
+        (!self.restart_needed.is_empty())
+            .then(|| format!("{}: changes take effect only after a restart", self.restart_needed.join(", ")))
     }
 }
 
@@ -61,6 +63,7 @@ impl Settings {
             ("io.batch_size", new.batch_size != self.batch_size),
             ("admin.listen", new.admin_listen != self.admin_listen),
             ("admin.drain_seconds", new.drain != self.drain),
+            ("limit.table_size", new.limit.rules.params().table_size != self.limit.rules.params().table_size),
         ];
         Ok(ReloadPlan {
             log_level: (new.log_level != self.log_level).then_some(new.log_level),
@@ -106,9 +109,26 @@ mod tests {
         let accepted =
             plan("", "[io]\nbatch_size = 64\ncpus = [1]\n[admin]\nlisten = \"\"\ndrain_seconds = 5\n").unwrap();
         assert_eq!(accepted.restart_needed, ["io.cpus", "io.batch_size", "admin.listen", "admin.drain_seconds"]);
-        assert_eq!(accepted.warning(), Some("[io] and [admin] changes take effect only after a restart"));
+        assert_eq!(
+            accepted.warning().unwrap(),
+            "io.cpus, io.batch_size, admin.listen, admin.drain_seconds: changes take effect only after a restart"
+        );
         let accepted = plan("", "[io]\nbackend = \"mmsg\"\n").unwrap();
         assert_eq!(accepted.restart_needed, ["io.backend"]);
+    }
+
+    #[test]
+    fn limit_changes_are_applied_but_table_size_waits_for_a_restart() {
+        let accepted = plan("", "[limit]\ntable_size = 1000\nrate = 10\n").unwrap();
+        assert_eq!(accepted.restart_needed, ["limit.table_size"]);
+        assert_eq!(accepted.warning().unwrap(), "limit.table_size: changes take effect only after a restart");
+        let every_other_field = "[limit]\nmode = \"dry-run\"\nrate = 10\nerror_rate = 5\nburst_seconds = 1\n\
+                                 ipv4_multipliers = [2, 3, 4]\nipv6_multipliers = [2, 3, 4]\nleak = 0\nhard_cap = 1\n\
+                                 max_amplification = 4\nrfc5780_max_amplification = 8\nexempt_nonce = false\n\
+                                 exempt_loopback = false\nallow = [\"192.0.2.0/24\"]\nallow_rate = 7\n\
+                                 deny = [\"::1\"]\ndeny_bogons = false\n";
+        let accepted = plan("", every_other_field).unwrap();
+        assert_eq!(accepted, ReloadPlan::default(), "swapped into the workers: nothing waits");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::de::{self, DeserializeSeed, Visitor};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::auth::{Algorithm, Mechanism, Policy};
 use crate::io::uring::{SendMode, TaskRun};
+use crate::limit::{Cidr, Mode, Params};
 
 /// One field's documentation, for `--print-config`.
 pub(super) struct FieldDoc {
@@ -26,7 +28,8 @@ macro_rules! section {
         $( $(#[doc = $doc:literal])* $(#[serde($($serde:tt)*)])* $field:ident : $ty:ty = $default:expr, )*
     }) => {
         $(#[doc = $sdoc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        // PartialEq only: `[limit]` has f64 fields.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
             $( $(#[doc = $doc])* $(#[serde($($serde)*)])* pub $field: $ty, )*
@@ -195,6 +198,91 @@ section! {
 }
 
 section! {
+    /// The reflection defence. A spoofed request makes this server answer the address it
+    /// forged, so each answer is counted against budgets of the prefixes it goes to (per answer
+    /// class: Binding successes, and errors with challenges), limited in size relative to its
+    /// request, and some sources are dropped unread. A budget is a rate per IPv4 /32 or IPv6 /128
+    /// times a multiplier per enclosing prefix; an answer passes when every level has room. Over
+    /// budget, a prefix receives at most rate × (1 + (hard_cap − 1) ÷ leak) answers per second
+    /// however hard it is attacked (1000 Binding successes per /32 at the defaults).
+    /// Reloadable with SIGHUP, except `table_size`.
+    Limit "limit" {
+        /// "enforce" (over-budget answers are dropped, or leaked, see `leak`), "dry-run" (decide
+        /// and count as enforce would, as would_leak and would_drop, but answer everything: to
+        /// size the budgets on live traffic first) or "off" (no rate limit; the amplification cap
+        /// and the deny lists still apply; check-config warns).
+        mode: Mode = Params::default().mode,
+        /// Binding success answers per second to one IPv4 /32 or IPv6 /128 (1..=10000000). A
+        /// client needs a few per minute (keepalives, ICE gathering), so 400 only limits floods;
+        /// lower it on nodes that serve few clients per address.
+        rate: u32 = Params::default().rate,
+        /// Error and challenge answers (400, 401, 420, 438) per second to one /32 or /128
+        /// (1..=10000000). A client needs one challenge per nonce lifetime; errors are what junk
+        /// and spoofed challenges get, and challenges are the largest answers, hence 20.
+        error_rate: u32 = Params::default().error_rate,
+        /// Seconds of budget a prefix may use at once after being idle, and the time constant
+        /// over which its count decays (0.1..=60). Longer forgives bursts (a NAT waking many
+        /// clients) but lets an attack start with a larger burst; 2.5 s covers a client's ICE
+        /// gathering at a busy NAT.
+        burst_seconds: f64 = Params::default().burst_seconds,
+        /// Multipliers of `rate` and `error_rate` for the enclosing IPv4 /24, /20 and /18: each
+        /// at least 1, none smaller than the one before (a wider prefix never has a smaller
+        /// budget). They stop an attack spread over a victim's network; the defaults give a /24
+        /// 12800 successes per second, carrier-grade NATs included. Raise them for large
+        /// NAT pools, or allowlist those (`allow`).
+        ipv4_multipliers: [u32; 3] = Params::default().ipv4_multipliers,
+        /// Multipliers for the enclosing IPv6 /64, /56 and /48, with the same rules. Smaller
+        /// than IPv4's: a /64 is one subscriber's LAN, a /48 one site.
+        ipv6_multipliers: [u32; 3] = Params::default().ipv6_multipliers,
+        /// Over budget, one request in `leak` still gets the minimal answer (0..=100; 0: never),
+        /// so a real client behind an attacked prefix keeps getting through; the leak has its
+        /// own budget (see `hard_cap`). 2: every other request past the budget.
+        leak: u32 = Params::default().leak,
+        /// A prefix never receives more answers than requests at `hard_cap` × its rate would
+        /// earn it (1..=100): the leak's budget is rate × (hard_cap − 1) ÷ leak, so what a victim
+        /// receives stops growing with the attack. 1: no leak at all; 4 holds a victim at
+        /// 2.5 × the rate with the default `leak`.
+        hard_cap: u32 = Params::default().hard_cap,
+        /// The largest answer ÷ request size ratio (0: no cap; otherwise 1..=100). A longer
+        /// answer is trimmed (SOFTWARE first) or, if it still does not fit, dropped; the bare
+        /// Binding success (32 bytes IPv4, 44 IPv6) is always allowed. 3 lets a 20-byte request
+        /// get 60 bytes: enough for every answer of the default configuration; check-config
+        /// warns when `server.software`, `server.response_origin` or a long-term challenge needs
+        /// more.
+        max_amplification: f64 = Params::default().max_amplification,
+        /// The same on RFC 5780 listeners (0, or 1..=100), whose answers carry MAPPED-ADDRESS,
+        /// RESPONSE-ORIGIN and OTHER-ADDRESS: 68 bytes (IPv4) or 116 (IPv6) for a 20-byte
+        /// request, 5.8 × it, hence 6.
+        rfc5780_max_amplification: f64 = Params::default().rfc5780_max_amplification,
+        /// A request carrying a valid long-term nonce skips the rate limit: the nonce is bound
+        /// to the source address and port, so the source has proved it receives there.
+        exempt_nonce: bool = Params::default().exempt_nonce,
+        /// Requests from 127.0.0.0/8 and ::1 skip the rate limit: the kernel never accepts them
+        /// from a network interface, so they come from this host (health checks, tests).
+        exempt_loopback: bool = Params::default().exempt_loopback,
+        /// Prefixes with a budget of their own, `allow_rate` answers per second per entry,
+        /// outside the per-prefix budgets (monitoring, a large NAT pool you know), e.g.
+        /// `["198.51.100.0/24", "2001:db8:1::/48"]`; a bare address is a /32 or /128.
+        #[serde(deserialize_with = "cidrs")]
+        allow: Vec<Cidr> = Params::default().allow,
+        /// The budget of one `allow` entry, answers per second (1..=10000000).
+        allow_rate: u32 = Params::default().allow_rate,
+        /// Sources dropped before parsing, written as `allow` is (counted as denied_listed).
+        #[serde(deserialize_with = "cidrs")]
+        deny: Vec<Cidr> = Params::default().deny,
+        /// Also drop sources that cannot send real traffic: port 0, 0.0.0.0/8, multicast,
+        /// 240.0.0.0/4, ::, ff00::/8, and this server's own address and listening ports (a
+        /// spoofed loop between two servers).
+        deny_bogons: bool = Params::default().deny_bogons,
+        /// Keys in the table of recent load, shared by every worker (15..=268435456; rounded up
+        /// to a power of two of 15-key lines of 128 bytes: the default 491520 is 4 MiB). Each
+        /// prefix level a request touches is a key; when full, the lightest keys give way, so a
+        /// flood of random sources never evicts a limited victim. Only a restart resizes it.
+        table_size: usize = Params::default().table_size,
+    }
+}
+
+section! {
     /// The admin HTTP endpoint (/metrics, /healthz, /readyz) and the stop sequence.
     Admin "admin" {
         /// Address of the admin endpoint, `"IP:port"`. Keep it off public addresses; off
@@ -342,17 +430,54 @@ impl<'de, T> DeserializeSeed<'de> for Text<T> {
     }
 }
 
-/// A TOML array of strings, each turned into a `T` by `text`.
-struct List<T>(Text<T>);
+/// A TOML string turned into a `T` by its [`FromStr`](std::str::FromStr), whose error (which
+/// names the text) is the reason. A visitor, like [`Text`], so that errors name the element.
+struct Parsed<T>(PhantomData<fn() -> T>);
 
-impl<'de, T> Visitor<'de> for List<T> {
-    type Value = Vec<T>;
+impl<T> Clone for Parsed<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Parsed<T> {}
+
+impl<'de, T: std::str::FromStr<Err: fmt::Display>> Visitor<'de> for Parsed<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+        text.parse().map_err(|e: T::Err| {
+            let message = e.to_string();
+            // The configuration error shows the value already: leave out the parser's quote of it.
+            let quoted = format!("\"{text}\"");
+            E::custom(message.strip_prefix(&quoted).map_or(&*message, |rest| rest.trim_start_matches(':').trim_start()))
+        })
+    }
+}
+
+impl<'de, T: std::str::FromStr<Err: fmt::Display>> DeserializeSeed<'de> for Parsed<T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+/// A TOML array of strings, each turned into an item by the seed `S` ([`Text`] or [`Parsed`]).
+struct List<S>(S);
+
+impl<'de, S: DeserializeSeed<'de> + Copy> Visitor<'de> for List<S> {
+    type Value = Vec<S::Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a sequence")
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<S::Value>, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(item) = seq.next_element_seed(self.0)? {
             out.push(item);
@@ -374,6 +499,10 @@ fn listen_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::E
 
 fn ip_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
     d.deserialize_seq(List(Text { parse: parsed::<IpAddr>, reason: Reason::Says("not an IP address") }))
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    d.deserialize_seq(List(Parsed(PhantomData)))
 }
 
 /// `admin.listen`: an address, or `""` for none.
@@ -453,6 +582,12 @@ choice!(Policy, {
 choice!(Mechanism, {
     Mechanism::LongTerm = "long-term",
     Mechanism::ShortTerm = "short-term",
+});
+
+choice!(Mode, {
+    Mode::Enforce = "enforce",
+    Mode::DryRun = "dry-run",
+    Mode::Off = "off",
 });
 
 choice!(Algorithm, {

@@ -1,6 +1,7 @@
 //! [`Config::validate`]: the checks serde cannot make while parsing (duplicates, ranges, CPUs
 //! this process may use, fields that depend on each other, RFC 5780's address pairing), turning a
-//! [`Config`] into the [`Settings`] the server runs with. `[auth]` is checked in `auth.rs`.
+//! [`Config`] into the [`Settings`] the server runs with. `[auth]` is checked in `auth.rs`,
+//! `[limit]` in `limit.rs`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -91,6 +92,7 @@ impl Config {
         }
         let auth = self.validate_auth(listen, &mut warnings)?;
         let rfc5780 = self.validate_rfc5780(listen)?;
+        let limit = self.validate_limit(listen, &rfc5780, &auth, &mut warnings)?;
         let handlers = auth
             .into_iter()
             .map(|auth| HandlerConfig {
@@ -99,7 +101,7 @@ impl Config {
                 rfc3489_classic: self.server.rfc3489_classic,
                 auth,
                 rfc5780: None,
-                limit: crate::limit::Limit::default(),
+                limit: limit.clone(),
             })
             .collect();
         Ok(Settings {
@@ -114,6 +116,7 @@ impl Config {
             socket_send_buffer: self.io.socket_send_buffer,
             handlers,
             rfc5780,
+            limit,
             log_level: self.log.level.into(),
             admin_listen: self.admin.listen,
             metrics_token,
