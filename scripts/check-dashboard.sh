@@ -102,8 +102,22 @@ api, path = sys.argv[1], sys.argv[2]
 dash = json.load(open(path))
 failed = 0
 count = 0
+# Rows hold no queries; a collapsed row keeps its panels inside it.
+panels = []
 for panel in dash["panels"]:
-    for target in panel["targets"]:
+    if panel["type"] == "row":
+        panels += panel.get("panels", [])
+    else:
+        panels.append(panel)
+ids = [p["id"] for p in dash["panels"]] + [q["id"] for p in dash["panels"] for q in p.get("panels", [])]
+if len(ids) != len(set(ids)):
+    print(f"FAIL panel ids are not unique: {sorted(ids)}")
+    failed += 1
+for panel in panels:
+    if not panel.get("targets"):
+        print(f"FAIL {panel['title']!r}: no query")
+        failed += 1
+    for target in panel.get("targets", []):
         expr = target["expr"]
         # Grafana's variables, as the dashboard would fill them here.
         q = expr.replace("$__rate_interval", "30s").replace('"$instance"', '".*"')

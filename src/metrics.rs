@@ -1,7 +1,8 @@
 //! The Prometheus exporter: one table (`METRICS`) declares every exported metric, its help,
 //! its labels and where its samples come from (the workers' counters in [`crate::counters`],
-//! the kernel's per-socket drop counters, the reload record). At scrape time the [`Exporter`]
-//! sums nothing on the packet path: it reads each worker's published slot and walks the table.
+//! the kernel's per-socket drop counters, the reload record, the rate limiter's shared table).
+//! At scrape time the [`Exporter`] sums nothing on the packet path: it reads each worker's
+//! published slot and walks the table.
 //! A new metric is one row here (plus its [`Counter`] when it counts something new).
 //!
 //! Must not put shared atomics or locks on the packet path: workers only publish their own
@@ -15,7 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
-use crate::counters::{BATCH_NANOS_BUCKETS, BATCH_SIZE_BUCKETS, Counter, DropReason, Stats, WorkerSlot};
+use crate::counters::{
+    AnswerClass, BATCH_NANOS_BUCKETS, BATCH_SIZE_BUCKETS, Counter, DropReason, FAMILIES, LIMIT_LEVELS, LimitAction,
+    Stats, WorkerSlot,
+};
+use crate::limit::{Limit, TICK_MS};
 
 /// Configuration reloads, written by the main thread, read at scrape time.
 #[derive(Debug, Default)]
@@ -94,18 +99,52 @@ enum Source {
     LastReloadTime,
     /// Whether the last reload succeeded (1) or not (0).
     LastReloadOk,
+    /// Per worker, address family and answer class, one sample per [`LimitAction`].
+    LimitDecisions,
+    /// Per worker, family and class, one sample per level of [`LIMIT_LEVELS`].
+    LimitedAt,
+    /// Per worker, family and class: request bytes (`in`) and answer bytes (`out`).
+    LimitBytes,
+    /// Per worker, family and class: answers trimmed to fit the amplification cap.
+    LimitTrimmed,
+    /// One sample read from the limiter at scrape time; none without [`Exporter::with_limit`].
+    Limiter(LimiterGauge),
+}
+
+/// What a [`Source::Limiter`] row reads from the limiter.
+#[derive(Debug, Clone, Copy)]
+enum LimiterGauge {
+    /// The table's size in keys.
+    Capacity,
+    /// Keys whose decayed load is above zero now (walks the whole table).
+    Occupied,
+    /// The table's memory.
+    Bytes,
+    /// The mode (1, labelled with its name).
+    Mode,
+    /// The configured `max_amplification` (0: no cap).
+    MaxAmplification,
 }
 
 impl Source {
     const fn kind(self) -> Kind {
         match self {
-            Source::Version | Source::Backend | Source::Workers | Source::LastReloadTime | Source::LastReloadOk => {
-                Kind::Gauge
-            }
+            Source::Version
+            | Source::Backend
+            | Source::Workers
+            | Source::LastReloadTime
+            | Source::LastReloadOk
+            | Source::Limiter(_) => Kind::Gauge,
             Source::BatchSizes | Source::BatchDurations => Kind::Histogram,
-            Source::Counter(_) | Source::Counters(_) | Source::Drops | Source::KernelDrops | Source::Reloads => {
-                Kind::Counter
-            }
+            Source::Counter(_)
+            | Source::Counters(_)
+            | Source::Drops
+            | Source::KernelDrops
+            | Source::Reloads
+            | Source::LimitDecisions
+            | Source::LimitedAt
+            | Source::LimitBytes
+            | Source::LimitTrimmed => Kind::Counter,
         }
     }
 }
@@ -267,6 +306,60 @@ const METRICS: &[Row] = &[
         &[],
         Source::LastReloadOk,
     ),
+    row(
+        "stunedge_limit_decisions_total",
+        "Response rate limit decisions per answer, by destination family and answer class: pass (within the \
+         prefix's budget), exempt (valid nonce or loopback, not counted), allowlisted (within its allowlist \
+         entry's budget), leak (over budget, minimal answer), drop (over budget, not answered), would_leak and \
+         would_drop (dry run: what enforce would do; answered in full).",
+        &["worker", "family", "class", "action"],
+        Source::LimitDecisions,
+    ),
+    row(
+        "stunedge_limit_limited_total",
+        "Answers over a rate limit (leaked, dropped, or would-be in a dry run), by the level over budget: the \
+         prefix length (IPv4 32, 24, 20, 18; IPv6 128, 64, 56, 48) or the allowlist entry (allow).",
+        &["worker", "family", "class", "level"],
+        Source::LimitedAt,
+    ),
+    row(
+        "stunedge_limit_bytes_total",
+        "UDP payload bytes of requests given an answer class (direction in) and of their answers (out, 0 when \
+         not answered); sum(rate(out)) / sum(rate(in)) is the amplification ratio.",
+        &["worker", "family", "class", "direction"],
+        Source::LimitBytes,
+    ),
+    row(
+        "stunedge_limit_trimmed_total",
+        "Answers whose optional attributes were left out to fit the amplification cap.",
+        &["worker", "family", "class"],
+        Source::LimitTrimmed,
+    ),
+    row(
+        "stunedge_limit_table_capacity",
+        "Keys the shared rate-limit table holds.",
+        &[],
+        Source::Limiter(LimiterGauge::Capacity),
+    ),
+    row(
+        "stunedge_limit_table_occupied",
+        "Keys of the rate-limit table with a load above zero (counted at scrape time).",
+        &[],
+        Source::Limiter(LimiterGauge::Occupied),
+    ),
+    row("stunedge_limit_table_bytes", "Memory of the rate-limit table.", &[], Source::Limiter(LimiterGauge::Bytes)),
+    row(
+        "stunedge_limit_mode",
+        "Response rate limit mode: enforce, dry-run or off (always 1).",
+        &["mode"],
+        Source::Limiter(LimiterGauge::Mode),
+    ),
+    row(
+        "stunedge_limit_max_amplification",
+        "Largest answer / request size ratio allowed (limit.max_amplification; 0: no cap).",
+        &[],
+        Source::Limiter(LimiterGauge::MaxAmplification),
+    ),
 ];
 
 /// Reads the workers' slots and the kernel's socket counters at scrape time and turns them into
@@ -278,6 +371,8 @@ pub struct Exporter {
     backend: &'static str,
     sockets: Vec<SocketInfo>,
     reloads: Arc<ReloadStats>,
+    /// The reflection defence and the millisecond clock its table runs on.
+    limit: Option<(Limit, fn() -> u64)>,
     descs: Vec<Desc>,
 }
 
@@ -334,6 +429,29 @@ fn histogram(row: &Row, values: &[&str], counts: &[u64], bounds: &[f64], sum: f6
     m
 }
 
+/// The samples of a per-class limit row: for each worker, address family ([`FAMILIES`]) and
+/// [`AnswerClass`], `values(stats, family, class)` gives the values of the row's labels after
+/// `worker`, `family` and `class` (`N` of them) and each sample's value.
+fn per_class<const N: usize>(
+    row: &Row,
+    per_worker: &[(String, Stats)],
+    values: impl Fn(&Stats, usize, AnswerClass) -> Vec<([&'static str; N], u64)>,
+) -> Vec<proto::Metric> {
+    let mut out = Vec::new();
+    for (w, s) in per_worker {
+        for (f, family) in FAMILIES.iter().enumerate() {
+            for class in AnswerClass::ALL {
+                for (rest, value) in values(s, f, *class) {
+                    let mut all = vec![w.as_str(), family, class.name()];
+                    all.extend_from_slice(&rest);
+                    out.push(sample(row, &all, value as f64));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The kernel's drop counter of every UDP socket, by inode (/proc/net/udp and udp6: the last
 /// column). Missing files give an empty map.
 fn kernel_drops() -> HashMap<u64, u64> {
@@ -369,10 +487,19 @@ impl Exporter {
                     .unwrap_or_else(|e| unreachable!("metric table row {} is valid: {e}", row.name))
             })
             .collect();
-        Exporter { slots, cpus, backend, sockets, reloads, descs }
+        Exporter { slots, cpus, backend, sockets, reloads, limit: None, descs }
     }
 
-    /// Every metric family, read now.
+    /// Also exports the rate limiter's table and settings (`stunedge_limit_table_*`,
+    /// `stunedge_limit_mode`, `stunedge_limit_max_amplification`; absent without it).
+    /// `clock_ms` is the millisecond clock the workers give the limiter (`worker::clock_ms`),
+    /// read at scrape time to decay the table's loads for `stunedge_limit_table_occupied`.
+    pub fn with_limit(self, limit: Limit, clock_ms: fn() -> u64) -> Exporter {
+        Exporter { limit: Some((limit, clock_ms)), ..self }
+    }
+
+    /// Every metric family with samples, read now. A row without samples (the limiter's,
+    /// without [`Exporter::with_limit`]) is left out: the text format has no empty family.
     pub fn families(&self) -> Vec<MetricFamily> {
         let per_worker: Vec<(String, Stats)> =
             self.cpus.iter().zip(self.slots.iter()).map(|(cpu, slot)| (cpu.to_string(), slot.read())).collect();
@@ -390,6 +517,7 @@ impl Exporter {
                 f.set_metric(self.samples(row, &per_worker));
                 f
             })
+            .filter(|f| !f.get_metric().is_empty())
             .collect()
     }
 
@@ -452,6 +580,31 @@ impl Exporter {
             Source::LastReloadOk => {
                 vec![sample(row, &[], if r.last_ok.load(Ordering::Relaxed) { 1.0 } else { 0.0 })]
             }
+            Source::LimitDecisions => per_class(row, per_worker, |s, f, c| {
+                LimitAction::ALL.iter().map(|a| ([a.name()], s.limit_decisions(f, c, *a))).collect()
+            }),
+            Source::LimitedAt => per_class(row, per_worker, |s, f, c| {
+                LIMIT_LEVELS[f].iter().enumerate().map(|(level, name)| ([*name], s.limited_at(f, c, level))).collect()
+            }),
+            Source::LimitBytes => per_class(row, per_worker, |s, f, c| {
+                let (request, answer) = s.bytes_of(f, c);
+                vec![(["in"], request), (["out"], answer)]
+            }),
+            Source::LimitTrimmed => per_class(row, per_worker, |s, f, c| vec![([], s.trimmed_count(f, c))]),
+            Source::Limiter(gauge) => {
+                let Some((limit, clock_ms)) = &self.limit else { return Vec::new() };
+                let table = &limit.shared.table;
+                let params = limit.rules.params();
+                vec![match gauge {
+                    LimiterGauge::Capacity => sample(row, &[], table.capacity() as f64),
+                    LimiterGauge::Occupied => {
+                        sample(row, &[], table.occupied(clock_ms() / TICK_MS, limit.rules.decay()) as f64)
+                    }
+                    LimiterGauge::Bytes => sample(row, &[], table.bytes() as f64),
+                    LimiterGauge::Mode => sample(row, &[params.mode.name()], 1.0),
+                    LimiterGauge::MaxAmplification => sample(row, &[], params.max_amplification),
+                }]
+            }
         }
     }
 
@@ -479,19 +632,47 @@ impl Collector for Exporter {
 mod tests {
     use super::*;
 
+    use crate::limit::{ALLOW_LEVEL, Mode, Params, Rules, Shared};
+
+    /// An exporter over two workers, CPUs 3 and 5: worker 3 published `stats`, worker 5 nothing.
+    fn exporter(stats: &Stats) -> Exporter {
+        let slots: Arc<[WorkerSlot]> = (0..2).map(|_| WorkerSlot::default()).collect();
+        slots[0].publish(stats);
+        let sockets = vec![SocketInfo { worker: 3, listener: "127.0.0.1:3478".parse().unwrap(), inode: 1 }];
+        Exporter::new(slots, vec![3, 5], "mmsg", sockets, Arc::new(ReloadStats::new(100)))
+    }
+
+    /// The names of the rows, without the limiter's unless `limiter`.
+    fn declared(limiter: bool) -> Vec<String> {
+        METRICS
+            .iter()
+            .filter(|row| limiter || !matches!(row.source, Source::Limiter(_)))
+            .map(|row| row.name.to_string())
+            .collect()
+    }
+
+    /// A limiter in dry-run mode with a 16-line table that has answered one IPv4 client at
+    /// 1000 ms (one key at each of the four prefix levels).
+    fn limit() -> Limit {
+        let params = Params { mode: Mode::DryRun, max_amplification: 2.5, table_size: 150, ..Params::default() };
+        let limit = Limit::new(Arc::new(Rules::new(params, vec![3478])), Arc::new(Shared::new(150)));
+        let decision = limit.decide(AnswerClass::Success, "192.0.2.1".parse().unwrap(), false, 1000, 0);
+        assert_eq!(decision.action, LimitAction::Pass);
+        limit
+    }
+
     #[test]
     fn exporter_emits_exactly_the_declared_metrics_and_passes_a_registry() {
-        let slots: Arc<[WorkerSlot]> = (0..2).map(|_| WorkerSlot::default()).collect();
         let mut a = Stats::default();
         a.record(&crate::counters::Tally { received_datagrams: 7, ..Default::default() }, 3_000);
         a.record(&crate::counters::Tally { received_datagrams: 600, ..Default::default() }, 20_000_000);
         a.dropped(DropReason::NotStun);
-        slots[0].publish(&a);
-        let sockets = vec![SocketInfo { worker: 3, listener: "127.0.0.1:3478".parse().unwrap(), inode: 1 }];
-        let e = Exporter::new(slots, vec![3, 5], "mmsg", sockets, Arc::new(ReloadStats::new(100)));
+        let e = exporter(&a);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        let declared: Vec<String> = METRICS.iter().map(|m| m.name.to_string()).collect();
-        assert_eq!(names, declared);
+        assert_eq!(names, declared(false), "the limiter's rows are left out without a limiter");
+        let e = e.with_limit(limit(), || 1000);
+        let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
+        assert_eq!(names, declared(true));
         let registry = prometheus::Registry::new();
         registry.register(Box::new(e)).unwrap();
         let gathered = registry.gather();
@@ -506,6 +687,106 @@ mod tests {
         assert!(text.contains("stunedge_batch_duration_seconds_bucket{worker=\"3\",le=\"0.000005\"} 1"), "{text}");
         assert!(text.contains("stunedge_io_backend_info{backend=\"mmsg\"} 1"), "{text}");
         assert!(text.contains("stunedge_config_last_reload_success_timestamp_seconds 100"), "{text}");
+    }
+
+    /// The per-class limit rows: every worker × family × class × action, level or direction,
+    /// each sample with its row's labels, the values the worker counted, and nothing else.
+    #[test]
+    fn limit_rows_carry_every_label_set_and_the_workers_counts() {
+        let mut s = Stats::default();
+        for _ in 0..3 {
+            s.limit_decision(0, AnswerClass::Success, LimitAction::Pass, 0);
+        }
+        s.limit_decision(1, AnswerClass::Error, LimitAction::Drop, 1);
+        s.limit_decision(0, AnswerClass::Success, LimitAction::WouldDrop, ALLOW_LEVEL);
+        s.class_bytes(0, AnswerClass::Success, 20, 32);
+        s.class_bytes(0, AnswerClass::Success, 28, 44);
+        s.class_bytes(1, AnswerClass::Error, 100, 0);
+        s.trimmed(1, AnswerClass::Error);
+        let e = exporter(&s);
+        let text = e.render();
+        for line in [
+            r#"stunedge_limit_decisions_total{worker="3",family="ipv4",class="success",action="pass"} 3"#,
+            r#"stunedge_limit_decisions_total{worker="3",family="ipv6",class="error",action="drop"} 1"#,
+            r#"stunedge_limit_decisions_total{worker="3",family="ipv4",class="success",action="would_drop"} 1"#,
+            r#"stunedge_limit_decisions_total{worker="5",family="ipv4",class="success",action="pass"} 0"#,
+            r#"stunedge_limit_limited_total{worker="3",family="ipv6",class="error",level="64"} 1"#,
+            r#"stunedge_limit_limited_total{worker="3",family="ipv4",class="success",level="allow"} 1"#,
+            r#"stunedge_limit_limited_total{worker="3",family="ipv4",class="success",level="32"} 0"#,
+            r#"stunedge_limit_bytes_total{worker="3",family="ipv4",class="success",direction="in"} 48"#,
+            r#"stunedge_limit_bytes_total{worker="3",family="ipv4",class="success",direction="out"} 76"#,
+            r#"stunedge_limit_bytes_total{worker="3",family="ipv6",class="error",direction="in"} 100"#,
+            r#"stunedge_limit_bytes_total{worker="3",family="ipv6",class="error",direction="out"} 0"#,
+            r#"stunedge_limit_trimmed_total{worker="3",family="ipv6",class="error"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+        // Per row: (samples, their sum, the label values each family may take at the 4th label).
+        let levels: Vec<&str> = LIMIT_LEVELS.iter().flatten().copied().collect();
+        let actions: Vec<&str> = LimitAction::ALL.iter().map(|a| a.name()).collect();
+        let expected: [(&str, usize, f64, Vec<&str>); 4] = [
+            ("stunedge_limit_decisions_total", 2 * 2 * 2 * 7, 5.0, actions),
+            ("stunedge_limit_limited_total", 2 * 2 * 2 * 5, 2.0, levels),
+            ("stunedge_limit_bytes_total", 2 * 2 * 2 * 2, 48.0 + 76.0 + 100.0, vec!["in", "out"]),
+            ("stunedge_limit_trimmed_total", 2 * 2 * 2, 1.0, vec![]),
+        ];
+        let families = e.families();
+        for (name, samples, sum, fourth) in expected {
+            let row = METRICS.iter().find(|r| r.name == name).unwrap();
+            let family = families.iter().find(|f| f.get_name() == name).unwrap();
+            assert_eq!(family.get_field_type(), MetricType::COUNTER, "{name}");
+            let metrics = family.get_metric();
+            assert_eq!(metrics.len(), samples, "{name}");
+            assert_eq!(metrics.iter().map(|m| m.get_counter().get_value()).sum::<f64>(), sum, "{name}");
+            let mut label_sets: Vec<Vec<&str>> = metrics
+                .iter()
+                .map(|m| {
+                    let names: Vec<&str> = m.get_label().iter().map(|l| l.get_name()).collect();
+                    assert_eq!(names, row.labels, "{name}");
+                    m.get_label().iter().map(|l| l.get_value()).collect()
+                })
+                .collect();
+            for values in &label_sets {
+                assert!(FAMILIES.contains(&values[1]) && ["success", "error"].contains(&values[2]), "{values:?}");
+                if let Some(v) = values.get(3) {
+                    assert!(fourth.contains(v), "{name}: {values:?}");
+                }
+                if name == "stunedge_limit_limited_total" {
+                    let f = FAMILIES.iter().position(|f| *f == values[1]).unwrap();
+                    assert!(LIMIT_LEVELS[f].contains(&values[3]), "a level of the other family: {values:?}");
+                }
+            }
+            label_sets.sort();
+            label_sets.dedup();
+            assert_eq!(label_sets.len(), samples, "{name}: every label set once");
+        }
+    }
+
+    /// The limiter's gauges: present with [`Exporter::with_limit`], the table read at the
+    /// given clock's time.
+    #[test]
+    fn limiter_gauges_read_the_table_and_settings_at_scrape_time() {
+        let text = exporter(&Stats::default()).render();
+        assert!(!text.contains("stunedge_limit_table") && !text.contains("stunedge_limit_mode"), "{text}");
+        assert!(!text.starts_with("# encoding failed"), "{text}");
+
+        let now = exporter(&Stats::default()).with_limit(limit(), || 1000).render();
+        for line in [
+            "stunedge_limit_table_capacity 240",
+            "stunedge_limit_table_occupied 4",
+            "stunedge_limit_table_bytes 2048",
+            r#"stunedge_limit_mode{mode="dry-run"} 1"#,
+            "stunedge_limit_max_amplification 2.5",
+            "# TYPE stunedge_limit_table_occupied gauge",
+        ] {
+            assert!(now.lines().any(|l| l == line), "{line} missing from\n{now}");
+        }
+        // An hour later (1440 time constants of 2.5 s) every load has decayed to nothing.
+        let later = exporter(&Stats::default()).with_limit(limit(), || 1000 + 3_600_000).render();
+        assert!(later.lines().any(|l| l == "stunedge_limit_table_occupied 0"), "{later}");
+        let off = exporter(&Stats::default()).with_limit(Limit::default(), || 1).render();
+        assert!(off.lines().any(|l| l == r#"stunedge_limit_mode{mode="off"} 1"#), "{off}");
+        assert!(off.lines().any(|l| l == "stunedge_limit_max_amplification 0"), "{off}");
     }
 
     #[test]
@@ -523,6 +804,10 @@ mod tests {
                         assert_eq!(values.len() + 1, row.labels.len(), "{}", row.name);
                         exported.push(*c);
                     }
+                }
+                // `per_class` fills these three first.
+                Source::LimitDecisions | Source::LimitedAt | Source::LimitBytes | Source::LimitTrimmed => {
+                    assert_eq!(row.labels[..3], ["worker", "family", "class"], "{}", row.name);
                 }
                 _ => {}
             }

@@ -53,6 +53,17 @@ pub enum Mode {
     Off,
 }
 
+impl Mode {
+    /// Its name in the configuration and the `stunedge_limit_mode` metric.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry-run",
+            Mode::Off => "off",
+        }
+    }
+}
+
 /// Every knob of the reflection defence, as configured (`[limit]`; the defaults are
 /// [`Params::default`]). Checked by the configuration, turned into [`Rules`] by [`Rules::new`].
 #[derive(Debug, Clone, PartialEq)]
