@@ -371,9 +371,20 @@ pub struct Exporter {
     backend: &'static str,
     sockets: Vec<SocketInfo>,
     reloads: Arc<ReloadStats>,
-    /// The reflection defence and the millisecond clock its table runs on.
-    limit: Option<(Limit, fn() -> u64)>,
+    /// The reflection defence (read at scrape time: a reload may change its rules) and the
+    /// millisecond clock its table runs on.
+    limit: Option<(CurrentLimit, fn() -> u64)>,
     descs: Vec<Desc>,
+}
+
+/// Where the exporter finds the running limiter: its rules change with each reload, its table
+/// stays.
+struct CurrentLimit(Box<dyn Fn() -> Limit + Send + Sync>);
+
+impl std::fmt::Debug for CurrentLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CurrentLimit")
+    }
 }
 
 /// One sample of `row`: `values` are its label values in the row's label order.
@@ -493,9 +504,10 @@ impl Exporter {
     /// Also exports the rate limiter's table and settings (`stunedge_limit_table_*`,
     /// `stunedge_limit_mode`, `stunedge_limit_max_amplification`; absent without it).
     /// `clock_ms` is the millisecond clock the workers give the limiter (`worker::clock_ms`),
-    /// read at scrape time to decay the table's loads for `stunedge_limit_table_occupied`.
-    pub fn with_limit(self, limit: Limit, clock_ms: fn() -> u64) -> Exporter {
-        Exporter { limit: Some((limit, clock_ms)), ..self }
+    /// read at scrape time to decay the table's loads for `stunedge_limit_table_occupied`;
+    /// `current` gives the running limiter at scrape time (its rules as last reloaded).
+    pub fn with_limit(self, current: impl Fn() -> Limit + Send + Sync + 'static, clock_ms: fn() -> u64) -> Exporter {
+        Exporter { limit: Some((CurrentLimit(Box::new(current)), clock_ms)), ..self }
     }
 
     /// Every metric family with samples, read now. A row without samples (the limiter's,
@@ -592,7 +604,8 @@ impl Exporter {
             }),
             Source::LimitTrimmed => per_class(row, per_worker, |s, f, c| vec![([], s.trimmed_count(f, c))]),
             Source::Limiter(gauge) => {
-                let Some((limit, clock_ms)) = &self.limit else { return Vec::new() };
+                let Some((current, clock_ms)) = &self.limit else { return Vec::new() };
+                let limit = (current.0)();
                 let table = &limit.shared.table;
                 let params = limit.rules.params();
                 vec![match gauge {
@@ -661,6 +674,11 @@ mod tests {
         limit
     }
 
+    /// A limiter source that always gives `limit`.
+    fn fixed(limit: Limit) -> impl Fn() -> Limit + Send + Sync + 'static {
+        move || limit.clone()
+    }
+
     #[test]
     fn exporter_emits_exactly_the_declared_metrics_and_passes_a_registry() {
         let mut a = Stats::default();
@@ -670,7 +688,7 @@ mod tests {
         let e = exporter(&a);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
         assert_eq!(names, declared(false), "the limiter's rows are left out without a limiter");
-        let e = e.with_limit(limit(), || 1000);
+        let e = e.with_limit(fixed(limit()), || 1000);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
         assert_eq!(names, declared(true));
         let registry = prometheus::Registry::new();
@@ -770,9 +788,9 @@ mod tests {
         assert!(!text.contains("stunedge_limit_table") && !text.contains("stunedge_limit_mode"), "{text}");
         assert!(!text.starts_with("# encoding failed"), "{text}");
 
-        let now = exporter(&Stats::default()).with_limit(limit(), || 1000).render();
+        let now = exporter(&Stats::default()).with_limit(fixed(limit()), || 1000).render();
         for line in [
-            "stunedge_limit_table_capacity 240",
+            "stunedge_limit_table_capacity 256",
             "stunedge_limit_table_occupied 4",
             "stunedge_limit_table_bytes 2048",
             r#"stunedge_limit_mode{mode="dry-run"} 1"#,
@@ -782,9 +800,9 @@ mod tests {
             assert!(now.lines().any(|l| l == line), "{line} missing from\n{now}");
         }
         // An hour later (1440 time constants of 2.5 s) every load has decayed to nothing.
-        let later = exporter(&Stats::default()).with_limit(limit(), || 1000 + 3_600_000).render();
+        let later = exporter(&Stats::default()).with_limit(fixed(limit()), || 1000 + 3_600_000).render();
         assert!(later.lines().any(|l| l == "stunedge_limit_table_occupied 0"), "{later}");
-        let off = exporter(&Stats::default()).with_limit(Limit::default(), || 1).render();
+        let off = exporter(&Stats::default()).with_limit(fixed(Limit::default()), || 1).render();
         assert!(off.lines().any(|l| l == r#"stunedge_limit_mode{mode="off"} 1"#), "{off}");
         assert!(off.lines().any(|l| l == "stunedge_limit_max_amplification 0"), "{off}");
     }

@@ -292,7 +292,7 @@ mod tests {
         );
         assert!(s.limit.shared.table.capacity() >= Params::default().table_size);
         let s = check("[limit]\ntable_size = 15\nmode = \"dry-run\"\nmax_amplification = 4\n").unwrap();
-        assert_eq!(s.limit.shared.table.capacity(), 15);
+        assert_eq!(s.limit.shared.table.capacity(), 16, "two lines of eight");
         assert_eq!(s.limit.rules.params().mode, Mode::DryRun);
         assert_eq!(s.limit.rules.params().max_amplification, 4.0, "an integer is a ratio too");
     }
@@ -338,7 +338,7 @@ mod tests {
             (
                 "ipv4_multipliers = [1, 1, 4000000000]",
                 "limit.ipv4_multipliers = [1, 1, 4000000000]: a /18 could burst 6000000000000 answers, more than \
-                 the table counts (1099511627775); lower the multipliers, the rates or burst_seconds",
+                 the table counts (16777215); lower the multipliers, the rates or burst_seconds",
             ),
             // Parser errors: the line, the element, the text.
             ("mode = \"on\"", "test.toml:2: limit.mode = \"on\": must be \"enforce\", \"dry-run\" or \"off\""),
@@ -366,7 +366,8 @@ mod tests {
         }
         // The edges are in (but the largest table: 4 GiB).
         let edges = "[limit]\nrate = 10000000\nburst_seconds = 0.1\nleak = 0\nhard_cap = 100\ntable_size = 15\n\
-                     max_amplification = 1\nrfc5780_max_amplification = 100\nipv4_multipliers = [1, 1, 1]\n";
+                     max_amplification = 1\nrfc5780_max_amplification = 100\nipv4_multipliers = [1, 1, 1]\n\
+                     ipv6_multipliers = [1, 1, 1]\n";
         check(edges).unwrap();
     }
 

@@ -107,7 +107,7 @@ pub struct Params {
     /// Also drop sources that cannot send real traffic: port 0, 0.0.0.0/8, multicast,
     /// 240.0.0.0/4, ::, ff00::/8, and the server's own listening addresses.
     pub deny_bogons: bool,
-    /// The table's size in keys (rounded up to a power of two of 15-key lines).
+    /// The table's size in keys (rounded up to a power of two of 8-key, 64-byte lines).
     pub table_size: usize,
 }
 
@@ -130,7 +130,7 @@ impl Default for Params {
             allow_rate: 4000,
             deny: Vec::new(),
             deny_bogons: true,
-            table_size: 491_520,
+            table_size: 524_288,
         }
     }
 }
@@ -376,7 +376,7 @@ impl Limit {
                 let (network, _) = canonical_bits(entry.addr());
                 let key =
                     table.key(0x1_0000 | (f as u64) << 8 | entry.prefix_len() as u64, network).namespaced(NS_ALLOW);
-                if self.admit(&[key], &[rules.allow_price], now) {
+                if self.admit(key, rules.allow_price, now) {
                     return Decision::new(LimitAction::Allowlisted);
                 }
                 return self.limited(LimitAction::Drop, ALLOW_LEVEL, now);
@@ -417,25 +417,31 @@ impl Limit {
     fn admit_levels(&self, keys: &[Key; 4], prices: &[u64; 4], now: u64) -> Result<(), usize> {
         let table = &self.shared.table;
         let decay = &self.rules.decay;
+        let mut probes = [None; 4];
         for level in 0..4 {
-            if table.load(keys[level], now, decay) + prices[level] > CAPACITY {
+            let probe = table.probe(keys[level], now, decay);
+            if probe.load + prices[level] > CAPACITY {
                 return Err(level);
             }
+            probes[level] = Some(probe);
         }
-        for level in 0..4 {
-            table.add(keys[level], prices[level], now, decay);
+        for (level, probe) in probes.into_iter().enumerate() {
+            if let Some(probe) = probe {
+                table.charge(keys[level], probe, prices[level], now, decay);
+            }
         }
         Ok(())
     }
 
     /// [`Limit::admit_levels`] for one key.
-    fn admit(&self, keys: &[Key], prices: &[u64], now: u64) -> bool {
+    fn admit(&self, key: Key, price: u64, now: u64) -> bool {
         let table = &self.shared.table;
         let decay = &self.rules.decay;
-        if keys.iter().zip(prices).any(|(k, p)| table.load(*k, now, decay) + p > CAPACITY) {
+        let probe = table.probe(key, now, decay);
+        if probe.load + price > CAPACITY {
             return false;
         }
-        keys.iter().zip(prices).for_each(|(k, p)| table.add(*k, *p, now, decay));
+        table.charge(key, probe, price, now, decay);
         true
     }
 

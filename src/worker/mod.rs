@@ -262,6 +262,13 @@ impl Server {
             self.sockets.clone(),
             reloads,
         )
+        .with_limit(
+            {
+                let handlers = self.handlers.clone();
+                move || handlers.current_limit()
+            },
+            clock_ms,
+        )
     }
 
     /// The sum of every worker's last published counters.

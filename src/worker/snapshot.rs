@@ -27,6 +27,12 @@ impl Handlers {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// The first socket's reflection defence as now configured (every listener shares its
+    /// rules and table); the default (off) when there is no socket.
+    pub(super) fn current_limit(&self) -> crate::limit::Limit {
+        self.load().1.first().map(|h| h.limit.clone()).unwrap_or_default()
+    }
+
     fn load(&self) -> (u64, Arc<[HandlerConfig]>) {
         let generation = self.generation.load(Ordering::Acquire);
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner).clone();
