@@ -95,8 +95,8 @@ impl Decay {
         }
         let fine = self.fine[(dt % FINE as u64) as usize];
         match self.coarse.get((dt / FINE as u64) as usize) {
-            // 24-bit load × 32-bit factor × 32-bit factor, in u128 to keep the precision.
-            Some(&coarse) => ((load as u128 * fine as u128 * coarse as u128) >> (2 * FACTOR_BITS)) as u64,
+            // Two 32-bit factors make one; a 24-bit load times it fits 64 bits.
+            Some(&coarse) => (load * ((fine as u128 * coarse as u128) >> FACTOR_BITS) as u64) >> FACTOR_BITS,
             None => 0,
         }
     }
@@ -195,19 +195,27 @@ impl Table {
     #[inline]
     pub fn probe(&self, key: Key, now: u64, decay: &Decay) -> Probe {
         let line = &self.lines[key.line as usize].0;
-        let words: [u64; SLOTS] = std::array::from_fn(|i| line[i].load(Relaxed));
-        if let Some(i) = words.iter().position(|&v| fp_of(v) == key.fp && load_of(v) != 0) {
-            return Probe { index: i as u8, seen: words[i], load: decayed(words[i], now, decay) };
+        for (i, s) in line.iter().enumerate() {
+            let v = s.load(Relaxed);
+            if fp_of(v) == key.fp && load_of(v) != 0 {
+                return Probe { index: i as u8, seen: v, load: decayed(v, now, decay) };
+            }
         }
-        let mut lightest = Probe { index: 0, seen: words[0], load: u64::MAX };
-        for (i, &v) in words.iter().enumerate() {
-            // An empty slot cannot be beaten: take it without decaying the rest.
-            let load = if load_of(v) == 0 { 0 } else { decayed(v, now, decay) };
+        self.lightest(line, now, decay)
+    }
+
+    /// The slot a new key takes: an empty one, else the one with the smallest decayed load.
+    #[cold]
+    fn lightest(&self, line: &[AtomicU64; SLOTS], now: u64, decay: &Decay) -> Probe {
+        let mut lightest = Probe { index: 0, seen: 0, load: u64::MAX };
+        for (i, s) in line.iter().enumerate() {
+            let v = s.load(Relaxed);
+            if load_of(v) == 0 {
+                return Probe { index: i as u8, seen: v, load: 0 };
+            }
+            let load = decayed(v, now, decay);
             if load < lightest.load {
                 lightest = Probe { index: i as u8, seen: v, load };
-                if load == 0 {
-                    break;
-                }
             }
         }
         lightest
