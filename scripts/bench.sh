@@ -20,6 +20,10 @@
 #                stunedge-scraped: io_uring with its admin endpoint scraped every second, to
 #                compare with stunedge-uring, whose admin endpoint is off, and stunedge-admin, whose
 #                endpoint is on but not scraped)
+#                stunedge-limited: io_uring with the response rate limit enforced on the generator's
+#                traffic (loopback not exempt; limit.rate raised so that it stays inside its budget:
+#                every answer is looked up and charged in the shared table), to compare with
+#                stunedge-limit-off (limit.mode = "off")
 #   SCRAPER_CPUS where stunedge-scraped's scraper runs (default: GEN_CPUS)
 #   PROFILE      1: during each server's first repetition, sample the server CPUs with
 #                `perf record -g` and add a table of where their time goes (send path, loopback
@@ -68,14 +72,14 @@ fi
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; stunedge-scraped) echo 3484;; stunedge-admin) echo 3485;; stunedge-uring-coop) echo 3486;; esac; }
+port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; stunedge-scraped) echo 3484;; stunedge-admin) echo 3485;; stunedge-uring-coop) echo 3486;; stunedge-limited) echo 3487;; stunedge-limit-off) echo 3488;; esac; }
 ADMIN_PORT=${ADMIN_PORT:-19478}
 SCRAPER_CPUS=${SCRAPER_CPUS:-$GEN_CPUS}
 
 server_cmd() {
   local port; port=$(port_of "$1")
   case $1 in
-    stunedge-uring|stunedge-uring-sqe|stunedge-uring-coop|stunedge-mmsg|stunedge-auth|stunedge-scraped|stunedge-admin)
+    stunedge-uring|stunedge-uring-sqe|stunedge-uring-coop|stunedge-mmsg|stunedge-auth|stunedge-scraped|stunedge-admin|stunedge-limited|stunedge-limit-off)
       # Build the CPU list in TOML from SERVER_CPUS.
       local list="" part backend=io_uring send=sendmmsg taskrun=defer
       [[ $1 == stunedge-mmsg ]] && backend=mmsg
@@ -92,6 +96,9 @@ server_cmd() {
       else
         printf '[admin]\nlisten = ""\n' >> "$work/$1.toml"
       fi
+      # Inside the limits: 16 sources in one /24 at up to ~1 M answers/s need 100,000/s per /32.
+      [[ $1 == stunedge-limited ]] && printf '[limit]\nexempt_loopback = false\nrate = 100000\n' >> "$work/$1.toml"
+      [[ $1 == stunedge-limit-off ]] && printf '[limit]\nmode = "off"\n' >> "$work/$1.toml"
       [[ $1 == stunedge-auth ]] && printf '[auth]\npolicy = "required"\nmechanism = "short-term"\nshort_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }\n' >> "$work/$1.toml"
       echo "$BIN/stunedge serve -c $work/$1.toml";;
     baseline) echo "$BIN/stunedge-baseline --listen 127.0.0.1:$port --cpus $SERVER_CPUS";;
@@ -241,6 +248,10 @@ table=$work/table.md
   if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-scraped]:-}" ]]; then
     echo "| stunedge-scraped ÷ stunedge-uring (scraped every second ÷ metrics endpoint off) | $(ratio "${med[stunedge-scraped]}" "${med[stunedge-uring]}") |"
     echo "| stunedge-uring ÷ stunedge-scraped, CPU µs per request | $(ratio "${cpu_us[stunedge-uring]}" "${cpu_us[stunedge-scraped]}") |"
+  fi
+  if [[ -n "${med[stunedge-limit-off]:-}" && -n "${med[stunedge-limited]:-}" ]]; then
+    echo "| stunedge-limited ÷ stunedge-limit-off (rate limit enforced, inside the limits ÷ off) | $(ratio "${med[stunedge-limited]}" "${med[stunedge-limit-off]}") |"
+    echo "| stunedge-limited ÷ stunedge-limit-off, CPU µs per request | $(ratio "${cpu_us[stunedge-limited]}" "${cpu_us[stunedge-limit-off]}") |"
   fi
   if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-auth]:-}" ]]; then
     echo "| stunedge-auth ÷ stunedge-uring | $(ratio "${med[stunedge-auth]}" "${med[stunedge-uring]}") |"
