@@ -4,6 +4,7 @@
 
 mod admin;
 mod alloc;
+mod amplification;
 mod auth;
 mod cli;
 mod iana;
