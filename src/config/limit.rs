@@ -338,7 +338,7 @@ mod tests {
             (
                 "ipv4_multipliers = [1, 1, 4000000000]",
                 "limit.ipv4_multipliers = [1, 1, 4000000000]: a /18 could burst 6000000000000 answers, more than \
-                 the table counts (16777215); lower the multipliers, the rates or burst_seconds",
+                 the table counts (268435455); lower the multipliers, the rates or burst_seconds",
             ),
             // Parser errors: the line, the element, the text.
             ("mode = \"on\"", "test.toml:2: limit.mode = \"on\": must be \"enforce\", \"dry-run\" or \"off\""),

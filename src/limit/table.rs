@@ -7,11 +7,11 @@
 //! - A [`Key`] is a line index and a 16-bit fingerprint, both from one keyed 64-bit hash of the
 //!   key's bits ([`Table::key`]); the hash key is random per table (per process), so nobody
 //!   outside can plan collisions.
-//! - A line is one 64-byte cache line of 8 slots; a slot is `fingerprint:16 | tick:24 |
-//!   load:24`, one `u64`, so a key is read and updated with one atomic word and a level of the
+//! - A line is one 64-byte cache line of 8 slots; a slot is `fingerprint:16 | tick:20 |
+//!   load:28`, one `u64`, so a key is read and updated with one atomic word and a level of the
 //!   limiter costs one cache line. A key lives in at most one slot of its line.
 //! - Loads decay exponentially with time constant τ ([`Decay`]), each slot from its own tick
-//!   (16 ms units, wrapping every 74 hours; a load is forgotten long before): a key hit at a
+//!   (16 ms units, wrapping every 4.6 hours; a load is forgotten within 18 minutes): a key hit at a
 //!   steady rate r settles at a load of `r · τ · price`. Nothing decays a line in bulk, so
 //!   passing traffic writes one word per level and limited traffic none.
 //! - A key that is not in its line is estimated at the line's smallest load, and when it is
@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Key slots per line.
 pub const SLOTS: usize = 8;
 /// Bits of a slot's load.
-const LOAD_BITS: u32 = 24;
+const LOAD_BITS: u32 = 28;
 /// The largest load a slot holds; a key whose load would pass it is over its limit.
 pub const CAPACITY: u64 = (1 << LOAD_BITS) - 1;
 /// Bits of a slot's tick (its last update), above the load.
-const TICK_BITS: u32 = 24;
+const TICK_BITS: u32 = 20;
 const TICK_MASK: u64 = (1 << TICK_BITS) - 1;
 /// Bits of a fingerprint (the top of the slot).
 const FP_BITS: u32 = 64 - TICK_BITS - LOAD_BITS;
@@ -42,8 +42,8 @@ const FACTOR_BITS: u32 = 32;
 const ONE: u64 = 1 << FACTOR_BITS;
 /// Decay steps below this many ticks come from the fine table, above from the coarse one.
 const FINE: usize = 256;
-/// Beyond this many time constants a load has decayed to nothing (e^-18 · 2^24 < 1).
-const FORGET_TAUS: f64 = 18.0;
+/// Beyond this many time constants a load has decayed to nothing (e^-20 · 2^28 < 1).
+const FORGET_TAUS: f64 = 20.0;
 
 /// One line: one cache line of slots.
 #[repr(C, align(64))]
@@ -95,7 +95,7 @@ impl Decay {
         }
         let fine = self.fine[(dt % FINE as u64) as usize];
         match self.coarse.get((dt / FINE as u64) as usize) {
-            // Two 32-bit factors make one; a 24-bit load times it fits 64 bits.
+            // Two 32-bit factors make one; a 28-bit load times it fits 64 bits.
             Some(&coarse) => (load * ((fine as u128 * coarse as u128) >> FACTOR_BITS) as u64) >> FACTOR_BITS,
             None => 0,
         }
@@ -276,7 +276,7 @@ mod tests {
             let got = d.apply(load, dt) as f64;
             assert!((got - want).abs() <= want * 1e-6 + 2.0, "dt {dt}: {got} vs {want}");
         }
-        assert_eq!(d.apply(CAPACITY, 2000), 0, "18 τ forgets everything");
+        assert_eq!(d.apply(CAPACITY, 2000), 0, "20 τ forgets everything");
         assert_eq!(d.apply(CAPACITY, u64::MAX), 0);
         // A load never grows by decaying, whatever the step.
         for dt in 0..2000 {
