@@ -288,8 +288,12 @@ fn server_steady_state_never_allocates() {
     }
     let allowed: Vec<usize> = core_affinity::get_core_ids().unwrap().into_iter().map(|c| c.id).collect();
     for (backend, send) in backends {
-        let text =
-            format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n");
+        // The rate limiter on the path too: loopback not exempt, every answer charged in the
+        // shared table (inside a budget this one client cannot exceed).
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[io]\nbackend = \"{backend}\"\nuring_send = \"{send}\"\n\
+             [limit]\nexempt_loopback = false\nrate = 100000\nipv4_multipliers = [1, 1, 1]\n"
+        );
         let server = Server::start(&Config::from_toml(&text, "test").unwrap().validate(&allowed).unwrap()).unwrap();
         let addr = server.local_addrs()[0];
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -311,6 +315,12 @@ fn server_steady_state_never_allocates() {
         exchange(20_000);
         let after = ALL_THREADS.load(Ordering::Relaxed);
         assert_eq!(after - before, 0, "{backend}/{send}: allocations while serving");
+        let passed = server.stats().limit_decisions(
+            0,
+            stunedge::counters::AnswerClass::Success,
+            stunedge::counters::LimitAction::Pass,
+        );
+        assert!(passed > 20_000, "{backend}/{send}: the rate limiter saw {passed} answers");
         drop(server);
     }
 }
