@@ -167,6 +167,30 @@ impl Table {
         self.lines.iter().flat_map(|line| &line.0).filter(|s| decayed(s.load(Relaxed), now, decay) > 0).count()
     }
 
+    /// Lines in the table.
+    pub fn lines(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Empties the slots of `count` lines from line `from` (wrapping around) whose load has
+    /// decayed to nothing by tick `now`, and returns the line to continue from. Run over the
+    /// whole table every minute or so (the server's main loop does), it keeps every slot's tick
+    /// within minutes of the clock, far inside the 20-bit tick's half range (2.3 hours), so a
+    /// long-forgotten key can never be mistaken for a fresh one when the tick wraps. One CAS per
+    /// emptied slot; a slot charged meanwhile is left alone.
+    pub fn sweep(&self, from: usize, count: usize, now: u64, decay: &Decay) -> usize {
+        let n = self.lines.len();
+        for i in 0..count.min(n) {
+            for s in &self.lines[(from + i) % n].0 {
+                let v = s.load(Relaxed);
+                if v != 0 && decayed(v, now, decay) == 0 {
+                    let _ = s.compare_exchange(v, 0, Relaxed, Relaxed);
+                }
+            }
+        }
+        (from + count) % n
+    }
+
     /// The key of `bits` (already masked to the prefix) under `tag` (family, prefix length,
     /// namespace: anything that must tell two equal bit patterns apart).
     #[inline]
@@ -397,6 +421,29 @@ mod tests {
         // this contention (four threads on one word), never many.
         let total = t.load(k, 0, &d);
         assert!((39_000..=40_000).contains(&total), "{total}");
+    }
+
+    /// The sweep empties dead slots (so a wrapped tick cannot revive them) and keeps live ones.
+    #[test]
+    fn the_sweep_empties_only_forgotten_slots() {
+        let t = Table::new(64);
+        let d = decay();
+        let (old, live) = (t.key(1, 1), t.key(1, 2));
+        t.add(old, 1_000_000, 0, &d);
+        t.add(live, 1_000_000, 5000, &d);
+        let mut at = 0;
+        for _ in 0..t.lines() {
+            at = t.sweep(at, 1, 5000, &d);
+        }
+        assert_eq!(at, 0, "a full round");
+        assert_eq!(t.occupied(5000, &d), 1);
+        assert!(t.load(live, 5000, &d) > 0);
+        // Without the sweep, the dead slot would look fresh once the clock wraps round to it.
+        let wrapped = 1 << TICK_BITS;
+        assert_eq!(t.load(old, wrapped, &d), 0);
+        let unswept = Table::new(64);
+        unswept.add(old, 1_000_000, 0, &d);
+        assert_eq!(unswept.load(old, wrapped, &d), 1_000_000, "the wrap this sweep exists for");
     }
 
     #[test]

@@ -255,3 +255,48 @@ fn never_panics_on_any_key() {
     assert_eq!(Limit::level_prefix(ip("2001:db8:1:2:3::9"), 2), "2001:db8:1::/56");
     assert_eq!(Limit::level_prefix(ip("198.51.100.1"), ALLOW_LEVEL), "198.51.100.1 (allowlist entry)");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::limit::table::CAPACITY;
+
+    proptest! {
+        /// Any address, class, time and draw: no panic, and the action is one `enforce` takes.
+        #[test]
+        fn any_request_gets_a_decision(
+            requests in proptest::collection::vec((any::<u128>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()), 1..200),
+        ) {
+            let l = limit(Params { rate: 1, error_rate: 1, ..enforce() });
+            for (bits, v4, now, draw, error) in requests {
+                let src = if v4 { IpAddr::V4((bits as u32).into()) } else { IpAddr::V6(bits.into()) };
+                let class = if error { AnswerClass::Error } else { AnswerClass::Success };
+                let d = l.decide(class, src, false, now, draw);
+                prop_assert!(d.level <= ALLOW_LEVEL);
+                prop_assert!(!matches!(d.action, LimitAction::WouldLeak | LimitAction::WouldDrop));
+            }
+        }
+
+        /// Loads never pass the capacity, never go below zero, and a key's load never grows
+        /// without being charged: decaying only shrinks.
+        #[test]
+        fn loads_stay_in_range_and_only_decay_between_charges(
+            charges in proptest::collection::vec((0u128..64, 0u64..CAPACITY, 0u64..100_000), 1..300),
+        ) {
+            let t = Table::new(64);
+            let d = Decay::new(50.0);
+            let mut now = 0;
+            for (bits, price, step) in charges {
+                now += step;
+                let k = t.key(1, bits);
+                let before = t.load(k, now, &d);
+                prop_assert!(before <= CAPACITY);
+                let later = t.load(k, now + 1000, &d);
+                prop_assert!(later <= before || before == 0, "{later} > {before}");
+                t.add(k, price, now, &d);
+                prop_assert!(t.load(k, now, &d) <= CAPACITY);
+            }
+        }
+    }
+}

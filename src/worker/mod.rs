@@ -158,6 +158,8 @@ pub struct Server {
     sockets: Vec<metrics::SocketInfo>,
     /// The rate limiter's table, allocated once at start and kept across reloads.
     limit: Arc<limit::Shared>,
+    /// The next line of the table [`Server::sweep_limit`] looks at.
+    sweep_at: std::sync::atomic::AtomicUsize,
 }
 
 impl Server {
@@ -192,6 +194,7 @@ impl Server {
                 .handlers
                 .first()
                 .map_or_else(|| Arc::new(limit::Shared::new(0)), |h| h.limit.shared.clone()),
+            sweep_at: std::sync::atomic::AtomicUsize::new(0),
         };
         server.spawn(settings, per_worker)?;
         Ok(server)
@@ -299,6 +302,17 @@ impl Server {
         }
         self.handlers.replace(rfc5780::per_socket(&handlers, &self.origins));
         Ok(())
+    }
+
+    /// Sweeps the next `1 / parts` of the rate limiter's table ([`limit::table::Table::sweep`]):
+    /// called every 50 ms by the serve loop with `parts` = 1200, the whole table once a minute.
+    pub fn sweep_limit(&self, parts: usize) {
+        let table = &self.limit.table;
+        let lines = table.lines().div_ceil(parts.max(1));
+        let current = self.handlers.current_limit();
+        let from = self.sweep_at.load(Ordering::Relaxed);
+        let next = table.sweep(from, lines, clock_ms() / limit::TICK_MS, current.rules.decay());
+        self.sweep_at.store(next, Ordering::Relaxed);
     }
 
     /// Asks every worker to stop; idle workers notice within 200 ms (their poll timeout).
