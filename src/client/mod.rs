@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::keys::{Algorithm, long_term_key};
 use crate::stun::attr::{
-    ErrorCode, MappedAddress, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm, Username, XorMappedAddress,
+    ErrorCode, MappedAddress, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm, Software, Username, XorMappedAddress,
 };
 use crate::stun::integrity::{Check, check_integrity_sha1, check_integrity_sha256};
 use crate::stun::registry::{ATTR_PASSWORD_ALGORITHM, ATTR_PASSWORD_ALGORITHMS, MAGIC_COOKIE};
@@ -214,9 +214,26 @@ pub(crate) fn random_tid() -> [u8; 12] {
 /// What the request carries for authentication.
 enum Sign<'a> {
     None,
-    ShortTerm { username: &'a str, password: &'a str },
-    LongTerm { username: &'a str, key: Vec<u8>, realm: Vec<u8>, nonce: Vec<u8>, algorithms: Option<Vec<u8>> },
+    /// The first request of a long-term exchange, which asks for the challenge: no credentials
+    /// yet (RFC 8489 §9.2.3.1), but SOFTWARE, so that the request is large enough for the
+    /// challenge under an amplification cap (stunedge's default 3× drops the 96-byte challenge
+    /// to a bare 28-byte request; with SOFTWARE the request is 48 bytes).
+    Challenge,
+    ShortTerm {
+        username: &'a str,
+        password: &'a str,
+    },
+    LongTerm {
+        username: &'a str,
+        key: Vec<u8>,
+        realm: Vec<u8>,
+        nonce: Vec<u8>,
+        algorithms: Option<Vec<u8>>,
+    },
 }
+
+/// The SOFTWARE the client names where it sends one.
+const SOFTWARE: &str = concat!("stunedge ", env!("CARGO_PKG_VERSION"));
 
 /// A Binding request with transaction ID `tid`: `attributes` writes what goes before
 /// FINGERPRINT, which ends every request the client sends.
@@ -243,6 +260,7 @@ fn build(tid: [u8; 12], sign: &Sign<'_>) -> Vec<u8> {
     binding_request(tid, |w| {
         match sign {
             Sign::None => {}
+            Sign::Challenge => w.add(&Software(SOFTWARE.as_bytes()))?,
             Sign::ShortTerm { username, password } => {
                 w.add(&Username(username.as_bytes()))?;
                 w.add_integrity_sha1(password.as_bytes())?;
@@ -385,7 +403,8 @@ pub fn binding_with_notice(
     socket.connect(server).map_err(ProbeError::Io)?;
     let local = socket.local_addr().map_err(ProbeError::Io)?;
     let mut sign = match credentials {
-        None | Some(Credentials::LongTerm { .. }) => Sign::None,
+        None => Sign::None,
+        Some(Credentials::LongTerm { .. }) => Sign::Challenge,
         Some(Credentials::ShortTerm { username, password }) => Sign::ShortTerm { username, password },
     };
     // A long-term exchange takes at most: challenge, request, and one 438 retry.
@@ -396,7 +415,7 @@ pub fn binding_with_notice(
             transact_split(socket, None, socket, &request, tid, retransmit, &mut silence)?;
         let msg = Message::parse(&answer).map_err(|_| ProbeError::BadResponse("unparsable"))?;
         let key: Option<Vec<u8>> = match &sign {
-            Sign::None => None,
+            Sign::None | Sign::Challenge => None,
             Sign::ShortTerm { password, .. } => Some(password.as_bytes().to_vec()),
             Sign::LongTerm { key, .. } => Some(key.clone()),
         };
@@ -406,7 +425,7 @@ pub fn binding_with_notice(
             if let (401 | 438, Some(Credentials::LongTerm { username, password })) = (code, credentials) {
                 let realm = msg.get::<Realm>().and_then(Result::ok).map(|r| r.0.to_vec());
                 let nonce = msg.get::<Nonce>().and_then(Result::ok).map(|n| n.0.to_vec());
-                let retry_401 = code == 401 && matches!(sign, Sign::None);
+                let retry_401 = code == 401 && matches!(sign, Sign::None | Sign::Challenge);
                 let retry_438 = code == 438 && matches!(sign, Sign::LongTerm { .. });
                 if let (Some(realm), Some(nonce), true) = (realm, nonce, retry_401 || retry_438) {
                     // RFC 8489 §9.2.5: echo PASSWORD-ALGORITHMS and pick SHA-256 when offered.

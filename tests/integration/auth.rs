@@ -26,17 +26,18 @@ pub(crate) const SECRET: &str = "0123456789abcdef-fleet";
 /// 401 does not fit) is tested in `amplification.rs` and the limiter's own tests, not here.
 pub(crate) const NO_LIMIT: &str = "[limit]\nmode = \"off\"\nmax_amplification = 0\n";
 
-/// The `[auth]` section every test here uses, with `policy` and `mechanism` filled in.
+/// The `[auth]` section every test here uses, with `policy` and `mechanism` filled in, after
+/// [`NO_LIMIT`] (so that what a test appends still lands in `[auth]`).
 pub(crate) fn auth_section(policy: &str, mechanism: &str) -> String {
     format!(
-        "[auth]\npolicy = \"{policy}\"\nmechanism = \"{mechanism}\"\nrealm = \"{REALM}\"\n\
+        "{NO_LIMIT}[auth]\npolicy = \"{policy}\"\nmechanism = \"{mechanism}\"\nrealm = \"{REALM}\"\n\
          nonce_secret = \"{SECRET}\"\nlong_term_users = {{ alice = \"wonderland\" }}\n\
          short_term_users = {{ bob = \"builder\" }}\nrest_secrets = [\"north-secret\", \"old-secret\"]\n"
     )
 }
 
 pub(crate) fn handler(policy: &str, mechanism: &str) -> HandlerConfig {
-    let text = format!("[server]\nlisten = [\"127.0.0.1:3478\"]\n{}{NO_LIMIT}", auth_section(policy, mechanism));
+    let text = format!("[server]\nlisten = [\"127.0.0.1:3478\"]\n{}", auth_section(policy, mechanism));
     Config::from_toml(&text, "test").unwrap().validate(&[0]).unwrap().handlers.remove(0)
 }
 
@@ -690,7 +691,7 @@ fn sighup_reloads_credentials_without_losing_a_packet_and_keeps_them_on_a_bad_fi
     let port = free_port();
     let creds = write_config("reload-credentials.toml", "[long_term_users]\nalice = \"wonderland\"\n");
     let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\nlevel = \"debug\"\n[auth]\npolicy = \"required\"\n\
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\nlevel = \"debug\"\n{NO_LIMIT}[auth]\npolicy = \"required\"\n\
          realm = \"{REALM}\"\nnonce_secret = \"{SECRET}\"\ncredentials_file = \"{}\"\n",
         creds.display()
     );

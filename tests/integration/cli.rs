@@ -62,12 +62,16 @@ impl Running {
     }
 
     /// Waits until `addr` answers a Binding request at all (an authenticating listener answers
-    /// 401); returns that answer.
+    /// 401); returns that answer. The request carries a SOFTWARE attribute, as real clients'
+    /// do: a bare 20-byte request is too small for a challenge under the 3× amplification cap.
     pub(crate) fn wait_answering(&mut self, addr: SocketAddr) -> Vec<u8> {
         let client = client_for(addr);
         client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let request = binding_request([3; 12], &[]);
+        let request = binding_request(
+            [3; 12],
+            &crate::support::hex("80 22 00 10 72 65 61 64 69 6e 65 73 73 2d 70 72 6f 62 65 21"),
+        );
         let mut buf = [0u8; 512];
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
