@@ -52,6 +52,11 @@ listen = "127.0.0.1:$admin_port"
 policy = "optional"
 mechanism = "short-term"
 short_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }
+# The generator's loopback traffic through the rate limiter, at a budget it exceeds, so that the
+# reflection-defence panels show passes, leaks and drops rather than zeros.
+[limit]
+exempt_loopback = false
+rate = 2000
 TOML
 "$BIN/stunedge" serve -c "$work/stunedge.toml" 2> "$work/stunedge.log" &
 started+=($!)
