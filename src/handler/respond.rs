@@ -47,7 +47,7 @@ pub(super) enum Trim {
 /// optional attributes until the answer fits, else drop). Counts the decision and the bytes in
 /// and out. An answer that does not fit the buffer is dropped (it cannot happen: see the
 /// bound at the end of `handler/mod.rs`).
-#[inline]
+#[inline(always)]
 pub(super) fn reply(
     buf: &mut [u8],
     request: &Request<'_>,
@@ -67,7 +67,7 @@ pub(super) fn reply(
             stats.sample_limited(meta.src.ip(), decision.level, class);
         }
     }
-    let mut trim = match decision.action {
+    let trim = match decision.action {
         LimitAction::Drop => {
             stats.class_bytes(family, class, request.len, 0);
             return Action::Drop(DropReason::RateLimited);
@@ -76,29 +76,50 @@ pub(super) fn reply(
         _ => Trim::None,
     };
     let room = limit.room(request.len, family, config.rfc5780.is_some());
-    let Ok(mut len) = write(buf, trim) else { return Action::Drop(DropReason::ResponseTooLarge) };
-    while len > room && trim != Trim::All {
-        trim = if trim == Trim::None { Trim::Software } else { Trim::All };
-        match write(buf, trim) {
-            Ok(shorter) => len = shorter,
-            Err(_) => return Action::Drop(DropReason::ResponseTooLarge),
-        }
-        if len <= room {
-            stats.trimmed(family, class);
-        }
-    }
-    if len > room {
-        stats.class_bytes(family, class, request.len, 0);
-        return Action::Drop(DropReason::AmplificationCap);
-    }
+    let len = match write(buf, trim) {
+        Ok(len) if len <= room => len,
+        Ok(_) => match trim_to_fit(buf, &write, trim, room) {
+            Ok(len) => {
+                stats.trimmed(family, class);
+                len
+            }
+            Err(reason) => {
+                stats.class_bytes(family, class, request.len, 0);
+                return Action::Drop(reason);
+            }
+        },
+        Err(_) => return Action::Drop(DropReason::ResponseTooLarge),
+    };
     stats.bump(counter);
     stats.class_bytes(family, class, request.len, len);
     Action::Reply { len, route: Route::BACK }
 }
 
+/// Writes the answer again with more left out until it fits `room`: SOFTWARE (and reason
+/// phrases), then everything optional; the answer's length, or why it is dropped. Cold: an
+/// answer over the cap is a configuration worth a `check-config` warning, or an attack.
+#[cold]
+#[inline(never)]
+fn trim_to_fit(
+    buf: &mut [u8],
+    write: &impl Fn(&mut [u8], Trim) -> Result<usize, WriteError>,
+    mut trim: Trim,
+    room: usize,
+) -> Result<usize, DropReason> {
+    while trim != Trim::All {
+        trim = if trim == Trim::None { Trim::Software } else { Trim::All };
+        match write(buf, trim) {
+            Ok(len) if len <= room => return Ok(len),
+            Ok(_) => {}
+            Err(_) => return Err(DropReason::ResponseTooLarge),
+        }
+    }
+    Err(DropReason::AmplificationCap)
+}
+
 /// The Binding success outside RFC 5780 mode: XOR-MAPPED-ADDRESS (classic: MAPPED-ADDRESS) and,
 /// when configured, RESPONSE-ORIGIN (classic: SOURCE-ADDRESS).
-#[inline]
+#[inline(always)]
 pub(super) fn binding_success(
     buf: &mut [u8],
     request: &Request<'_>,
@@ -203,7 +224,7 @@ pub(super) fn challenge(
 /// SOFTWARE when configured (and not trimmed), the integrity attribute when the request
 /// authenticated, FINGERPRINT when the request had one (RFC 8489 §7.3.1: a server that receives
 /// FINGERPRINT includes it), then the length.
-#[inline]
+#[inline(always)]
 pub(super) fn finish(
     mut w: MessageWriter<'_>,
     request: &Request<'_>,

@@ -356,13 +356,20 @@ impl Limit {
     /// clock). `routable`: the request proved it can receive at its source (a valid nonce).
     /// `draw`: bits that differ between requests (the transaction ID), mixed with the table's
     /// random key for the 1-in-`leak` draw.
-    #[inline]
+    #[inline(always)]
     pub fn decide(&self, class: AnswerClass, src: IpAddr, routable: bool, now_ms: u64, draw: u64) -> Decision {
-        let rules = &*self.rules;
-        let p = &rules.params;
-        if p.mode == Mode::Off {
+        if self.rules.params.mode == Mode::Off {
             return Decision::new(LimitAction::Pass);
         }
+        self.decide_on(class, src, routable, now_ms, draw)
+    }
+
+    /// [`Limit::decide`] when rate limiting is on: out of line, so that a listener with it off
+    /// pays one comparison.
+    #[inline(never)]
+    fn decide_on(&self, class: AnswerClass, src: IpAddr, routable: bool, now_ms: u64, draw: u64) -> Decision {
+        let rules = &*self.rules;
+        let p = &rules.params;
         let (bits, v4) = canonical_bits(src);
         if (routable && p.exempt_nonce) || (p.exempt_loopback && is_loopback(bits, v4)) {
             return Decision::new(LimitAction::Exempt);
