@@ -258,7 +258,12 @@ impl Table {
     pub fn charge(&self, key: Key, mut probe: Probe, price: u64, now: u64, decay: &Decay) {
         let line = &self.lines[key.line as usize].0;
         for _ in 0..16 {
-            let taken = slot(key.fp, now, (probe.load + price).min(CAPACITY));
+            // Workers read the clock once per batch, so one may be a tick behind another: never
+            // move a slot's tick back (the next reader would decay the same interval twice and
+            // undercount; the lab's two-worker test caught it).
+            let then = (probe.seen >> LOAD_BITS) & TICK_MASK;
+            let tick = if now.wrapping_sub(then) & TICK_MASK > TICK_MASK / 2 { then } else { now };
+            let taken = slot(key.fp, tick, (probe.load + price).min(CAPACITY));
             if line[probe.index as usize].compare_exchange(probe.seen, taken, Relaxed, Relaxed).is_ok() {
                 return;
             }
@@ -421,6 +426,20 @@ mod tests {
         // this contention (four threads on one word), never many.
         let total = t.load(k, 0, &d);
         assert!((39_000..=40_000).contains(&total), "{total}");
+    }
+
+    /// A charge from a worker whose clock lags a tick never moves the slot's tick back (that
+    /// would decay the same interval twice, letting two workers pass more than the budget).
+    #[test]
+    fn a_lagging_clock_never_moves_a_tick_back() {
+        let t = Table::new(64);
+        let d = decay();
+        let k = t.key(1, 7);
+        t.add(k, 10_000, 100, &d);
+        t.add(k, 10_000, 99, &d); // a worker one tick behind
+        // Read at tick 101: one tick of decay on 20,000, not two ticks on part of it.
+        let want = d.apply(20_000, 1);
+        assert_eq!(t.load(k, 101, &d), want);
     }
 
     /// The sweep empties dead slots (so a wrapped tick cannot revive them) and keeps live ones.
