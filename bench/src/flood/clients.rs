@@ -317,11 +317,11 @@ impl Run<'_> {
         if tx.state != State::Open {
             return;
         }
-        if let Some(&offset) = self.sends.get(tx.sent as usize) {
+        if (tx.sent as usize) < self.sends.len() {
             self.send(seq);
             self.txs[seq].sent += 1;
             let next = self.sends.get(tx.sent as usize + 1).copied().unwrap_or(self.give_up);
-            self.timers.push(Reverse((tx.start_ns + next.max(offset), seq as u64)));
+            self.timers.push(Reverse((tx.start_ns + next, seq as u64)));
         } else {
             self.txs[seq].state = State::Failed;
             self.open -= 1;
