@@ -1,7 +1,9 @@
 //! The benchmark tools' library: sample requests (built with stunedge's own writer), the load
-//! generator engine behind `stunedge-bench`, and the checks it applies to every answer.
+//! generator engine behind `stunedge-bench`, the checks it applies to every answer, and the
+//! reflection lab's floods and clients behind `stunedge-flood`.
 
 pub mod check;
+pub mod flood;
 pub mod load;
 pub mod requests;
 

@@ -11,6 +11,7 @@ mod iana;
 mod loopback;
 mod natlab;
 mod probe;
+mod reflection;
 mod rfc5769;
 mod rfc5780;
 mod support;
