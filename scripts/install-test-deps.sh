@@ -33,6 +33,8 @@ need iproute2 has ip
 need nftables has nft
 need conntrack has conntrack
 need procps has sysctl
+# The reflection lab (scripts/reflect-lab.sh, tests/integration/reflection.rs) needs the same
+# namespaces and nftables counters, curl for /metrics and python3 for its JSON: all above.
 
 # Each package once, in order.
 mapfile -t missing < <(printf '%s\n' ${missing[@]+"${missing[@]}"} | awk 'NF && !seen[$0]++')
