@@ -63,7 +63,8 @@ fn main() {
         Some(auth) => {
             let user = stunedge_bench::Credentials::default();
             let text = format!(
-                "[server]\nlisten = [\"192.0.2.1:3478\"]\n[auth]\npolicy = \"required\"\n{auth}\n\
+                "[server]\nlisten = [\"192.0.2.1:3478\"]\n[limit]\nmode = \"off\"\nmax_amplification = 0\n\
+                 [auth]\npolicy = \"required\"\n{auth}\n\
                  nonce_secret = \"handle-loop-nonce-secret\"\n\
                  short_term_users = {{ \"{0}\" = \"{1}\" }}\nlong_term_users = {{ \"{0}\" = \"{1}\" }}\n",
                 user.username, user.password

@@ -15,7 +15,7 @@ use super::{Config, ConfigError, Limit, Rfc5780Plan};
 use crate::auth::Mechanism;
 use crate::auth::nonce::NONCE_LEN;
 use crate::handler::ListenerAuth;
-use crate::limit::table::CAPACITY;
+use crate::limit::table::LIMIT;
 use crate::limit::{self, AnswerClass, BARE_SUCCESS, IPV4_LEVELS, IPV6_LEVELS, Mode, Params, Rules, Shared};
 use crate::stun::header::padded;
 use crate::stun::registry::{ATTR_HEADER_LEN, HEADER_LEN};
@@ -97,7 +97,9 @@ impl Config {
         own_ports.retain(|&port| port != 0);
         own_ports.sort_unstable();
         own_ports.dedup();
-        let shared = Arc::new(Shared::new(params.table_size));
+        // A one-line stand-in: the server allocates the real table (`table_size`) once, at start
+        // (`worker::Server::start`), so that `check-config` and every reload allocate nothing.
+        let shared = Arc::new(Shared::new(0));
         let limit = limit::Limit::new(Arc::new(Rules::new(params, own_ports)), shared);
         self.amplification_warnings(listen, rfc5780, auth, &limit, warnings);
         Ok(limit)
@@ -229,22 +231,51 @@ fn check(p: &Params) -> Result<(), ConfigError> {
             }
         }
         // The widest prefix has the largest budget (the leak's included); the table must be
-        // able to count a burst of it (40-bit loads, a price of at least 1 per answer).
+        // able to count a burst of it (a price of at least 1 per answer under the admission
+        // limit of its 28-bit loads).
         let burst = AnswerClass::ALL
             .iter()
             .map(|&class| p.rate_at(class, v4, 3).max(p.leak_rate_at(class, v4, 3)))
             .fold(0.0, f64::max)
             * p.burst_seconds;
-        if burst > CAPACITY as f64 {
+        if burst > LIMIT as f64 {
             return Err(invalid(
                 format!("limit.{field}"),
                 format!("{multipliers:?}"),
                 format!(
-                    "a /{widest} could burst {burst:.0} answers, more than the table counts ({CAPACITY}); \
+                    "a /{widest} could burst {burst:.0} answers, more than the table counts ({LIMIT}); \
                      lower the multipliers, the rates or burst_seconds"
                 ),
             ));
         }
+    }
+    // Every budget must allow at least one answer per burst: below that its price is over the
+    // table's limit and the class (or the leak) would never pass.
+    let leaks = p.leak > 0 && p.hard_cap > 1;
+    let narrowest = [
+        ("rate", Some(p.rate_at(AnswerClass::Success, true, 0))),
+        ("error_rate", Some(p.rate_at(AnswerClass::Error, true, 0))),
+        ("leak", leaks.then(|| p.leak_rate_at(AnswerClass::Error, true, 0))),
+        ("allow_rate", Some(p.allow_rate.into())),
+    ];
+    for (field, rate) in narrowest.into_iter().filter_map(|(f, r)| Some((f, r?))) {
+        let burst = rate * p.burst_seconds;
+        if burst < 1.0 {
+            return Err(invalid(
+                format!("limit.{field}"),
+                format!("{burst}"),
+                "with limit.burst_seconds, less than one answer per burst: nothing would ever pass; \
+                 raise it or burst_seconds",
+            ));
+        }
+    }
+    let allow_burst = f64::from(p.allow_rate) * p.burst_seconds;
+    if allow_burst > LIMIT as f64 {
+        return Err(invalid(
+            "limit.allow_rate",
+            p.allow_rate,
+            format!("an allowlist entry could burst {allow_burst:.0} answers, more than the table counts ({LIMIT})"),
+        ));
     }
     Ok(())
 }
@@ -290,9 +321,9 @@ mod tests {
                 .iter()
                 .all(|h| Arc::ptr_eq(&h.limit.rules, &s.limit.rules) && Arc::ptr_eq(&h.limit.shared, &s.limit.shared))
         );
-        assert!(s.limit.shared.table.capacity() >= Params::default().table_size);
+        assert_eq!(s.limit.shared.table.capacity(), 8, "a stand-in: the server allocates the table");
         let s = check("[limit]\ntable_size = 15\nmode = \"dry-run\"\nmax_amplification = 4\n").unwrap();
-        assert_eq!(s.limit.shared.table.capacity(), 16, "two lines of eight");
+        assert_eq!(s.limit.rules.params().table_size, 15);
         assert_eq!(s.limit.rules.params().mode, Mode::DryRun);
         assert_eq!(s.limit.rules.params().max_amplification, 4.0, "an integer is a ratio too");
     }
@@ -338,7 +369,7 @@ mod tests {
             (
                 "ipv4_multipliers = [1, 1, 4000000000]",
                 "limit.ipv4_multipliers = [1, 1, 4000000000]: a /18 could burst 6000000000000 answers, more than \
-                 the table counts (268435455); lower the multipliers, the rates or burst_seconds",
+                 the table counts (134217727); lower the multipliers, the rates or burst_seconds",
             ),
             // Parser errors: the line, the element, the text.
             ("mode = \"on\"", "test.toml:2: limit.mode = \"on\": must be \"enforce\", \"dry-run\" or \"off\""),
@@ -360,6 +391,17 @@ mod tests {
                 "test.toml:2: limit.ipv4_multipliers = [1, 2]: invalid length 2, expected an array of length 3",
             ),
             ("rate = -1", "test.toml:2: limit.rate = -1: invalid value: integer `-1`, expected u32"),
+            (
+                "error_rate = 5\nburst_seconds = 0.1",
+                "limit.error_rate = 0.5: with limit.burst_seconds, less than one answer per burst: nothing would \
+                 ever pass; raise it or burst_seconds",
+            ),
+            (
+                "allow_rate = 10000000\nburst_seconds = 60\nipv4_multipliers = [1, 1, 1]\nipv6_multipliers = [1, 1, 1]\n\
+                 rate = 1000",
+                "limit.allow_rate = 10000000: an allowlist entry could burst 600000000 answers, more than the table \
+                 counts (134217727)",
+            ),
         ];
         for (line, expected) in cases {
             assert_eq!(check(&format!("[limit]\n{line}\n")).unwrap_err().to_string(), expected, "{line}");

@@ -32,8 +32,8 @@ pub(super) struct Request<'s> {
 }
 
 /// What an answer leaves out to fit the amplification cap, or because it is a leak: first
-/// SOFTWARE (and error reason phrases), then everything optional (RESPONSE-ORIGIN; in
-/// RFC 5780 mode the answer becomes the plain minimal one).
+/// SOFTWARE (and error reason phrases), then everything optional (RESPONSE-ORIGIN; RFC 5780
+/// answers keep their attributes and route: they lose SOFTWARE only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Trim {
     None,

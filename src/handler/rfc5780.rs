@@ -7,7 +7,7 @@
 use std::cell::Cell;
 
 use super::listener::{HandlerConfig, Rfc5780Role, Role};
-use super::respond::{Request, Trim, bad_request, binding_success, finish, finish_len, reply};
+use super::respond::{Request, bad_request, finish, finish_len, reply};
 use super::{Action, MAX_REQUEST, Meta, Route};
 use crate::counters::{Counter, Stats};
 use crate::stun::attr::{
@@ -66,16 +66,13 @@ pub(super) fn success(
     let target = group.role.changed(asked.change);
     let origin = group.addrs[target.index()];
     let other = group.other();
-    // How the answer was last written: padded, and trimmed to the plain minimal answer (a
-    // leak, or the cap), which goes straight back.
+    // Whether the answer as last written was padded. A leak, or an answer over the cap, loses
+    // SOFTWARE but never the RFC 5780 attributes or its route: a NAT discovery client reads
+    // both (an answer from the wrong address, or without OTHER-ADDRESS, would mislead it), so
+    // one that does not fit even so is dropped.
     let padded = Cell::new(false);
-    let minimal = Cell::new(false);
     let action = reply(buf, request, meta, config, stats, Counter::ResponsesSuccess, |b, trim| {
-        minimal.set(trim == Trim::All);
         padded.set(false);
-        if trim == Trim::All {
-            return binding_success(b, request, meta, config, trim);
-        }
         let mut w = MessageWriter::over(b, MessageType::BINDING_SUCCESS)?;
         if request.classic {
             w.add(&MappedAddress(meta.src))?;
@@ -99,9 +96,6 @@ pub(super) fn success(
         finish(w, request, config, trim)
     });
     let Action::Reply { len, .. } = action else { return action };
-    if minimal.get() {
-        return action;
-    }
     let via = (asked.change != Role::PRIMARY).then(|| group.listeners[target.index()]);
     if padded.get() {
         stats.bump(Counter::Rfc5780Padded);

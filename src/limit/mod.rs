@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use self::prefix::{Cidr, CidrError, PrefixSet};
 use self::prefix::{canonical_bits, mask};
-use self::table::{CAPACITY, Key};
 pub use self::table::{Decay, Table};
+use self::table::{Key, LIMIT};
 use crate::counters::DropReason;
 pub use crate::counters::{AnswerClass, LimitAction};
 
@@ -168,11 +168,12 @@ impl Params {
     }
 }
 
-/// The cost of one answer at a level with budget `rate`: a key at capacity is over, and a
-/// steady `rate` settles exactly at capacity. Rounded up: errors lean towards limiting.
+/// The cost of one answer at a level with budget `rate`: a key at the table's [`LIMIT`] is over,
+/// and a steady `rate` settles exactly there. Rounded up: errors lean towards limiting.
 fn price(rate: f64, burst_seconds: f64) -> u64 {
     let burst = rate * burst_seconds;
-    if burst <= 0.0 { CAPACITY + 1 } else { ((CAPACITY as f64 / burst).ceil() as u64).max(1) }
+    // Less than one answer per burst (or NaN): never passes (the configuration refuses it).
+    if burst.is_nan() || burst < 1.0 { LIMIT + 1 } else { ((LIMIT as f64 / burst).ceil() as u64).max(1) }
 }
 
 /// Namespaces within a prefix's line: each class's budget and leak budget, the allowlist.
@@ -427,7 +428,7 @@ impl Limit {
         let mut probes = [None; 4];
         for level in 0..4 {
             let probe = table.probe(keys[level], now, decay);
-            if probe.load + prices[level] > CAPACITY {
+            if probe.load + prices[level] > LIMIT {
                 return Err(level);
             }
             probes[level] = Some(probe);
@@ -445,7 +446,7 @@ impl Limit {
         let table = &self.shared.table;
         let decay = &self.rules.decay;
         let probe = table.probe(key, now, decay);
-        if probe.load + price > CAPACITY {
+        if probe.load + price > LIMIT {
             return false;
         }
         table.charge(key, probe, price, now, decay);

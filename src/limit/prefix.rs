@@ -72,6 +72,13 @@ impl FromStr for Cidr {
                 _ => return Err(CidrError(format!("\"{s}\": the prefix length must be 0..={width}"))),
             },
         };
+        // An IPv4-mapped prefix (`::ffff:10.0.0.0/104`) is the IPv4 prefix it maps: sources are
+        // looked up that way.
+        let (addr, len) = match addr {
+            IpAddr::V6(v6) if len >= 96 && v6.to_ipv4_mapped().is_some() => (addr.to_canonical(), len - 96),
+            _ => (addr, len),
+        };
+        let width = self::width(addr);
         Cidr::new(addr, len).ok_or_else(|| {
             let network = from_bits(bits(addr) & mask(len, width), addr.is_ipv4());
             CidrError(format!("\"{s}\" has bits set past /{len}; did you mean \"{network}/{len}\"?"))
@@ -218,6 +225,8 @@ mod tests {
         assert_eq!(cidr("192.0.2.7").to_string(), "192.0.2.7/32");
         assert_eq!(cidr("2001:db8::/32").to_string(), "2001:db8::/32");
         assert_eq!(cidr("::1").prefix_len(), 128);
+        assert_eq!(cidr("::ffff:10.0.0.0/104").to_string(), "10.0.0.0/8", "IPv4-mapped is IPv4");
+        assert_eq!(cidr("::ffff:192.0.2.9").to_string(), "192.0.2.9/32");
         assert_eq!(cidr("0.0.0.0/0").prefix_len(), 0);
         let err = |s: &str| s.parse::<Cidr>().unwrap_err().to_string();
         assert_eq!(err("192.0.2.1/24"), "\"192.0.2.1/24\" has bits set past /24; did you mean \"192.0.2.0/24\"?");

@@ -178,7 +178,14 @@ impl Server {
         let backend = select_backend(settings.backend, uring::probe)?;
         let per_worker = bind_workers(settings, &resolved)?;
         let sockets = socket_inodes(&settings.cpus, &per_worker);
-        let handlers = Arc::new(Handlers::new(rfc5780::per_socket(&settings.handlers, &origins)));
+        // The rate limiter's table, allocated once, here (the configuration holds a stand-in).
+        let limit = Arc::new(limit::Shared::new(settings.limit.rules.params().table_size));
+        let configured: Vec<HandlerConfig> = settings
+            .handlers
+            .iter()
+            .map(|h| HandlerConfig { limit: limit::Limit::new(h.limit.rules.clone(), limit.clone()), ..h.clone() })
+            .collect();
+        let handlers = Arc::new(Handlers::new(rfc5780::per_socket(&configured, &origins)));
         let mut server = Server {
             threads: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -190,10 +197,7 @@ impl Server {
             cpus: settings.cpus.clone(),
             backend,
             sockets,
-            limit: settings
-                .handlers
-                .first()
-                .map_or_else(|| Arc::new(limit::Shared::new(0)), |h| h.limit.shared.clone()),
+            limit,
             sweep_at: std::sync::atomic::AtomicUsize::new(0),
         };
         server.spawn(settings, per_worker)?;
@@ -622,8 +626,9 @@ fn log_limited(stats: &mut Stats) {
             prefix = %limit::Limit::level_prefix(dst, level),
             level = counters::LIMIT_LEVELS[family][level.min(limit::ALLOW_LEVEL)],
             class = class.name(),
-            "response rate limit: answers to this prefix are over budget (leaked or dropped); \
-             at most one such line per 30 s, stunedge_limit_decisions_total counts every decision"
+            "response rate limit: answers to this prefix are over budget (leaked or dropped; in \
+             dry-run only counted); at most one such line per 30 s, stunedge_limit_decisions_total \
+             counts every decision"
         );
     }
 }
