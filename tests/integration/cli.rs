@@ -341,7 +341,8 @@ fn sighup_reload_applies_a_new_log_level() {
 
     config.rewrite(&with_admin(&text("debug")));
     server.signal(libc::SIGHUP);
-    until("the reload at debug", &mut server, &|log| reloads(log) == 1);
+    // The reload's info line and its debug line are two writes: wait for both, not the first.
+    until("the reload at debug", &mut server, &|log| reloads(log) == 1 && debug_lines(log) >= 1);
     let log = server.stderr();
     assert!(debug_lines(&log) >= 1, "a debug line once the level is debug: {log}");
     assert!(log.contains("log.level changed to debug"), "{log}");
