@@ -9,6 +9,7 @@ pub mod config;
 pub mod counters;
 pub mod handler;
 pub mod io;
+pub mod lb;
 pub mod limit;
 pub mod metrics;
 pub mod stun;
