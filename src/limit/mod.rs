@@ -384,7 +384,7 @@ impl Limit {
                 let (network, _) = canonical_bits(entry.addr());
                 let key =
                     table.key(0x1_0000 | (f as u64) << 8 | entry.prefix_len() as u64, network).namespaced(NS_ALLOW);
-                if self.admit(key, rules.allow_price, now) {
+                if self.admit(&[key], &[rules.allow_price], now).is_ok() {
                     return Decision::new(LimitAction::Allowlisted);
                 }
                 return self.limited(LimitAction::Drop, ALLOW_LEVEL, now);
@@ -394,13 +394,13 @@ impl Limit {
         let keys: [Key; 4] =
             std::array::from_fn(|i| table.key((f as u64) << 8 | levels[i] as u64, bits & mask(levels[i], width)));
         let budget = keys.map(|k| k.namespaced(NS_BUDGET + c as u8));
-        let Err(level) = self.admit_levels(&budget, &rules.prices[c][f], now) else {
+        let Err(level) = self.admit(&budget, &rules.prices[c][f], now) else {
             return Decision::new(LimitAction::Pass);
         };
         // Over budget at `level`: one in `leak`, within the leak budget, gets a minimal answer.
         let leaked = p.leak > 0
             && table.hash(0x2_0000, (draw ^ now) as u128) % p.leak as u64 == 0
-            && self.admit_levels(&keys.map(|k| k.namespaced(NS_LEAK + c as u8)), &rules.leak_prices[c][f], now).is_ok();
+            && self.admit(&keys.map(|k| k.namespaced(NS_LEAK + c as u8)), &rules.leak_prices[c][f], now).is_ok();
         self.limited(if leaked { LimitAction::Leak } else { LimitAction::Drop }, level, now)
     }
 
@@ -419,19 +419,19 @@ impl Limit {
         Decision { action, level, log }
     }
 
-    /// Knot's two phases over every level: read-only, stop at the first level over budget
-    /// (so a limited prefix writes nothing); then, when all have room, charge them all.
+    /// Knot's two phases over every level (one level for an allowlist entry): read-only, stop
+    /// at the first level over budget (so a limited prefix writes nothing); then, when all have
+    /// room, charge them all. The level over budget is the error.
     #[inline]
-    fn admit_levels(&self, keys: &[Key; 4], prices: &[u64; 4], now: u64) -> Result<(), usize> {
-        let table = &self.shared.table;
-        let decay = &self.rules.decay;
-        let mut probes = [None; 4];
-        for level in 0..4 {
+    fn admit<const N: usize>(&self, keys: &[Key; N], prices: &[u64; N], now: u64) -> Result<(), usize> {
+        let (table, decay) = (&self.shared.table, &self.rules.decay);
+        let mut probes = [None; N];
+        for (level, slot) in probes.iter_mut().enumerate() {
             let probe = table.probe(keys[level], now, decay);
             if probe.load + prices[level] > LIMIT {
                 return Err(level);
             }
-            probes[level] = Some(probe);
+            *slot = Some(probe);
         }
         for (level, probe) in probes.into_iter().enumerate() {
             if let Some(probe) = probe {
@@ -439,18 +439,6 @@ impl Limit {
             }
         }
         Ok(())
-    }
-
-    /// [`Limit::admit_levels`] for one key.
-    fn admit(&self, key: Key, price: u64, now: u64) -> bool {
-        let table = &self.shared.table;
-        let decay = &self.rules.decay;
-        let probe = table.probe(key, now, decay);
-        if probe.load + price > LIMIT {
-            return false;
-        }
-        table.charge(key, probe, price, now, decay);
-        true
     }
 
     /// The prefix that `level` of `src` names, for a log line.

@@ -20,7 +20,7 @@
 //!   look heavier, never lighter. A flood of new keys evicts only the lightest slots, so a heavy
 //!   (limited) key survives any number of one-off keys and memory never grows.
 //!
-//! Reading ([`Table::load`]) writes nothing, so a key that is over its limit costs no cache-line
+//! Reading ([`Table::probe`]) writes nothing, so a key that is over its limit costs no cache-line
 //! ping-pong between the workers that see it. Must not allocate or lock after [`Table::new`].
 
 use std::hash::BuildHasher;
@@ -121,10 +121,19 @@ const fn fp_of(slot: u64) -> u64 {
 /// clock ran ahead, has not decayed).
 #[inline]
 fn decayed(slot: u64, now: u64, decay: &Decay) -> u64 {
-    let then = (slot >> LOAD_BITS) & TICK_MASK;
-    let dt = now.wrapping_sub(then) & TICK_MASK;
-    // Less than half the tick range back counts as ahead: no decay.
-    if dt > TICK_MASK / 2 { load_of(slot) } else { decay.apply(load_of(slot), dt) }
+    match since(slot, now) {
+        Some(dt) => decay.apply(load_of(slot), dt),
+        None => load_of(slot),
+    }
+}
+
+/// The ticks from the slot's tick to `now`; `None` when the slot's tick is ahead of `now` (a
+/// worker whose batch clock ran ahead wrote it: more than half the tick range back counts as
+/// ahead).
+#[inline]
+fn since(slot: u64, now: u64) -> Option<u64> {
+    let dt = now.wrapping_sub(slot >> LOAD_BITS) & TICK_MASK;
+    (dt <= TICK_MASK / 2).then_some(dt)
 }
 
 /// A slot holding `fp` with `load` at tick `now`.
@@ -240,9 +249,9 @@ impl Table {
         lightest(&words, now, decay)
     }
 
-    /// The key's load decayed to tick `now` ([`Table::probe`]'s). Reads only.
-    #[inline]
-    pub fn load(&self, key: Key, now: u64, decay: &Decay) -> u64 {
+    /// The key's load decayed to tick `now` ([`Table::probe`]'s). Reads only. (Tests.)
+    #[cfg(test)]
+    pub(crate) fn load(&self, key: Key, now: u64, decay: &Decay) -> u64 {
         self.probe(key, now, decay).load
     }
 
@@ -257,8 +266,7 @@ impl Table {
             // Workers read the clock once per batch, so one may be a tick behind another: never
             // move a slot's tick back (the next reader would decay the same interval twice and
             // undercount; the lab's two-worker test caught it).
-            let then = (probe.seen >> LOAD_BITS) & TICK_MASK;
-            let tick = if now.wrapping_sub(then) & TICK_MASK > TICK_MASK / 2 { then } else { now };
+            let tick = if since(probe.seen, now).is_some() { now } else { (probe.seen >> LOAD_BITS) & TICK_MASK };
             let taken = slot(key.fp, tick, (probe.load + price).min(CAPACITY));
             if line[probe.index as usize].compare_exchange(probe.seen, taken, Relaxed, Relaxed).is_ok() {
                 return;
@@ -267,9 +275,9 @@ impl Table {
         }
     }
 
-    /// [`Table::probe`] then [`Table::charge`].
-    #[inline]
-    pub fn add(&self, key: Key, price: u64, now: u64, decay: &Decay) {
+    /// [`Table::probe`] then [`Table::charge`]. (Tests.)
+    #[cfg(test)]
+    pub(crate) fn add(&self, key: Key, price: u64, now: u64, decay: &Decay) {
         self.charge(key, self.probe(key, now, decay), price, now, decay);
     }
 }
