@@ -15,31 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_stunedge");
 /// because another test's probe held the name), which reported a working lab as missing.
 fn unavailable() -> Option<String> {
     static VERDICT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    VERDICT.get_or_init(probe_lab).clone()
-}
-
-/// [`unavailable`]'s check, once.
-fn probe_lab() -> Option<String> {
-    if !is_root() {
-        return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    for tool in ["ip", "nft", "conntrack"] {
-        if !crate::support::on_path(tool) {
-            return Some(format!("{tool} is not installed (scripts/install-test-deps.sh names its package)"));
-        }
-    }
-    let name = format!("natlab-probe-{}", std::process::id());
-    let made = Command::new("ip").args(["netns", "add", &name]).output().map(|o| o.status.success()).unwrap_or(false);
-    let _ = Command::new("ip").args(["netns", "del", &name]).output();
-    (!made).then(|| "cannot create a network namespace (ip netns add failed)".into())
-}
-
-/// The effective user is root (read from /proc: no `unsafe` outside src/io/).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
+    VERDICT.get_or_init(|| crate::support::netns_unavailable(&["ip", "nft", "conntrack"])).clone()
 }
 
 /// Runs `shell` (sh -c) in the client namespace of a lab emulating `nat`; returns its stdout.

@@ -72,6 +72,18 @@ fn passes(step: &Value) -> (f64, f64) {
     (metric(step, series), pass_bound(num(step, "traffic.victim.elapsed_s")))
 }
 
+/// The victim's /24 received no more than [`SLACK`] × its bound in `step`.
+fn assert_victim_capped(step: &Value) {
+    let (answers, bound) = victim_answers(step);
+    assert!(answers <= bound * SLACK, "{answers} answers to the victim's /24 > {bound} × {SLACK}: {step}");
+}
+
+/// The victim's budget passes in `step` stayed within [`PASS_SLACK`] × their bound.
+fn assert_passes_capped(step: &Value) {
+    let (passed, bound) = passes(step);
+    assert!(passed <= bound * PASS_SLACK, "{passed} budget passes > {bound} × {PASS_SLACK}: {step}");
+}
+
 /// What the bound is allowed to be off by: the 16 ms ticks of the limiter's clock, answers
 /// still queued when the flood stops. Generous; a limiter that is off misses it by far.
 const SLACK: f64 = 1.15;
@@ -81,21 +93,13 @@ fn unavailable() -> Option<String> {
     static VERDICT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     VERDICT
         .get_or_init(|| {
-            for tool in ["ip", "nft", "curl", "python3"] {
-                if !crate::support::on_path(tool) {
-                    return Some(format!("{tool} is not installed"));
-                }
-            }
             if !flood_binary().is_file() {
                 return Some(format!(
                     "{} is not built (cargo build -p stunedge-bench; cargo test --workspace builds it)",
                     flood_binary().display()
                 ));
             }
-            let name = format!("reflab-probe-{}", std::process::id());
-            let made = Command::new("ip").args(["netns", "add", &name]).output().is_ok_and(|o| o.status.success());
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            (!made).then(|| "cannot create a network namespace (root needed)".into())
+            crate::support::netns_unavailable(&["ip", "nft", "curl", "python3"])
         })
         .clone()
 }
@@ -167,10 +171,8 @@ fn victim_output_plateaus() {
     let low = step(&report, "rate=12000", "enforce");
     let high = step(&report, "rate=48000", "enforce");
     for s in [low, high] {
-        let (answers, bound) = victim_answers(s);
-        assert!(answers <= bound * SLACK, "{answers} answers to the victim > {bound} × {SLACK}: {s}");
-        let (passed, bound) = passes(s);
-        assert!(passed <= bound * PASS_SLACK, "{passed} budget passes > {bound} × {PASS_SLACK}: {s}");
+        assert_victim_capped(s);
+        assert_passes_capped(s);
         assert!(num(s, "derived.overall_payload_ratio") <= 1.6, "{s}");
     }
     let (low_out, high_out) = (num(low, "nft.out_victim.bytes"), num(high, "nft.out_victim.bytes"));
@@ -204,8 +206,7 @@ fn legit_clients_keep_their_answers_during_a_flood() {
     assert!(num(outside, "success_ratio") >= 0.999, "outside the attacked prefix: {outside}");
     assert!(num(inside, "success_ratio") >= 0.90, "inside the attacked prefix: {inside}");
     assert_eq!(num(outside, "invalid") + num(inside, "invalid"), 0.0, "{s}");
-    let (answers, bound) = victim_answers(s);
-    assert!(answers <= bound * SLACK, "{answers} answers to the victim's /24 > {bound} × {SLACK}: {s}");
+    assert_victim_capped(s);
     assert!(num(inside, "retransmissions") > 0.0, "the inside clients met the limit: {inside}");
 }
 
@@ -264,10 +265,8 @@ fn more_workers_do_not_reflect_more() {
     let one = step(&report, "workers=1", "enforce");
     let two = step(&report, "workers=2", "enforce");
     for s in [one, two] {
-        let (answers, bound) = victim_answers(s);
-        assert!(answers <= bound * SLACK, "{answers} answers to the victim > {bound} × {SLACK}: {s}");
-        let (passed, bound) = passes(s);
-        assert!(passed <= bound * PASS_SLACK, "{passed} budget passes > {bound} × {PASS_SLACK}: {s}");
+        assert_victim_capped(s);
+        assert_passes_capped(s);
     }
     let (a1, a2) = (num(one, "nft.out_victim.packets"), num(two, "nft.out_victim.packets"));
     assert!(a2 <= 1.2 * a1, "two workers reflect {a2}, one {a1}");

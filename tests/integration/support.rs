@@ -134,6 +134,27 @@ pub(crate) fn tool_missing(tool: &str) -> bool {
     !found
 }
 
+/// Why a lab of network namespaces (the NAT lab, the reflection lab) cannot run here, if it
+/// cannot: not root, one of `tools` not installed, or `ip netns add` failing. Each lab asks once
+/// per test binary.
+pub(crate) fn netns_unavailable(tools: &[&str]) -> Option<String> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false);
+    if !root {
+        return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
+    }
+    if let Some(tool) = tools.iter().find(|tool| !on_path(tool)) {
+        return Some(format!("{tool} is not installed (scripts/install-test-deps.sh names its package)"));
+    }
+    let name = format!("lab-probe-{}", std::process::id());
+    let ip = |verb: &str| std::process::Command::new("ip").args(["netns", verb, &name]).output();
+    let made = ip("add").is_ok_and(|o| o.status.success());
+    let _ = ip("del");
+    (!made).then(|| "cannot create a network namespace (ip netns add failed)".into())
+}
+
 /// Whether io_uring can run here; if not, `test`'s io_uring part is skipped through [`skip`]
 /// (in CI that fails it). `STUNEDGE_DISABLE_IO_URING` counts as "cannot".
 pub(crate) fn io_uring_available(test: &str) -> bool {
