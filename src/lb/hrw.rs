@@ -219,6 +219,14 @@ impl Pool {
     /// `None` when there is none. A backend past the end of `healthy` counts as down. O(backends
     /// of the family), no allocation, no lock, no panic.
     pub fn choose(&self, client: SocketAddr, healthy: &[bool]) -> Option<Choice> {
+        self.choose_by(client, |index| healthy.get(index).copied().unwrap_or(false))
+    }
+
+    /// [`Pool::choose`] with the health of backend `index` asked of `healthy(index)` (the
+    /// workers read it from the pool's shared [`State`](super::State), one relaxed load per
+    /// candidate).
+    #[inline]
+    pub fn choose_by(&self, client: SocketAddr, healthy: impl Fn(usize) -> bool) -> Option<Choice> {
         let ip = client.ip().to_canonical();
         let port = match self.rule.hash_key {
             HashKey::SourceIp => 0,
@@ -228,7 +236,7 @@ impl Pool {
         let candidates = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
         let mut best: Option<(f64, u64, &Entry)> = None;
         for e in candidates {
-            if e.drain || !healthy.get(e.index).copied().unwrap_or(false) {
+            if e.drain || !healthy(e.index) {
                 continue;
             }
             let h = fmix64(fmix64(key ^ e.ident[0]) ^ e.ident[1]);

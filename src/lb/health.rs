@@ -1,0 +1,1 @@
+//! The health thread (being written).
