@@ -75,6 +75,12 @@ named! {
         RateLimited => "rate_limited",
         /// Even trimmed, the answer would pass the amplification cap (`limit.max_amplification`).
         AmplificationCap => "amplification_cap",
+        /// TURN ChannelData on a balancing listener (`[turn_lb]`): the balancer holds no channels.
+        ChannelData => "channel_data",
+        /// A TURN Send indication on a balancing listener: the balancer holds no allocations.
+        TurnSend => "turn_send",
+        /// An Allocate with no backend of its family up, and `turn_lb.on_no_backend = "drop"`.
+        NoBackend => "no_backend",
     }
 }
 
@@ -83,7 +89,7 @@ named! {
     AnswerClass {
         /// A Binding success.
         Success => "success",
-        /// An error or a challenge: 400, 401, 420, 438.
+        /// An error, a challenge or a redirect: 300, 400, 401, 420, 437, 438, 508.
         Error => "error",
     }
 }
@@ -159,7 +165,7 @@ named! {
         CqOverflow => "cq_overflow",
         /// Binding requests (RFC 8489/5389 and classic).
         RequestsBinding => "requests_binding",
-        /// Requests of other methods (answered 400).
+        /// Requests of other methods (answered 400, or on a balancing listener 300, 437 or 508).
         RequestsOther => "requests_other",
         /// Of all requests, those without the magic cookie (RFC 3489 classic).
         RequestsClassic => "requests_classic",
@@ -173,6 +179,13 @@ named! {
         Responses401 => "responses_401",
         /// 438 Stale Nonce responses.
         Responses438 => "responses_438",
+        /// 300 Try Alternate responses: Allocates redirected to a TURN backend (`[turn_lb]`).
+        Responses300 => "responses_300",
+        /// 437 Allocation Mismatch responses: Refresh, CreatePermission and ChannelBind on a
+        /// balancing listener, which holds no allocations.
+        Responses437 => "responses_437",
+        /// 508 Insufficient Capacity responses: Allocates with no backend of their family up.
+        Responses508 => "responses_508",
         /// Requests whose credentials were checked and accepted (their answers are signed).
         RequestsAuthenticated => "requests_authenticated",
         /// RFC 5780: answers sent from another socket (CHANGE-REQUEST).

@@ -28,11 +28,14 @@ struct CredentialsFile {
 
 impl Config {
     /// Validates `[auth]` and the credentials file; returns each listener's authentication.
+    /// `turn_lb_long_term`: `[turn_lb]` challenges Allocates with long-term credentials, so the
+    /// authenticator is built (and returned) even when no listener checks Binding requests.
     pub(super) fn validate_auth(
         &self,
         listen: &[SocketAddr],
+        turn_lb_long_term: bool,
         warnings: &mut Vec<String>,
-    ) -> Result<Vec<Option<ListenerAuth>>, ConfigError> {
+    ) -> Result<(Vec<Option<ListenerAuth>>, Option<Arc<Authenticator>>), ConfigError> {
         let a = &self.auth;
         let mut per_listener: Vec<(Policy, Mechanism)> = vec![(a.policy, a.mechanism); listen.len()];
         let mut named = vec![false; listen.len()];
@@ -125,7 +128,15 @@ impl Config {
             return Err(invalid("auth.nonce_secret", "", "must be at least 16 bytes"));
         }
 
-        let any_long_term = per_listener.iter().any(|&(p, m)| p != Policy::None && m == Mechanism::LongTerm);
+        let any_long_term =
+            turn_lb_long_term || per_listener.iter().any(|&(p, m)| p != Policy::None && m == Mechanism::LongTerm);
+        if turn_lb_long_term && long_term.is_empty() && rest_secrets.is_empty() {
+            return Err(invalid(
+                "turn_lb.auth",
+                "\"long-term\"",
+                "Allocates are to be authenticated but there are no auth.long_term_users and no auth.rest_secrets",
+            ));
+        }
         for (i, &(policy, mechanism)) in per_listener.iter().enumerate() {
             if policy == Policy::None {
                 continue;
@@ -142,8 +153,8 @@ impl Config {
                 ));
             }
         }
-        if per_listener.iter().all(|&(p, _)| p == Policy::None) {
-            return Ok(vec![None; listen.len()]);
+        if !turn_lb_long_term && per_listener.iter().all(|&(p, _)| p == Policy::None) {
+            return Ok((vec![None; listen.len()], None));
         }
         let nonce_secret = if nonce_secret.is_empty() {
             if any_long_term {
@@ -168,7 +179,7 @@ impl Config {
             rest_secrets,
         };
         let authenticator = Arc::new(Authenticator::new(&settings));
-        Ok(per_listener
+        let per_listener = per_listener
             .into_iter()
             .map(|(policy, mechanism)| {
                 (policy != Policy::None).then(|| ListenerAuth {
@@ -177,7 +188,8 @@ impl Config {
                     authenticator: authenticator.clone(),
                 })
             })
-            .collect())
+            .collect();
+        Ok((per_listener, turn_lb_long_term.then_some(authenticator)))
     }
 }
 

@@ -23,11 +23,15 @@ mod limit;
 mod print;
 mod reload;
 mod schema;
+mod turn_lb;
 mod validate;
 
 pub use error::ConfigError;
 pub use reload::{RefusedReload, ReloadPlan};
-pub use schema::{Admin, Auth, BackendChoice, Io, Limit, ListenerAuthConfig, Log, LogLevel, Rfc5780, Server};
+pub use schema::{
+    Admin, Auth, BackendChoice, Io, LbAuth, Limit, ListenerAuthConfig, Log, LogLevel, ProbeName, Rfc5780, Server,
+    TurnBackend, TurnLb,
+};
 
 use error::invalid;
 
@@ -45,6 +49,8 @@ pub struct Config {
     pub rfc5780: Rfc5780,
     /// `[limit]`
     pub limit: Limit,
+    /// `[turn_lb]`
+    pub turn_lb: TurnLb,
     /// `[admin]`
     pub admin: Admin,
     /// `[log]`

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::Config;
-use super::schema::{Admin, Auth, Io, Limit, Log, Rfc5780, Server};
+use super::schema::{Admin, Auth, Io, Limit, Log, Rfc5780, Server, TurnLb};
 
 impl Config {
     /// The commented TOML that `stunedge --print-config` prints: every field with its doc
@@ -21,6 +21,7 @@ impl Config {
             (Auth::KEY, Auth::DOC, self.auth.fields()),
             (Rfc5780::KEY, Rfc5780::DOC, self.rfc5780.fields()),
             (Limit::KEY, Limit::DOC, self.limit.fields()),
+            (TurnLb::KEY, TurnLb::DOC, self.turn_lb.fields()),
             (Admin::KEY, Admin::DOC, self.admin.fields()),
             (Log::KEY, Log::DOC, self.log.fields()),
         ];

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::auth::{Algorithm, Mechanism, Policy};
 use crate::io::uring::{SendMode, TaskRun};
+use crate::lb::{HashKey, NoBackend};
 use crate::limit::{Cidr, Mode, Params};
 
 /// One field's documentation, for `--print-config`.
@@ -279,6 +280,120 @@ section! {
         /// prefix level a request touches is a key; when full, the lightest keys give way, so a
         /// flood of random sources never evicts a limited victim. Only a restart resizes it.
         table_size: usize = Params::default().table_size,
+    }
+}
+
+/// One TURN backend, in `turn_lb.backends`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnBackend {
+    /// Its name: the `backend` label of its metrics and the key that carries its health and
+    /// counters across reloads. 1 to 64 characters of letters, digits, `-`, `_` and `.`.
+    pub name: String,
+    /// Its UDP TURN addresses, `"IP:port"`: one IPv4, one IPv6, or one of each. Each address is
+    /// probed, and chosen for clients of its family, on its own.
+    #[serde(deserialize_with = "listen_addrs")]
+    pub udp: Vec<SocketAddr>,
+    /// Its share of the clients relative to the others (1..=1000).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Give it no new clients (its existing relays keep working: the balancer holds no state
+    /// about them). Reload with SIGHUP to drain or undrain.
+    #[serde(default)]
+    pub drain: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// How `[turn_lb]` authenticates Allocates (`turn_lb.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbAuth {
+    /// The 300 goes out before any challenge, unsigned.
+    None,
+    /// A 401 challenge first; the 300 is signed.
+    LongTerm,
+}
+
+/// What the health probe sends (`turn_lb.probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeName {
+    /// An Allocate without credentials, expecting 401.
+    Allocate,
+    /// An Allocate with the probe user's credentials, expecting a success.
+    AllocateAuth,
+    /// A Binding request.
+    Binding,
+}
+
+section! {
+    /// TURN load balancing: Allocate requests are answered with 300 (Try Alternate) and an
+    /// ALTERNATE-SERVER naming one of `backends` (RFC 8489 §10, RFC 8656 §7.2): the client's
+    /// backend by weighted rendezvous hashing over the healthy, non-draining backends of its
+    /// address family, the same on every core and on every node with the same `seed` and
+    /// backends. Binding is always answered here. Refresh, CreatePermission and ChannelBind get
+    /// 437 (Allocation Mismatch); Send indications and ChannelData are dropped. The backends are
+    /// probed from one thread (`probe`). Off by default; reloadable with SIGHUP (a bad reload
+    /// keeps the running pool). docs/turn-lb.md explains it, configs/turn-lb.toml is an example.
+    TurnLb "turn_lb" {
+        /// Redirect Allocates on the listeners in `listeners`. Without it TURN requests get 400.
+        enabled: bool = false,
+        /// The listen addresses (as written in `server.listen`) that redirect; empty: all of them.
+        #[serde(deserialize_with = "listen_addrs")]
+        listeners: Vec<SocketAddr> = Vec::new(),
+        /// "none": the 300 goes out before any challenge and unsigned, as coturn's
+        /// `alternate-server` sends it (libwebrtc, Firefox, libnice and turnutils_uclient accept
+        /// it; RFC 8489 §14.8 asks for a signed one). "long-term": the Allocate is challenged
+        /// (401 with this node's stateless nonce), checked against `auth.long_term_users` or
+        /// `auth.rest_secrets`, and the 300 is signed with MESSAGE-INTEGRITY(-SHA256). Costs the
+        /// client one more round trip.
+        auth: LbAuth = LbAuth::None,
+        /// What identifies a client: "src_ip" (its IP address: all of a client's allocations go
+        /// to one backend) or "src_ip_port" (address and port: spreads the users of one
+        /// carrier-grade NAT address over the backends).
+        hash_key: HashKey = HashKey::SourceIp,
+        /// The prefix length IPv6 client addresses are cut to before hashing (0..=128): a /64 is
+        /// one subnet, whose privacy addresses then share a backend.
+        ipv6_prefix: u8 = crate::lb::DEFAULT_IPV6_PREFIX,
+        /// The fleet's hash seed (any text; empty: a built-in one). Every node that must send a
+        /// client to the same backend needs the same seed and backends; changing it moves most
+        /// clients (only new allocations: existing relays are not affected).
+        seed: String = String::new(),
+        /// An Allocate when no backend of its family is up: "reject" (508 Insufficient
+        /// Capacity: the client moves on to its next TURN server at once) or "drop".
+        on_no_backend: NoBackend = NoBackend::Reject,
+        /// Add the chosen backend's address of the other family as a second ALTERNATE-SERVER
+        /// (RFC 8489 §10's SHOULD) when it has one that is up; left out when the amplification
+        /// cap needs the room.
+        other_family: bool = true,
+        /// The health probe: "allocate" (an unauthenticated Allocate: 401 means up, 403
+        /// draining), "allocate-auth" (an Allocate with `probe_username`: a success means up;
+        /// the allocation is released at once) or "binding" (a Binding request; wrong for
+        /// backends run with coturn's --no-stun).
+        probe: ProbeName = ProbeName::Allocate,
+        /// Seconds between two probes of one backend address, jittered by ±10 % (0.1..=3600).
+        /// Keep it above 0.1 s per backend: coturn limits unauthenticated requests to 10 per
+        /// second per source by default.
+        probe_interval: f64 = 2.0,
+        /// Seconds a probe waits for its answer (0.01..=60, less than `probe_interval`).
+        probe_timeout: f64 = 1.0,
+        /// Passed probes in a row that bring a down backend back (1..=100).
+        rise: u32 = 2,
+        /// Failed probes in a row that take a backend down (1..=100). A dead backend stops
+        /// getting clients within fall × probe_interval + probe_timeout seconds.
+        fall: u32 = 3,
+        /// The "allocate-auth" probe's user.
+        probe_username: String = String::new(),
+        /// The "allocate-auth" probe user's password (or set `probe_rest_secret`).
+        probe_password: String = String::new(),
+        /// A TURN REST secret the "allocate-auth" probe derives its password from
+        /// (`<expiry>:<probe_username>`, RFC 7635-style), instead of `probe_password`.
+        probe_rest_secret: String = String::new(),
+        /// The backends, e.g. `[{ name = "turn-a", udp = ["192.0.2.10:3478",
+        /// "[2001:db8::10]:3478"] }, { name = "turn-b", udp = ["192.0.2.11:3478"], weight = 2,
+        /// drain = false }]`. Never this server's own addresses (a loop).
+        backends: Vec<TurnBackend> = Vec::new(),
     }
 }
 
@@ -588,6 +703,27 @@ choice!(Mode, {
     Mode::Enforce = "enforce",
     Mode::DryRun = "dry-run",
     Mode::Off = "off",
+});
+
+choice!(LbAuth, {
+    LbAuth::None = "none",
+    LbAuth::LongTerm = "long-term",
+});
+
+choice!(HashKey, {
+    HashKey::SourceIp = "src_ip",
+    HashKey::SourceAddress = "src_ip_port",
+});
+
+choice!(NoBackend, {
+    NoBackend::Reject = "reject",
+    NoBackend::Drop = "drop",
+});
+
+choice!(ProbeName, {
+    ProbeName::Allocate = "allocate",
+    ProbeName::AllocateAuth = "allocate-auth",
+    ProbeName::Binding = "binding",
 });
 
 choice!(Algorithm, {

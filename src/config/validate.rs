@@ -1,7 +1,7 @@
 //! [`Config::validate`]: the checks serde cannot make while parsing (duplicates, ranges, CPUs
 //! this process may use, fields that depend on each other, RFC 5780's address pairing), turning a
 //! [`Config`] into the [`Settings`] the server runs with. `[auth]` is checked in `auth.rs`,
-//! `[limit]` in `limit.rs`.
+//! `[limit]` in `limit.rs`, `[turn_lb]` in `turn_lb.rs`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::auth::world_readable;
 use super::error::invalid;
-use super::{Config, ConfigError, Rfc5780Plan, Settings};
+use super::{Config, ConfigError, LbAuth, Rfc5780Plan, Settings};
 use crate::auth::bearer::MetricsToken;
 use crate::handler::HandlerConfig;
 use crate::stun::attr::MAX_TEXT;
@@ -90,18 +90,22 @@ impl Config {
                 ));
             }
         }
-        let auth = self.validate_auth(listen, &mut warnings)?;
+        let lb_long_term = self.turn_lb.enabled && self.turn_lb.auth == LbAuth::LongTerm;
+        let (auth, authenticator) = self.validate_auth(listen, lb_long_term, &mut warnings)?;
         let rfc5780 = self.validate_rfc5780(listen)?;
         let limit = self.validate_limit(listen, &rfc5780, &auth, &mut warnings)?;
+        let turn = self.validate_turn_lb(listen, &rfc5780, authenticator, &mut warnings)?;
         let handlers = auth
             .into_iter()
-            .map(|auth| HandlerConfig {
+            .enumerate()
+            .map(|(i, auth)| HandlerConfig {
                 software: self.server.software.clone(),
                 response_origin: self.server.response_origin,
                 rfc3489_classic: self.server.rfc3489_classic,
                 auth,
                 rfc5780: None,
                 limit: limit.clone(),
+                turn: turn.as_ref().filter(|(_, on)| on[i]).map(|(balancer, _)| balancer.clone()),
             })
             .collect();
         Ok(Settings {

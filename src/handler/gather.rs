@@ -33,7 +33,8 @@ pub(super) struct Gathered<'a> {
 
 impl<'a> Gathered<'a> {
     /// Walks the acted-on attributes of `message` (an RFC 3489 classic one when `classic`) for
-    /// a listener configured by `config`, into `self` (fresh: [`Gathered::default`]). A bad
+    /// a listener configured by `config`, into `self` (fresh: [`Gathered::default`]), gathering
+    /// credentials when `auth` (the listener's, or the TURN balancer's, checks them). A bad
     /// FINGERPRINT drops the datagram (RFC 8489 §7.3). Fills `self` in place rather than
     /// returning a new value, and starts the credential, RFC 5780 and unknown-attribute parts
     /// only when they are used: returning the struct cost the Binding path a memcpy, and
@@ -43,10 +44,10 @@ impl<'a> Gathered<'a> {
         &mut self,
         message: &Message<'a>,
         classic: bool,
+        auth: bool,
         config: &HandlerConfig,
     ) -> Result<(), DropReason> {
         let g = self;
-        let auth = config.auth.is_some();
         if auth {
             g.presented = Some(Presented::default());
         }

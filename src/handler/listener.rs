@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::{Authenticator, Mechanism, Policy};
+use crate::lb::Balancer;
 use crate::limit::Limit;
 
 /// How one listener answers: what goes into answers and whether credentials are checked.
@@ -27,6 +28,9 @@ pub struct HandlerConfig {
     /// The reflection defence: deny lists, the response rate limit, the amplification cap.
     /// The default limits nothing (the configuration's defaults do: `[limit]`).
     pub limit: Limit,
+    /// TURN load balancing: Allocates are redirected to a backend with 300, other TURN
+    /// requests get 437; `None`: TURN requests get 400 (`[turn_lb]`).
+    pub turn: Option<Arc<Balancer>>,
 }
 
 /// A listener's authentication: policy, mechanism and the shared credentials.

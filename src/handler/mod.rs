@@ -22,16 +22,20 @@
 //!   the port it goes to ([`Route`]); PADDING pads the answer, never past the request's size;
 //!   PADDING with RESPONSE-PORT, a malformed CHANGE-REQUEST or RESPONSE-PORT, or a RESPONSE-PORT
 //!   of 0, is 400.
-//! - Broken attribute framing, other methods (TURN and the rest), or more than
-//!   [`MAX_UNKNOWN`] distinct unknown attributes → 400.
+//! - TURN on a listener that balances (`[turn_lb]`, [`turn`]): Allocate → 300 (Try Alternate)
+//!   to the client's backend, or 508 when none is up; Refresh, CreatePermission, ChannelBind →
+//!   437; Send indications and ChannelData dropped. Checked before the listener's own
+//!   authentication: the balancer has its own (none, or long-term with a signed 300).
+//! - Broken attribute framing, other methods (TURN where nothing balances, and the rest), or
+//!   more than [`MAX_UNKNOWN`] distinct unknown attributes → 400.
 //! - Anything else is dropped and counted under a [`DropReason`]: too short, not STUN, bad
 //!   length, classic when disabled, bad FINGERPRINT, indications, responses.
 
 //!
 //! Layout: this file is the entry point and the order of the checks; `gather` walks the
 //! attributes once; `respond` writes the answers; `rfc5780` is NAT behaviour discovery;
-//! `listener` is the per-listener configuration. A future check on every answer (a rate
-//! limit, an amplification cap, a TURN redirect) is one more step in `decide`.
+//! `listener` is the per-listener configuration; `turn` the TURN balancer's answers. Every
+//! answer passes the reflection defence in `respond::reply`.
 //!
 //! Must not touch sockets, threads, clocks or the allocator: the time is [`Meta::now`].
 
@@ -41,6 +45,7 @@ mod respond;
 mod rfc5780;
 #[cfg(test)]
 mod tests;
+mod turn;
 
 use std::net::SocketAddr;
 
@@ -55,7 +60,7 @@ use crate::counters::{Counter, Stats};
 use crate::stun::attr::MAX_UNKNOWN;
 use crate::stun::header::is_classic;
 use crate::stun::message::{ParseError, check_header};
-use crate::stun::registry::{ERR_UNKNOWN_ATTRIBUTE, METHOD_BINDING};
+use crate::stun::registry::{ERR_UNKNOWN_ATTRIBUTE, METHOD_BINDING, METHOD_SEND};
 use crate::stun::{Class, Message};
 
 /// The largest request answered: the whole buffer. The answer is written over the request
@@ -181,6 +186,9 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let datagram = &buf[..len];
     let message_type = match check_header(datagram) {
         Ok(t) => t,
+        Err(_) if config.turn.is_some() && turn::is_channel_data(datagram) => {
+            return Action::Drop(DropReason::ChannelData);
+        }
         Err(e) => return Action::Drop(e.into()),
     };
     let classic = is_classic(datagram);
@@ -190,6 +198,7 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     match (message_type.class, message_type.method) {
         (Class::Request, _) => {}
         (Class::Indication, METHOD_BINDING) => return Action::Drop(DropReason::BindingIndication),
+        (Class::Indication, METHOD_SEND) if config.turn.is_some() => return Action::Drop(DropReason::TurnSend),
         (Class::Indication, _) => return Action::Drop(DropReason::Indication),
         (Class::SuccessResponse | Class::ErrorResponse, _) => return Action::Drop(DropReason::Response),
     }
@@ -203,12 +212,16 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let draw = word(4) ^ word(12).rotate_left(32);
     let mut request =
         Request { method: message_type.method, classic, len, fingerprint: false, signer: None, routable: false, draw };
+    if let (false, false, Some(lb)) = (request.method == METHOD_BINDING, classic, &config.turn) {
+        // TURN on a balancing listener: its own authentication, before the listener's.
+        return turn::answer(buf, request, lb, meta, config, stats);
+    }
     let Ok(message) = Message::parse(datagram) else {
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.
         return bad_request(buf, &request, meta, config, stats);
     };
     let mut gathered = Gathered::default();
-    if let Err(reason) = gathered.walk(&message, classic, config) {
+    if let Err(reason) = gathered.walk(&message, classic, config.auth.is_some(), config) {
         return Action::Drop(reason);
     }
     request.fingerprint = gathered.fingerprint;
@@ -225,10 +238,20 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
                 request.routable = auth.mechanism == Mechanism::LongTerm;
             }
             Verdict::BadRequest => return bad_request(buf, &request, meta, config, stats),
-            Verdict::Unauthenticated => return challenge(buf, &request, Stale::No, auth, meta, config, stats),
+            Verdict::Unauthenticated => {
+                return challenge(buf, &request, Stale::No, (auth.mechanism, &auth.authenticator), meta, config, stats);
+            }
             Verdict::StaleNonce(signer) => {
                 request.signer = Some(signer);
-                return challenge(buf, &request, Stale::Yes, auth, meta, config, stats);
+                return challenge(
+                    buf,
+                    &request,
+                    Stale::Yes,
+                    (auth.mechanism, &auth.authenticator),
+                    meta,
+                    config,
+                    stats,
+                );
             }
         }
     }

@@ -2,9 +2,9 @@
 //! challenges, each ending with the same tail ([`finish`]: SOFTWARE, the integrity attribute,
 //! FINGERPRINT). Error answers are `#[cold]` so that the Binding path keeps its inlining.
 
-use super::listener::{HandlerConfig, ListenerAuth};
+use super::listener::HandlerConfig;
 use super::{Action, Meta, Route};
-use crate::auth::{Mechanism, Signer};
+use crate::auth::{Authenticator, Mechanism, Signer};
 use crate::counters::{AnswerClass, Counter, DropReason, LimitAction, Stats};
 use crate::limit::family;
 use crate::stun::attr::{
@@ -197,7 +197,7 @@ pub(super) fn challenge(
     buf: &mut [u8],
     request: &Request<'_>,
     stale: Stale,
-    auth: &ListenerAuth,
+    (mechanism, authenticator): (Mechanism, &Authenticator),
     meta: &Meta,
     config: &HandlerConfig,
     stats: &mut Stats,
@@ -209,8 +209,7 @@ pub(super) fn challenge(
     reply(buf, request, meta, config, stats, counter, |b, trim| {
         let mut w = MessageWriter::over(b, MessageType::new(request.method, Class::ErrorResponse))?;
         w.add_error(code, "")?;
-        if auth.mechanism == Mechanism::LongTerm {
-            let authenticator = &auth.authenticator;
+        if mechanism == Mechanism::LongTerm {
             w.add(&Realm(authenticator.realm()))?;
             w.add(&Nonce(&authenticator.nonce_for(meta.src, meta.now)))?;
             if let Some(algorithms) = authenticator.password_algorithms() {

@@ -15,9 +15,9 @@ use crate::stun::{MessageType, MessageWriter};
 use proptest::prelude::*;
 
 /// RFC 5769's transaction ID.
-const TID: [u8; 12] = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
+pub(super) const TID: [u8; 12] = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
 
-fn meta(src: &str) -> Meta {
+pub(super) fn meta(src: &str) -> Meta {
     let src: SocketAddr = src.parse().unwrap();
     let local = if src.is_ipv4() { "192.0.2.10:3478" } else { "[2001:db8::10]:3478" };
     Meta { src, local: local.parse().unwrap(), now: 0, clock_ms: 1 }
@@ -28,7 +28,7 @@ fn classic_on() -> HandlerConfig {
 }
 
 /// A request with the RFC 5769 transaction ID and the given raw attributes.
-fn request(message_type: u16, attrs: &[(u16, &[u8])], fingerprint: bool) -> ([u8; BUFFER_SIZE], usize) {
+pub(super) fn request(message_type: u16, attrs: &[(u16, &[u8])], fingerprint: bool) -> ([u8; BUFFER_SIZE], usize) {
     let mut buf = [0u8; BUFFER_SIZE];
     let mut key = [0u8; 16];
     key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
@@ -44,7 +44,7 @@ fn request(message_type: u16, attrs: &[(u16, &[u8])], fingerprint: bool) -> ([u8
     (buf, n)
 }
 
-fn run(buf: &mut [u8], len: usize, m: &Meta, config: &HandlerConfig) -> (Action, Stats) {
+pub(super) fn run(buf: &mut [u8], len: usize, m: &Meta, config: &HandlerConfig) -> (Action, Stats) {
     let mut stats = Stats::default();
     let action = handle(buf, len, m, config, &mut stats);
     (action, stats)
@@ -87,6 +87,7 @@ fn fingerprint_software_and_origin() {
         auth: None,
         rfc5780: None,
         limit: Default::default(),
+        turn: None,
     };
     let m = meta("198.51.100.7:4000");
     let Action::Reply { len, .. } = run(&mut buf, n, &m, &config).0 else { panic!("no reply") };
@@ -422,7 +423,7 @@ proptest! {
 }
 
 /// The reflection defence in the decision: the limiter of `params` on a 4,096-key table.
-fn defended(params: crate::limit::Params, config: HandlerConfig) -> HandlerConfig {
+pub(super) fn defended(params: crate::limit::Params, config: HandlerConfig) -> HandlerConfig {
     use crate::limit::{Limit, Rules, Shared};
     let limit = Limit::new(std::sync::Arc::new(Rules::new(params, vec![3478])), std::sync::Arc::new(Shared::new(4096)));
     HandlerConfig { limit, ..config }

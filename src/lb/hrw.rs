@@ -64,7 +64,7 @@ pub struct Backend {
     pub drain: bool,
 }
 
-/// What a client is identified by.
+/// What a client is identified by (`turn_lb.hash_key`: "src_ip", "src_ip_port").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HashKey {
     /// The client's IP address, IPv6 masked to [`KeyRule::ipv6_prefix`] (the default): all of a
@@ -75,16 +75,6 @@ pub enum HashKey {
     /// one carrier-grade NAT address over the backends, but a client's allocations from
     /// different ports may land on different backends.
     SourceAddress,
-}
-
-impl HashKey {
-    /// Its name in the configuration (`turn_lb.hash_key`, planned).
-    pub const fn name(self) -> &'static str {
-        match self {
-            HashKey::SourceIp => "src_ip",
-            HashKey::SourceAddress => "src_ip_port",
-        }
-    }
 }
 
 /// How a client's source address becomes its key.

@@ -98,6 +98,14 @@ impl Balancer {
         Ok(Balancer { pool, state, auth: None, on_no_backend: NoBackend::Reject, other_family: true, sibling })
     }
 
+    /// This balancer with the live health and counters of `previous` (a reload): the entries
+    /// whose backend name and address stayed are carried over, the others start afresh.
+    pub fn rebased(&self, previous: &State) -> Balancer {
+        let named: Vec<(&str, SocketAddr)> = self.state.entries.iter().map(|e| (e.name.as_str(), e.addr)).collect();
+        let state = Arc::new(State::new(&named, self.state.probe.clone(), Some(previous)));
+        Balancer { pool: self.pool.clone(), state, auth: self.auth.clone(), sibling: self.sibling.clone(), ..*self }
+    }
+
     /// Where `client`'s Allocate goes: its backend among those of its family that accept new
     /// clients, and that backend's other-family address when wanted and up; `None` when no
     /// backend of its family accepts. No allocation, no lock, no panic.

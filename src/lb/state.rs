@@ -169,7 +169,10 @@ impl Entry {
     /// The round-trip histogram: per-bucket counts (not cumulative; the last is +Inf) and the
     /// sum in microseconds.
     pub fn probe_micros(&self) -> ([u64; PROBE_MICROS_BUCKETS.len() + 1], u64) {
-        (std::array::from_fn(|i| self.probe_micros[i].load(Ordering::Relaxed)), self.probe_micros_sum.load(Ordering::Relaxed))
+        (
+            std::array::from_fn(|i| self.probe_micros[i].load(Ordering::Relaxed)),
+            self.probe_micros_sum.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -33,6 +33,12 @@ impl Handlers {
         self.load().1.first().map(|h| h.limit.clone()).unwrap_or_default()
     }
 
+    /// The TURN balancer as now configured (every balancing listener shares one); `None`
+    /// when no listener balances.
+    pub(super) fn current_turn(&self) -> Option<Arc<crate::lb::Balancer>> {
+        self.load().1.iter().find_map(|h| h.turn.clone())
+    }
+
     fn load(&self) -> (u64, Arc<[HandlerConfig]>) {
         let generation = self.generation.load(Ordering::Acquire);
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner).clone();
