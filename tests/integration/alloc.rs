@@ -98,6 +98,7 @@ fn handler_never_allocates() {
         auth: None,
         rfc5780: None,
         limit: Default::default(),
+        turn: None,
     };
     let metas = [
         Meta {
@@ -128,6 +129,58 @@ fn handler_never_allocates() {
     assert_eq!(after - before, 0, "the packet path allocated");
     assert_eq!(replies, 12, "six inputs are answered, for two address families");
     assert_eq!(stats.total_drops(), 6);
+}
+
+#[test]
+fn turn_balancer_answers_never_allocate() {
+    use stunedge::lb::{BackendAddr, Balancer, Health, KeyRule, ProbeSettings};
+    let backends: Vec<BackendAddr> = [("a", "192.0.2.50:3478"), ("a", "[2001:db8::50]:3478"), ("b", "192.0.2.51:3478")]
+        .iter()
+        .map(|(name, a)| BackendAddr { name: (*name).into(), addr: a.parse().unwrap(), weight: 1, drain: false })
+        .collect();
+    let balancer = Balancer::new(&backends, [1; 16], KeyRule::default(), ProbeSettings::default(), None).unwrap();
+    let config = HandlerConfig { turn: Some(std::sync::Arc::new(balancer)), ..HandlerConfig::default() };
+    let lb = config.turn.clone().unwrap();
+    let tid = [5; 12];
+    let allocate = |method: &str| {
+        hex(&format!("{method} 00 08 21 12 a4 42 05 05 05 05 05 05 05 05 05 05 05 05 00 19 00 04 11 00 00 00"))
+    };
+    let inputs: Vec<Vec<u8>> = vec![
+        allocate("00 03"),              // Allocate: 300
+        allocate("00 04"),              // Refresh: 437
+        allocate("00 16"),              // Send indication: dropped
+        hex("40 00 00 04 01 02 03 04"), // ChannelData: dropped
+        binding_request(tid, &[]),      // Binding: answered in place
+    ];
+    let meta = Meta {
+        src: "203.0.113.9:40000".parse().unwrap(),
+        local: "192.0.2.1:3478".parse().unwrap(),
+        now: 0,
+        clock_ms: 1,
+    };
+    let mut buffers: Vec<[u8; BUFFER_SIZE]> = vec![[0u8; BUFFER_SIZE]; 2 * inputs.len()];
+    let mut stats = Stats::default();
+    let mut replies = 0;
+    let before = allocations();
+    for (i, input) in inputs.iter().chain(&inputs).enumerate() {
+        if i == inputs.len() {
+            // The second round with every backend down: 508.
+            lb.state.entries.iter().for_each(|e| {
+                e.set_health(Health::Down);
+            });
+        }
+        let buf = &mut buffers[i];
+        buf[..input.len()].copy_from_slice(input);
+        if let Action::Reply { .. } = handle(buf, input.len(), &meta, &config, &mut stats) {
+            replies += 1;
+        }
+    }
+    let after = allocations();
+    assert_eq!(after - before, 0, "the TURN answers allocated");
+    assert_eq!(replies, 6, "300/508, 437 and Binding, twice");
+    assert_eq!(stats.total_drops(), 4);
+    assert_eq!(stats.get(stunedge::counters::Counter::Responses300), 1);
+    assert_eq!(stats.get(stunedge::counters::Counter::Responses508), 1);
 }
 
 #[test]

@@ -15,3 +15,4 @@ mod reflection;
 mod rfc5769;
 mod rfc5780;
 mod support;
+mod turn_lb;
