@@ -24,6 +24,9 @@
 #                traffic (loopback not exempt; limit.rate raised so that it stays inside its budget:
 #                every answer is looked up and charged in the shared table), to compare with
 #                stunedge-limit-off (limit.mode = "off")
+#                stunedge-turn-lb: io_uring with a [turn_lb] pool of three backends (on loopback
+#                addresses where nothing answers, so the health thread probes them all the
+#                while), to compare with stunedge-uring: what balancing costs Binding
 #   SCRAPER_CPUS where stunedge-scraped's scraper runs (default: GEN_CPUS)
 #   PROFILE      1: during each server's first repetition, sample the server CPUs with
 #                `perf record -g` and add a table of where their time goes (send path, loopback
@@ -72,14 +75,14 @@ fi
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; stunedge-scraped) echo 3484;; stunedge-admin) echo 3485;; stunedge-uring-coop) echo 3486;; stunedge-limited) echo 3487;; stunedge-limit-off) echo 3488;; esac; }
+port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; stunedge-scraped) echo 3484;; stunedge-admin) echo 3485;; stunedge-uring-coop) echo 3486;; stunedge-limited) echo 3487;; stunedge-limit-off) echo 3488;; stunedge-turn-lb) echo 3489;; esac; }
 ADMIN_PORT=${ADMIN_PORT:-19478}
 SCRAPER_CPUS=${SCRAPER_CPUS:-$GEN_CPUS}
 
 server_cmd() {
   local port; port=$(port_of "$1")
   case $1 in
-    stunedge-uring|stunedge-uring-sqe|stunedge-uring-coop|stunedge-mmsg|stunedge-auth|stunedge-scraped|stunedge-admin|stunedge-limited|stunedge-limit-off)
+    stunedge-uring|stunedge-uring-sqe|stunedge-uring-coop|stunedge-mmsg|stunedge-auth|stunedge-scraped|stunedge-admin|stunedge-limited|stunedge-limit-off|stunedge-turn-lb)
       # Build the CPU list in TOML from SERVER_CPUS.
       local list="" part backend=io_uring send=sendmmsg taskrun=defer
       [[ $1 == stunedge-mmsg ]] && backend=mmsg
@@ -101,6 +104,7 @@ server_cmd() {
       # (the multipliers kept small so that the widest burst fits the table's loads).
       [[ $1 == stunedge-limited ]] && printf '[limit]\nexempt_loopback = false\nrate = 100000\nipv4_multipliers = [32, 32, 32]\n' >> "$work/$1.toml"
       [[ $1 == stunedge-limit-off ]] && printf '[limit]\nmode = "off"\n' >> "$work/$1.toml"
+      [[ $1 == stunedge-turn-lb ]] && printf '[turn_lb]\nenabled = true\nprobe_interval = 0.5\nprobe_timeout = 0.2\nbackends = [{ name = "a", udp = ["127.0.0.251:3478"] }, { name = "b", udp = ["127.0.0.252:3478"] }, { name = "c", udp = ["127.0.0.253:3478"] }]\n' >> "$work/$1.toml"
       [[ $1 == stunedge-auth ]] && printf '[auth]\npolicy = "required"\nmechanism = "short-term"\nshort_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }\n' >> "$work/$1.toml"
       echo "$BIN/stunedge serve -c $work/$1.toml";;
     baseline) echo "$BIN/stunedge-baseline --listen 127.0.0.1:$port --cpus $SERVER_CPUS";;
@@ -254,6 +258,10 @@ table=$work/table.md
   if [[ -n "${med[stunedge-limit-off]:-}" && -n "${med[stunedge-limited]:-}" ]]; then
     echo "| stunedge-limited ÷ stunedge-limit-off (rate limit enforced, inside the limits ÷ off) | $(ratio "${med[stunedge-limited]}" "${med[stunedge-limit-off]}") |"
     echo "| stunedge-limited ÷ stunedge-limit-off, CPU µs per request | $(ratio "${cpu_us[stunedge-limited]}" "${cpu_us[stunedge-limit-off]}") |"
+  fi
+  if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-turn-lb]:-}" ]]; then
+    echo "| stunedge-turn-lb ÷ stunedge-uring ([turn_lb] configured ÷ not; Binding only) | $(ratio "${med[stunedge-turn-lb]}" "${med[stunedge-uring]}") |"
+    echo "| stunedge-turn-lb ÷ stunedge-uring, CPU µs per request | $(ratio "${cpu_us[stunedge-turn-lb]}" "${cpu_us[stunedge-uring]}") |"
   fi
   if [[ -n "${med[stunedge-uring]:-}" && -n "${med[stunedge-auth]:-}" ]]; then
     echo "| stunedge-auth ÷ stunedge-uring | $(ratio "${med[stunedge-auth]}" "${med[stunedge-uring]}") |"

@@ -15,6 +15,9 @@
 //! every /18, the clock moving 1 ms per 16 requests, so every answer passes and every level's
 //! key is looked up and charged in a 524,288-key (4 MiB) table. `HL_SOURCES=1024` uses fewer
 //! sources (a table that stays in cache: the cost of the limiter's instructions alone).
+//! `turn-lb`: plain requests on a listener that balances TURN (`[turn_lb]` with three
+//! backends): compared with `plain`, what balancing costs the Binding path (nothing, is the
+//! claim).
 
 use std::hint::black_box;
 
@@ -28,8 +31,9 @@ fn main() {
     // The request kind, and the [auth] section of the listener that answers it.
     let arg = args.next();
     let limited = arg.as_deref() == Some("limited");
+    let balancing = arg.as_deref() == Some("turn-lb");
     let (kind, auth) = match arg.as_deref() {
-        Some("plain" | "limited") | None => (Kind::Plain, None),
+        Some("plain" | "limited" | "turn-lb") | None => (Kind::Plain, None),
         Some("fingerprint") => (Kind::Fingerprint, None),
         Some("ice") => (Kind::Ice, None),
         // Short-term credentials checked and the answer signed (the bench user's password).
@@ -38,7 +42,7 @@ fn main() {
         Some("challenge") => (Kind::Plain, Some("mechanism = \"long-term\"")),
         Some(other) => {
             eprintln!(
-                "handle_loop: unknown kind {other:?}; use plain, fingerprint, ice, short-term, challenge or limited"
+                "handle_loop: unknown kind {other:?}; use plain, fingerprint, ice, short-term, challenge, limited or turn-lb"
             );
             std::process::exit(2);
         }
@@ -58,6 +62,17 @@ fn main() {
             let shared = std::sync::Arc::new(stunedge::limit::Shared::new(params.table_size));
             let limit = stunedge::limit::Limit::new(rules, shared);
             HandlerConfig { rfc3489_classic: true, limit, ..HandlerConfig::default() }
+        }
+        None if balancing => {
+            use stunedge::lb::{BackendAddr, Balancer, KeyRule, ProbeSettings};
+            let backends: Vec<BackendAddr> = ["192.0.2.50:3478", "192.0.2.51:3478", "[2001:db8::50]:3478"]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| BackendAddr { name: format!("b{i}"), addr: a.parse().unwrap(), weight: 1, drain: false })
+                .collect();
+            let balancer = Balancer::new(&backends, [3; 16], KeyRule::default(), ProbeSettings::default(), None);
+            let turn = Some(std::sync::Arc::new(balancer.expect("a valid pool")));
+            HandlerConfig { rfc3489_classic: true, turn, ..HandlerConfig::default() }
         }
         None => HandlerConfig { rfc3489_classic: true, ..HandlerConfig::default() },
         Some(auth) => {

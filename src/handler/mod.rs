@@ -60,7 +60,7 @@ use crate::counters::{Counter, Stats};
 use crate::stun::attr::MAX_UNKNOWN;
 use crate::stun::header::is_classic;
 use crate::stun::message::{ParseError, check_header};
-use crate::stun::registry::{ERR_UNKNOWN_ATTRIBUTE, METHOD_BINDING, METHOD_SEND};
+use crate::stun::registry::{ERR_UNKNOWN_ATTRIBUTE, METHOD_BINDING};
 use crate::stun::{Class, Message};
 
 /// The largest request answered: the whole buffer. The answer is written over the request
@@ -186,10 +186,7 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let datagram = &buf[..len];
     let message_type = match check_header(datagram) {
         Ok(t) => t,
-        Err(_) if config.turn.is_some() && turn::is_channel_data(datagram) => {
-            return Action::Drop(DropReason::ChannelData);
-        }
-        Err(e) => return Action::Drop(e.into()),
+        Err(e) => return Action::Drop(turn::not_stun(e, datagram, config)),
     };
     let classic = is_classic(datagram);
     if classic && !config.rfc3489_classic {
@@ -198,8 +195,7 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     match (message_type.class, message_type.method) {
         (Class::Request, _) => {}
         (Class::Indication, METHOD_BINDING) => return Action::Drop(DropReason::BindingIndication),
-        (Class::Indication, METHOD_SEND) if config.turn.is_some() => return Action::Drop(DropReason::TurnSend),
-        (Class::Indication, _) => return Action::Drop(DropReason::Indication),
+        (Class::Indication, method) => return Action::Drop(turn::indication(method, config)),
         (Class::SuccessResponse | Class::ErrorResponse, _) => return Action::Drop(DropReason::Response),
     }
     stats.bump(if message_type.method == METHOD_BINDING { Counter::RequestsBinding } else { Counter::RequestsOther });
@@ -212,9 +208,9 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let draw = word(4) ^ word(12).rotate_left(32);
     let mut request =
         Request { method: message_type.method, classic, len, fingerprint: false, signer: None, routable: false, draw };
-    if let (false, false, Some(lb)) = (request.method == METHOD_BINDING, classic, &config.turn) {
+    if request.method != METHOD_BINDING && !classic && config.turn.is_some() {
         // TURN on a balancing listener: its own authentication, before the listener's.
-        return turn::answer(buf, request, lb, meta, config, stats);
+        return turn::answer(buf, len, request.method, draw, meta, config, stats);
     }
     let Ok(message) = Message::parse(datagram) else {
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.

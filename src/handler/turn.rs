@@ -13,34 +13,58 @@ use super::respond::{Request, Stale, Trim, bad_request, challenge, error, finish
 use super::{Action, Meta};
 use crate::auth::{Mechanism, Policy, Verdict};
 use crate::counters::{Counter, DropReason, Stats};
-use crate::lb::{Balancer, NoBackend, Redirect};
+use crate::lb::{NoBackend, Redirect};
 use crate::stun::attr::AlternateServer;
+use crate::stun::message::ParseError;
 use crate::stun::registry::{
     ERR_ALLOCATION_MISMATCH, ERR_INSUFFICIENT_CAPACITY, ERR_TRY_ALTERNATE, ERR_UNKNOWN_ATTRIBUTE, METHOD_ALLOCATE,
-    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH,
+    METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND,
 };
 use crate::stun::{Class, Message, MessageType, MessageWriter, WriteError};
 
-/// Whether the first bytes of a datagram that is not STUN are a TURN ChannelData header
-/// (channel numbers 0x4000..=0x4FFF, RFC 8656 §12).
-#[inline]
-pub(super) fn is_channel_data(datagram: &[u8]) -> bool {
-    datagram.len() >= 4 && datagram[0] & 0xF0 == 0x40
-}
-
-/// Answers the TURN request `buf[..request.len]` (a request of a method other than Binding,
-/// with the magic cookie) on a listener balancing with `lb`.
+/// Why a datagram whose header is not STUN is dropped: on a balancing listener, a TURN
+/// ChannelData header (channel numbers 0x4000..=0x4FFF, RFC 8656 §12) is `channel_data`;
+/// otherwise the header fault's reason.
 #[cold]
 #[inline(never)]
-pub(super) fn answer<'c>(
+pub(super) fn not_stun(fault: ParseError, datagram: &[u8], config: &HandlerConfig) -> DropReason {
+    if config.turn.is_some() && datagram.len() >= 4 && datagram[0] & 0xF0 == 0x40 {
+        DropReason::ChannelData
+    } else {
+        fault.into()
+    }
+}
+
+/// Why an indication of `method` is dropped: a Send indication on a balancing listener is
+/// `turn_send`, a Binding indication (a keepalive) `binding_indication`, any other `indication`.
+#[cold]
+#[inline(never)]
+pub(super) fn indication(method: u16, config: &HandlerConfig) -> DropReason {
+    match method {
+        METHOD_BINDING => DropReason::BindingIndication,
+        METHOD_SEND if config.turn.is_some() => DropReason::TurnSend,
+        _ => DropReason::Indication,
+    }
+}
+
+/// Answers the TURN request `buf[..len]` (a request of `method`, not Binding, with the magic
+/// cookie; `draw` its rate-limit leak draw) on a listener that balances (`config.turn`).
+#[cold]
+#[inline(never)]
+pub(super) fn answer(
     buf: &mut [u8],
-    mut request: Request<'c>,
-    lb: &'c Balancer,
+    len: usize,
+    method: u16,
+    draw: u64,
     meta: &Meta,
     config: &HandlerConfig,
     stats: &mut Stats,
 ) -> Action {
-    let datagram = &buf[..request.len];
+    let Some(lb) = config.turn.as_deref() else {
+        return Action::Drop(DropReason::Response);
+    };
+    let mut request = Request { method, classic: false, len, fingerprint: false, signer: None, routable: false, draw };
+    let datagram = &buf[..len];
     let Ok(message) = Message::parse(datagram) else {
         return bad_request(buf, &request, meta, config, stats);
     };

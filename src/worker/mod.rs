@@ -25,6 +25,7 @@ use crate::io::mmsg::{MmsgBatch, wait_readable};
 use crate::io::socket::{self, Listener, SocketOptions};
 use crate::io::uring::{self, Driver, Unavailable};
 use crate::io::{Received, Reply};
+use crate::lb::{self, health::HealthChecker};
 use crate::limit;
 use crate::metrics;
 
@@ -80,6 +81,8 @@ pub enum StartError {
         /// The cause.
         error: std::io::Error,
     },
+    /// The TURN balancer's health-check thread (or its sockets) could not be started.
+    Health(std::io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -98,6 +101,7 @@ impl fmt::Display for StartError {
             StartError::WorkerBackend { cpu, backend, error } => {
                 write!(f, "{} backend on a worker (CPU {cpu}): {error}", backend.name())
             }
+            StartError::Health(error) => write!(f, "turn_lb health-check thread: {error}"),
         }
     }
 }
@@ -109,7 +113,8 @@ impl std::error::Error for StartError {
             | StartError::NoAlternatePort { error, .. }
             | StartError::CpuSteering { error, .. }
             | StartError::Thread { error, .. }
-            | StartError::WorkerBackend { error, .. } => Some(error),
+            | StartError::WorkerBackend { error, .. }
+            | StartError::Health(error) => Some(error),
             StartError::Backend(_) => None,
         }
     }
@@ -160,6 +165,8 @@ pub struct Server {
     limit: Arc<limit::Shared>,
     /// The next line of the table [`Server::sweep_limit`] looks at.
     sweep_at: std::sync::atomic::AtomicUsize,
+    /// The TURN balancer's health-check thread, once a configuration has balanced.
+    health: std::sync::Mutex<Option<HealthChecker>>,
 }
 
 impl Server {
@@ -199,8 +206,13 @@ impl Server {
             sockets,
             limit,
             sweep_at: std::sync::atomic::AtomicUsize::new(0),
+            health: std::sync::Mutex::new(None),
         };
         server.spawn(settings, per_worker)?;
+        if let Some(balancer) = server.handlers.current_turn() {
+            let checker = HealthChecker::spawn(balancer.state.clone()).map_err(StartError::Health)?;
+            *server.health.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(checker);
+        }
         Ok(server)
     }
 
@@ -304,6 +316,30 @@ impl Server {
         for handler in &mut handlers {
             handler.limit.shared = self.limit.clone();
         }
+        // The new pool, with the running pool's health and counters for the backends it keeps;
+        // the health thread probes the new one from now on (started by the first reload that
+        // balances, when the start did not).
+        let running = self.handlers.current_turn();
+        let balancer = handlers.iter().find_map(|h| h.turn.clone()).map(|new| match &running {
+            Some(old) => Arc::new(new.rebased(&old.state)),
+            None => new,
+        });
+        for handler in handlers.iter_mut().filter(|h| h.turn.is_some()) {
+            handler.turn = balancer.clone();
+        }
+        let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let probed = balancer.as_ref().map_or_else(
+            || Arc::new(lb::State::new(&[], lb::ProbeSettings::default(), None)),
+            |b| b.state.clone(),
+        );
+        match health.as_ref() {
+            Some(checker) => checker.replace(probed),
+            None if balancer.is_some() => {
+                *health = Some(HealthChecker::spawn(probed).map_err(|e| format!("turn_lb health-check thread: {e}"))?);
+            }
+            None => {}
+        }
+        drop(health);
         self.handlers.replace(rfc5780::per_socket(&handlers, &self.origins));
         Ok(())
     }
@@ -339,6 +375,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
         self.join();
+        if let Some(checker) = self.health.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            checker.stop();
+        }
     }
 }
 

@@ -252,7 +252,7 @@ fn bad_configs_name_the_field_and_exit_2() {
 #[test]
 fn check_config_accepts_the_committed_examples() {
     let root = env!("CARGO_MANIFEST_DIR");
-    for file in ["stunedge.toml", "auth.toml", "rfc5780.toml"] {
+    for file in ["stunedge.toml", "auth.toml", "rfc5780.toml", "turn-lb.toml"] {
         let out = run(&["check-config", &format!("{root}/configs/{file}")]);
         assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
