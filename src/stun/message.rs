@@ -82,7 +82,10 @@ pub struct Message<'a> {
 
 impl<'a> Message<'a> {
     /// Checks the header and the framing of every attribute. `datagram` must be exactly one
-    /// message (UDP framing).
+    /// message (UDP framing). Always inlined: the Binding path's one parse (callgrind: out of
+    /// line it cost that path about 40 instructions once a second caller, the TURN answers,
+    /// made the compiler stop inlining it).
+    #[inline(always)]
     pub fn parse(datagram: &'a [u8]) -> Result<Message<'a>, ParseError> {
         let message_type = check_header(datagram)?;
         let mut at = HEADER_LEN;

@@ -328,10 +328,9 @@ impl Server {
             handler.turn = balancer.clone();
         }
         let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let probed = balancer.as_ref().map_or_else(
-            || Arc::new(lb::State::new(&[], lb::ProbeSettings::default(), None)),
-            |b| b.state.clone(),
-        );
+        let probed = balancer
+            .as_ref()
+            .map_or_else(|| Arc::new(lb::State::new(&[], lb::ProbeSettings::default(), None)), |b| b.state.clone());
         match health.as_ref() {
             Some(checker) => checker.replace(probed),
             None if balancer.is_some() => {
