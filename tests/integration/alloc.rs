@@ -98,6 +98,7 @@ fn handler_never_allocates() {
         auth: None,
         rfc5780: None,
         limit: Default::default(),
+        turn: None,
     };
     let metas = [
         Meta {
