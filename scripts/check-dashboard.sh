@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The Grafana dashboard against a real Prometheus: starts stunedge (admin endpoint on loopback)
-# under a short mixed load (requests with and without credentials, junk), starts Prometheus
+# under a short mixed load (requests with and without credentials, junk; TURN requests to its
+# [turn_lb] balancer, whose backends are a fake TURN server answering 401, an address nothing
+# answers on and a drained one), starts Prometheus
 # (Debian package `prometheus`) on loopback scraping it every second, then sends every query of
 # grafana/stunedge-dashboard.json to Prometheus's HTTP API and requires each to parse and return
 # data. Also: `promtool check metrics` on /metrics, `promtool check config` on
@@ -42,6 +44,82 @@ for f in sys.argv[1:]:
     print(f + ": " + ", ".join(d.get("kind", "scrape config") for d in docs))
 ' configs/kubernetes/*.yaml
 
+echo "== a fake TURN backend on loopback"
+# A TURN backend for the [turn_lb] panels, stdlib only. `backend PORTFILE SECONDS`: answers every
+# STUN request with 401 + REALM + NONCE (what the balancer's Allocate probe takes for "up") for
+# SECONDS at most. `client PORT once`: one Allocate must come back 300 with an ALTERNATE-SERVER.
+# `client PORT SECONDS`: Allocate (300), Refresh (437), a Send indication and ChannelData
+# (dropped) every 0.2 s. The client sends from 127.77.0.1: not the load generator's /18, so the
+# rate limit's budget for 127.0.0.1 does not eat the 300s.
+cat > "$work/turn.py" <<'PYTHON'
+import os, socket, struct, sys, time
+COOKIE = 0x2112A442
+def attr(kind, value):
+    return struct.pack("!HH", kind, len(value)) + value + b"\0" * (-len(value) % 4)
+def message(kind, body):
+    return struct.pack("!HHI", kind, len(body), COOKIE) + os.urandom(12) + body
+def attrs(data):
+    at, out = 20, {}
+    while at + 4 <= len(data):
+        kind, length = struct.unpack_from("!HH", data, at)
+        out.setdefault(kind, data[at + 4:at + 4 + length])
+        at += 4 + length + (-length % 4)
+    return out
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+if sys.argv[1] == "backend":
+    s.bind(("127.0.0.1", 0))
+    with open(sys.argv[2], "w") as f:
+        f.write(str(s.getsockname()[1]))
+    end = time.monotonic() + float(sys.argv[3])
+    body = attr(0x0009, b"\0\0\x04\x01Unauthorized") + attr(0x0014, b"fake-backend") + attr(0x0015, b"0123456789abcdef")
+    while time.monotonic() < end:
+        try:
+            data, peer = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        kind = struct.unpack_from("!H", data)[0] if len(data) >= 20 else 0xFFFF
+        if kind & 0xC110 == 0 and data[4:8] == struct.pack("!I", COOKIE):  # a request
+            s.sendto(struct.pack("!HHI", kind | 0x0110, len(body), COOKIE) + data[8:20] + body, peer)
+    sys.exit(0)
+server = ("127.0.0.1", int(sys.argv[2]))
+s.bind(("127.77.0.1", 0))
+transport = attr(0x0019, bytes([17, 0, 0, 0]))  # REQUESTED-TRANSPORT: UDP
+if sys.argv[3] == "once":
+    for _ in range(10):
+        s.sendto(message(0x0003, transport), server)
+        try:
+            data = s.recv(2048)
+        except socket.timeout:
+            continue
+        found = attrs(data)
+        code = found.get(0x0009, b"\0\0\0\0")
+        alternate = found.get(0x8023)
+        if code[2] & 7 == 3 and code[3] == 0 and alternate:
+            port = struct.unpack_from("!H", alternate, 2)[0]
+            print(f"Allocate -> 300, ALTERNATE-SERVER {socket.inet_ntoa(alternate[4:8])}:{port}")
+            sys.exit(0)
+        sys.exit(f"Allocate: expected 300 with ALTERNATE-SERVER, got {data.hex()}")
+    sys.exit("Allocate: no answer")
+s.setblocking(False)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    for datagram in (message(0x0003, transport), message(0x0004, b""), message(0x0016, b""),
+                     struct.pack("!HH", 0x4000, 4) + b"data"):
+        s.sendto(datagram, server)
+    time.sleep(0.2)
+    try:
+        while s.recv(2048):
+            pass
+    except BlockingIOError:
+        pass
+PYTHON
+"$PY" "$work/turn.py" backend "$work/backend.port" 90 &
+started+=($!)
+for _ in $(seq 50); do [[ -s $work/backend.port ]] && break; sleep 0.1; done
+backend_port=$(cat "$work/backend.port")
+echo "fake TURN backend on 127.0.0.1:$backend_port"
+
 echo "== stunedge with the admin endpoint on 127.0.0.1:$admin_port"
 cat > "$work/stunedge.toml" <<TOML
 [server]
@@ -57,6 +135,15 @@ short_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }
 [limit]
 exempt_loopback = false
 rate = 2000
+# Allocates are redirected: to the fake backend (401 to probes: up), to an address nothing
+# answers on (probes time out: down) or none (drained); each with its own series.
+[turn_lb]
+enabled = true
+backends = [
+  { name = "turn-fake", udp = ["127.0.0.1:$backend_port"] },
+  { name = "turn-silent", udp = ["127.0.0.1:$(free_port)"] },
+  { name = "turn-drained", udp = ["127.0.0.1:$(free_port)"], drain = true },
+]
 TOML
 "$BIN/stunedge" serve -c "$work/stunedge.toml" 2> "$work/stunedge.log" &
 started+=($!)
@@ -70,6 +157,9 @@ done
 # A steady mixed load for the whole check, junk included so drop reasons have data.
 "$BIN/stunedge-bench" -s "127.0.0.1:$port" -q -d 40 --rate 3000 --sockets 2 --junk 10 \
   --mix plain=4,fingerprint=2,integrity=2,classic=1 > "$work/bench.log" 2>&1 &
+started+=($!)
+"$PY" "$work/turn.py" client "$port" once
+"$PY" "$work/turn.py" client "$port" 40 &
 started+=($!)
 
 curl -sf "http://127.0.0.1:$admin_port/metrics" > "$work/metrics.txt"

@@ -1,6 +1,7 @@
 //! The Prometheus exporter: one table (`METRICS`) declares every exported metric, its help,
 //! its labels and where its samples come from (the workers' counters in [`crate::counters`],
-//! the kernel's per-socket drop counters, the reload record, the rate limiter's shared table).
+//! the kernel's per-socket drop counters, the reload record, the rate limiter's shared table,
+//! the TURN balancer's per-backend state).
 //! At scrape time the [`Exporter`] sums nothing on the packet path: it reads each worker's
 //! published slot and walks the table.
 //! A new metric is one row here (plus its [`Counter`] when it counts something new).
@@ -20,6 +21,7 @@ use crate::counters::{
     AnswerClass, BATCH_NANOS_BUCKETS, BATCH_SIZE_BUCKETS, Counter, DropReason, FAMILIES, LIMIT_LEVELS, LimitAction,
     Stats, WorkerSlot,
 };
+use crate::lb::{self, Health, PROBE_MICROS_BUCKETS, ProbeResult};
 use crate::limit::{Limit, TICK_MS};
 
 /// Configuration reloads, written by the main thread, read at scrape time.
@@ -109,6 +111,28 @@ enum Source {
     LimitTrimmed,
     /// One sample read from the limiter at scrape time; none without [`Exporter::with_limit`].
     Limiter(LimiterGauge),
+    /// Read from the TURN balancer at scrape time; none without [`Exporter::with_turn_lb`] or
+    /// when no listener balances.
+    Turn(TurnSeries),
+}
+
+/// What a [`Source::Turn`] row reads from the balancer's live state. A backend address's
+/// state is its health, except that one drained by the configuration is `draining` whatever
+/// its probes say ([`turn_state`]).
+#[derive(Debug, Clone, Copy)]
+enum TurnSeries {
+    /// Per backend address: 1 when it gets new clients, else 0.
+    Up,
+    /// Per backend address, one sample per [`Health`]: 1 for its state, 0 for the others.
+    State,
+    /// Per backend address: the 300s that named it.
+    Redirects,
+    /// Per backend address, one sample per [`ProbeResult`].
+    Probes,
+    /// Per backend address: the probe round-trip histogram, in seconds.
+    ProbeDurations,
+    /// One sample per [`Health`]: the backend addresses in that state.
+    Backends,
 }
 
 /// What a [`Source::Limiter`] row reads from the limiter.
@@ -134,8 +158,9 @@ impl Source {
             | Source::Workers
             | Source::LastReloadTime
             | Source::LastReloadOk
-            | Source::Limiter(_) => Kind::Gauge,
-            Source::BatchSizes | Source::BatchDurations => Kind::Histogram,
+            | Source::Limiter(_)
+            | Source::Turn(TurnSeries::Up | TurnSeries::State | TurnSeries::Backends) => Kind::Gauge,
+            Source::BatchSizes | Source::BatchDurations | Source::Turn(TurnSeries::ProbeDurations) => Kind::Histogram,
             Source::Counter(_)
             | Source::Counters(_)
             | Source::Drops
@@ -144,7 +169,8 @@ impl Source {
             | Source::LimitDecisions
             | Source::LimitedAt
             | Source::LimitBytes
-            | Source::LimitTrimmed => Kind::Counter,
+            | Source::LimitTrimmed
+            | Source::Turn(TurnSeries::Redirects | TurnSeries::Probes) => Kind::Counter,
         }
     }
 }
@@ -363,6 +389,44 @@ const METRICS: &[Row] = &[
         &[],
         Source::Limiter(LimiterGauge::MaxAmplification),
     ),
+    row(
+        "stunedge_turn_backend_up",
+        "TURN backend address gets new clients (1: its health accepts and the configuration does not drain it).",
+        &["backend", "address"],
+        Source::Turn(TurnSeries::Up),
+    ),
+    row(
+        "stunedge_turn_backend_state",
+        "TURN backend address state (1 for the current one): unknown (not probed yet), up, down, draining \
+         (drained by the configuration or answering its probe with 403).",
+        &["backend", "address", "state"],
+        Source::Turn(TurnSeries::State),
+    ),
+    row(
+        "stunedge_turn_redirects_total",
+        "Allocates redirected (300 with ALTERNATE-SERVER) to the TURN backend address.",
+        &["backend", "address"],
+        Source::Turn(TurnSeries::Redirects),
+    ),
+    row(
+        "stunedge_turn_backend_probes_total",
+        "Health probes of the TURN backend address by result: ok, draining (403), timeout, unexpected \
+         (another answer), send_error.",
+        &["backend", "address", "result"],
+        Source::Turn(TurnSeries::Probes),
+    ),
+    row(
+        "stunedge_turn_backend_probe_duration_seconds",
+        "Round-trip time of the TURN backend address's answered health probes.",
+        &["backend", "address"],
+        Source::Turn(TurnSeries::ProbeDurations),
+    ),
+    row(
+        "stunedge_turn_backends",
+        "TURN backend addresses by state (as stunedge_turn_backend_state).",
+        &["state"],
+        Source::Turn(TurnSeries::Backends),
+    ),
 ];
 
 /// Reads the workers' slots and the kernel's socket counters at scrape time and turns them into
@@ -377,6 +441,8 @@ pub struct Exporter {
     /// The reflection defence (read at scrape time: a reload may change its rules) and the
     /// millisecond clock its table runs on.
     limit: Option<(CurrentLimit, fn() -> u64)>,
+    /// The TURN balancer as now configured (read once per scrape: a reload may replace it).
+    turn: Option<CurrentTurn>,
     descs: Vec<Desc>,
 }
 
@@ -388,6 +454,22 @@ impl std::fmt::Debug for CurrentLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CurrentLimit")
     }
+}
+
+/// Where the exporter finds the running TURN balancer: a reload may replace or remove it.
+struct CurrentTurn(Box<dyn Fn() -> Option<Arc<lb::Balancer>> + Send + Sync>);
+
+impl std::fmt::Debug for CurrentTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CurrentTurn")
+    }
+}
+
+/// The exported state of backend address `index` of `balancer`: its health, or `draining`
+/// when the configuration drains it (it then gets no new clients whatever its probes say).
+fn turn_state(balancer: &lb::Balancer, index: usize) -> Health {
+    let drained = balancer.pool.backends().get(index).is_some_and(|b| b.drain);
+    if drained { Health::Draining } else { balancer.state.entries[index].health() }
 }
 
 /// One sample of `row`: `values` are its label values in the row's label order.
@@ -466,6 +548,49 @@ fn per_class<const N: usize>(
     out
 }
 
+/// The samples of a [`Source::Turn`] row from `balancer`'s live state, per backend address
+/// in pool order (`backend` and `address` labels first) or, for [`TurnSeries::Backends`], per
+/// state.
+fn turn_samples(row: &Row, series: TurnSeries, balancer: &lb::Balancer) -> Vec<proto::Metric> {
+    let entries = &balancer.state.entries;
+    if let TurnSeries::Backends = series {
+        return Health::ALL
+            .iter()
+            .map(|h| {
+                let n = (0..entries.len()).filter(|&i| turn_state(balancer, i) == *h).count();
+                sample(row, &[h.name()], n as f64)
+            })
+            .collect();
+    }
+    let bounds: Vec<f64> = PROBE_MICROS_BUCKETS.iter().map(|b| *b as f64 / 1e6).collect();
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let address = e.addr.to_string();
+        let id = [e.name.as_str(), address.as_str()];
+        match series {
+            TurnSeries::Up => out.push(sample(row, &id, if turn_state(balancer, i).accepts() { 1.0 } else { 0.0 })),
+            TurnSeries::State => {
+                let state = turn_state(balancer, i);
+                for h in Health::ALL {
+                    out.push(sample(row, &[id[0], id[1], h.name()], if h == state { 1.0 } else { 0.0 }));
+                }
+            }
+            TurnSeries::Redirects => out.push(sample(row, &id, e.redirects() as f64)),
+            TurnSeries::Probes => {
+                for r in ProbeResult::ALL {
+                    out.push(sample(row, &[id[0], id[1], r.name()], e.probes(r) as f64));
+                }
+            }
+            TurnSeries::ProbeDurations => {
+                let (counts, sum_micros) = e.probe_micros();
+                out.push(histogram(row, &id, &counts, &bounds, sum_micros as f64 / 1e6));
+            }
+            TurnSeries::Backends => {} // per state, above
+        }
+    }
+    out
+}
+
 /// The kernel's drop counter of every UDP socket, by inode (/proc/net/udp and udp6: the last
 /// column). Missing files give an empty map.
 fn kernel_drops() -> HashMap<u64, u64> {
@@ -501,7 +626,7 @@ impl Exporter {
                     .unwrap_or_else(|e| unreachable!("metric table row {} is valid: {e}", row.name))
             })
             .collect();
-        Exporter { slots, cpus, backend, sockets, reloads, limit: None, descs }
+        Exporter { slots, cpus, backend, sockets, reloads, limit: None, turn: None, descs }
     }
 
     /// Also exports the rate limiter's table and settings (`stunedge_limit_table_*`,
@@ -513,11 +638,22 @@ impl Exporter {
         Exporter { limit: Some((CurrentLimit(Box::new(current)), clock_ms)), ..self }
     }
 
+    /// Also exports the TURN balancer's per-backend state (`stunedge_turn_backend_*`,
+    /// `stunedge_turn_redirects_total`, `stunedge_turn_backends`): `current` gives the balancer
+    /// as now configured at scrape time, `None` when no listener balances (the rows are then
+    /// absent, as they are without this call).
+    pub fn with_turn_lb(self, current: impl Fn() -> Option<Arc<lb::Balancer>> + Send + Sync + 'static) -> Exporter {
+        Exporter { turn: Some(CurrentTurn(Box::new(current))), ..self }
+    }
+
     /// Every metric family with samples, read now. A row without samples (the limiter's,
-    /// without [`Exporter::with_limit`]) is left out: the text format has no empty family.
+    /// without [`Exporter::with_limit`]; the balancer's, without a balancer) is left out: the
+    /// text format has no empty family.
     pub fn families(&self) -> Vec<MetricFamily> {
         let per_worker: Vec<(String, Stats)> =
             self.cpus.iter().zip(self.slots.iter()).map(|(cpu, slot)| (cpu.to_string(), slot.read())).collect();
+        // Once per scrape, so that every TURN row describes the same pool across a reload.
+        let turn = self.turn.as_ref().and_then(|current| (current.0)());
         METRICS
             .iter()
             .map(|row| {
@@ -529,15 +665,16 @@ impl Exporter {
                     Kind::Gauge => MetricType::GAUGE,
                     Kind::Histogram => MetricType::HISTOGRAM,
                 });
-                f.set_metric(self.samples(row, &per_worker));
+                f.set_metric(self.samples(row, &per_worker, turn.as_deref()));
                 f
             })
             .filter(|f| !f.get_metric().is_empty())
             .collect()
     }
 
-    /// The samples of one row, from the workers' counters `per_worker` (worker label, stats).
-    fn samples(&self, row: &Row, per_worker: &[(String, Stats)]) -> Vec<proto::Metric> {
+    /// The samples of one row, from the workers' counters `per_worker` (worker label, stats)
+    /// and the running TURN balancer `turn`.
+    fn samples(&self, row: &Row, per_worker: &[(String, Stats)], turn: Option<&lb::Balancer>) -> Vec<proto::Metric> {
         let r = &self.reloads;
         match row.source {
             Source::Version => vec![sample(row, &[env!("CARGO_PKG_VERSION")], 1.0)],
@@ -621,6 +758,7 @@ impl Exporter {
                     LimiterGauge::MaxAmplification => sample(row, &[], params.max_amplification),
                 }]
             }
+            Source::Turn(series) => turn.map(|b| turn_samples(row, series, b)).unwrap_or_default(),
         }
     }
 
@@ -658,13 +796,55 @@ mod tests {
         Exporter::new(slots, vec![3, 5], "mmsg", sockets, Arc::new(ReloadStats::new(100)))
     }
 
-    /// The names of the rows, without the limiter's unless `limiter`.
-    fn declared(limiter: bool) -> Vec<String> {
+    /// The names of the rows, without the limiter's unless `limiter`, without the TURN
+    /// balancer's unless `turn`.
+    fn declared(limiter: bool, turn: bool) -> Vec<String> {
         METRICS
             .iter()
             .filter(|row| limiter || !matches!(row.source, Source::Limiter(_)))
+            .filter(|row| turn || !matches!(row.source, Source::Turn(_)))
             .map(|row| row.name.to_string())
             .collect()
+    }
+
+    /// A balancer over five backend addresses, one per exported state: `a` up, with two
+    /// redirects and three probes (answered in 300 µs and 2 s, one timeout); `b` (IPv6) down;
+    /// `c` drained by the configuration although its probes pass; `d` answering 403; `e` not
+    /// probed yet.
+    fn balancer() -> Arc<lb::Balancer> {
+        let backends = [
+            ("a", "192.0.2.1:3478", false),
+            ("b", "[2001:db8::2]:3478", false),
+            ("c", "192.0.2.3:3478", true),
+            ("d", "192.0.2.4:3479", false),
+            ("e", "192.0.2.5:3478", false),
+        ]
+        .map(|(name, addr, drain)| lb::BackendAddr {
+            name: name.into(),
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            drain,
+        });
+        let b = lb::Balancer::new(
+            &backends,
+            *b"0123456789abcdef",
+            lb::KeyRule::default(),
+            lb::ProbeSettings::default(),
+            None,
+        )
+        .unwrap();
+        let e = &b.state.entries;
+        e[0].set_health(Health::Up);
+        e[0].count_redirect();
+        e[0].count_redirect();
+        e[0].count_probe(ProbeResult::Ok, Some(std::time::Duration::from_micros(300)));
+        e[0].count_probe(ProbeResult::Ok, Some(std::time::Duration::from_secs(2)));
+        e[0].count_probe(ProbeResult::Timeout, None);
+        e[1].set_health(Health::Down);
+        e[2].set_health(Health::Up);
+        e[3].set_health(Health::Draining);
+        e[3].count_probe(ProbeResult::Draining, Some(std::time::Duration::from_millis(20)));
+        Arc::new(b)
     }
 
     /// A limiter in dry-run mode with a 16-line table that has answered one IPv4 client at
@@ -690,10 +870,17 @@ mod tests {
         a.dropped(DropReason::NotStun);
         let e = exporter(&a);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(false), "the limiter's rows are left out without a limiter");
+        assert_eq!(names, declared(false, false), "the limiter's and balancer's rows are left out without them");
         let e = e.with_limit(fixed(limit()), || 1000);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true));
+        assert_eq!(names, declared(true, false));
+        let e = e.with_turn_lb(|| None);
+        let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
+        assert_eq!(names, declared(true, false), "no listener balances: no TURN rows");
+        let lb = balancer();
+        let e = e.with_turn_lb(move || Some(lb.clone()));
+        let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
+        assert_eq!(names, declared(true, true));
         let registry = prometheus::Registry::new();
         registry.register(Box::new(e)).unwrap();
         let gathered = registry.gather();
@@ -810,6 +997,80 @@ mod tests {
         assert!(off.lines().any(|l| l == "stunedge_limit_max_amplification 0"), "{off}");
     }
 
+    /// The balancer's rows: every sample, with its value, and nothing else.
+    #[test]
+    fn turn_rows_carry_each_backend_addresses_state_and_counters() {
+        let without = exporter(&Stats::default()).with_turn_lb(|| None).render();
+        assert!(!without.contains("stunedge_turn_"), "{without}");
+        assert!(!exporter(&Stats::default()).render().contains("stunedge_turn_"));
+
+        let lb = balancer();
+        let text = exporter(&Stats::default()).with_turn_lb(move || Some(lb.clone())).render();
+        // (backend, address, state, redirects, probe results ok/draining/timeout, histogram
+        // cumulative counts at the 10 finite bounds then +Inf, sum in seconds)
+        type Expected = (&'static str, &'static str, &'static str, u64, [u64; 3], [u64; 11], &'static str);
+        let backends: [Expected; 5] = [
+            ("a", "192.0.2.1:3478", "up", 2, [2, 0, 1], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2], "2.0003"),
+            ("b", "[2001:db8::2]:3478", "down", 0, [0; 3], [0; 11], "0"),
+            ("c", "192.0.2.3:3478", "draining", 0, [0; 3], [0; 11], "0"),
+            ("d", "192.0.2.4:3479", "draining", 0, [0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1], "0.02"),
+            ("e", "192.0.2.5:3478", "unknown", 0, [0; 3], [0; 11], "0"),
+        ];
+        let bounds = ["0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.1", "0.5", "+Inf"];
+        let mut expected = Vec::new();
+        for (name, address, state, redirects, probes, buckets, sum) in backends {
+            let id = format!(r#"backend="{name}",address="{address}""#);
+            let up = u8::from(state == "up" || state == "unknown");
+            expected.push(format!("stunedge_turn_backend_up{{{id}}} {up}"));
+            for h in ["unknown", "up", "down", "draining"] {
+                expected.push(format!(r#"stunedge_turn_backend_state{{{id},state="{h}"}} {}"#, u8::from(h == state)));
+            }
+            expected.push(format!("stunedge_turn_redirects_total{{{id}}} {redirects}"));
+            let results = ["ok", "draining", "timeout", "unexpected", "send_error"];
+            for (result, n) in results.iter().zip(probes.iter().chain(&[0, 0])) {
+                expected.push(format!(r#"stunedge_turn_backend_probes_total{{{id},result="{result}"}} {n}"#));
+            }
+            for (le, n) in bounds.iter().zip(buckets) {
+                expected.push(format!(r#"stunedge_turn_backend_probe_duration_seconds_bucket{{{id},le="{le}"}} {n}"#));
+            }
+            expected.push(format!("stunedge_turn_backend_probe_duration_seconds_sum{{{id}}} {sum}"));
+            expected.push(format!("stunedge_turn_backend_probe_duration_seconds_count{{{id}}} {}", buckets[10]));
+        }
+        for (state, n) in [("unknown", 1), ("up", 1), ("down", 1), ("draining", 2)] {
+            expected.push(format!(r#"stunedge_turn_backends{{state="{state}"}} {n}"#));
+        }
+        let mut got: Vec<&str> = text.lines().filter(|l| l.starts_with("stunedge_turn_")).collect();
+        got.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(got, expected, "{text}");
+        for (name, kind) in [
+            ("stunedge_turn_backend_up", "gauge"),
+            ("stunedge_turn_backend_state", "gauge"),
+            ("stunedge_turn_redirects_total", "counter"),
+            ("stunedge_turn_backend_probes_total", "counter"),
+            ("stunedge_turn_backend_probe_duration_seconds", "histogram"),
+            ("stunedge_turn_backends", "gauge"),
+        ] {
+            let line = format!("# TYPE {name} {kind}");
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+    }
+
+    /// A reload that replaces or removes the balancer shows at the next scrape.
+    #[test]
+    fn turn_rows_follow_the_balancer_as_now_configured() {
+        let current: Arc<std::sync::Mutex<Option<Arc<lb::Balancer>>>> = Arc::new(std::sync::Mutex::new(None));
+        let e = exporter(&Stats::default()).with_turn_lb({
+            let current = current.clone();
+            move || current.lock().unwrap().clone()
+        });
+        assert!(!e.render().contains("stunedge_turn_"));
+        *current.lock().unwrap() = Some(balancer());
+        assert!(e.render().lines().any(|l| l == r#"stunedge_turn_backends{state="draining"} 2"#));
+        *current.lock().unwrap() = None;
+        assert!(!e.render().contains("stunedge_turn_"));
+    }
+
     #[test]
     fn every_counter_is_exported_and_every_row_is_labelled_consistently() {
         let mut exported: Vec<Counter> = vec![Counter::BatchNanoseconds]; // the duration histogram's sum
@@ -830,6 +1091,9 @@ mod tests {
                 Source::LimitDecisions | Source::LimitedAt | Source::LimitBytes | Source::LimitTrimmed => {
                     assert_eq!(row.labels[..3], ["worker", "family", "class"], "{}", row.name);
                 }
+                // `turn_samples` fills these two first, except for the per-state count.
+                Source::Turn(TurnSeries::Backends) => assert_eq!(row.labels, ["state"], "{}", row.name),
+                Source::Turn(_) => assert_eq!(row.labels[..2], ["backend", "address"], "{}", row.name),
                 _ => {}
             }
         }

@@ -26,6 +26,10 @@ struct CredentialsFile {
     rest_secrets: Vec<String>,
 }
 
+/// What [`Config::validate_auth`] gives: each listener's authentication, and the
+/// authenticator when one is built.
+type AuthPlan = (Vec<Option<ListenerAuth>>, Option<Arc<Authenticator>>);
+
 impl Config {
     /// Validates `[auth]` and the credentials file; returns each listener's authentication.
     /// `turn_lb_long_term`: `[turn_lb]` challenges Allocates with long-term credentials, so the
@@ -35,7 +39,7 @@ impl Config {
         listen: &[SocketAddr],
         turn_lb_long_term: bool,
         warnings: &mut Vec<String>,
-    ) -> Result<(Vec<Option<ListenerAuth>>, Option<Arc<Authenticator>>), ConfigError> {
+    ) -> Result<AuthPlan, ConfigError> {
         let a = &self.auth;
         let mut per_listener: Vec<(Policy, Mechanism)> = vec![(a.policy, a.mechanism); listen.len()];
         let mut named = vec![false; listen.len()];

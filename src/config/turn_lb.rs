@@ -18,6 +18,10 @@ use crate::lb::{BackendAddr, Balancer, KeyRule, PoolError, ProbeKind, ProbeSecre
 /// At most this many backend addresses (each probed every `probe_interval`).
 pub(super) const MAX_BACKEND_ADDRS: usize = 512;
 
+/// What [`Config::validate_turn_lb`] gives when the section is on: the balancer and, per
+/// listen address, whether it redirects.
+type TurnPlan = (Arc<Balancer>, Vec<bool>);
+
 impl Config {
     /// Validates `[turn_lb]`; the balancer and, per listen address, whether it redirects.
     /// `None` when the section is off. `authenticator` is `[auth]`'s, built when
@@ -28,7 +32,7 @@ impl Config {
         rfc5780: &[Rfc5780Plan],
         authenticator: Option<Arc<Authenticator>>,
         warnings: &mut Vec<String>,
-    ) -> Result<Option<(Arc<Balancer>, Vec<bool>)>, ConfigError> {
+    ) -> Result<Option<TurnPlan>, ConfigError> {
         let t = &self.turn_lb;
         if !t.enabled {
             return Ok(None);

@@ -288,6 +288,10 @@ impl Server {
             },
             clock_ms,
         )
+        .with_turn_lb({
+            let handlers = self.handlers.clone();
+            move || handlers.current_turn()
+        })
     }
 
     /// The sum of every worker's last published counters.
