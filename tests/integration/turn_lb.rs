@@ -150,7 +150,7 @@ struct Uclient {
 /// Runs `turnutils_uclient` (user u:p) from `local` against `server`, relaying `messages`
 /// packets to `peer`, with `extra` arguments; bounded to 30 s.
 fn uclient(server: SocketAddr, local: &str, peer: SocketAddr, messages: usize, extra: &[&str]) -> Uclient {
-    let mut args: Vec<String> = ["-u", "u", "-w", "p", "-c", "-m", "1", "-z", "5"].map(String::from).to_vec();
+    let mut args: Vec<String> = ["-v", "-u", "u", "-w", "p", "-c", "-m", "1", "-z", "5"].map(String::from).to_vec();
     args.extend(["-n".into(), messages.to_string(), "-L".into(), local.into()]);
     args.extend(["-e".into(), peer.ip().to_string(), "-r".into(), peer.port().to_string()]);
     args.extend(["-p".into(), server.port().to_string()]);
@@ -161,9 +161,9 @@ fn uclient(server: SocketAddr, local: &str, peer: SocketAddr, messages: usize, e
     let after = |marker: &str| {
         output
             .lines()
+            .rev()
             .filter_map(|l| l.split(marker).nth(1))
-            .filter_map(|rest| rest.split_whitespace().next()?.trim_end_matches(',').parse().ok())
-            .last()
+            .find_map(|rest| rest.split_whitespace().next()?.trim_end_matches(',').parse().ok())
     };
     let count = |marker: &str| -> u64 {
         output
@@ -422,10 +422,10 @@ fn a_drained_backend_gets_no_new_clients_and_its_relays_keep_working() {
     drop(config);
 }
 
-/// A UDP relay between a client and `server` that strips MESSAGE-INTEGRITY from every 300 it
-/// passes back (FINGERPRINT recomputed): the forged redirect an on-path attacker could send.
-/// Returns the address clients send to; runs until `stop` is dropped (bounded to 60 s).
-fn stripping_relay(ip: &str, server: SocketAddr) -> SocketAddr {
+/// A UDP relay between a client and `server` that, when `strip`, strips MESSAGE-INTEGRITY from
+/// every 300 it passes back (FINGERPRINT recomputed): the forged redirect an on-path attacker
+/// could send. Returns the address clients send to; runs for 60 s.
+fn relay(ip: &str, server: SocketAddr, strip: bool) -> SocketAddr {
     let front = UdpSocket::bind((ip, 0)).unwrap();
     let back = UdpSocket::bind((ip, 0)).unwrap();
     let addr = front.local_addr().unwrap();
@@ -441,7 +441,8 @@ fn stripping_relay(ip: &str, server: SocketAddr) -> SocketAddr {
                 let _ = back.send_to(&buf[..n], server);
             }
             if let (Ok((n, _)), Some(to)) = (back.recv_from(&mut buf), client) {
-                let out = strip_integrity(&buf[..n]).unwrap_or_else(|| buf[..n].to_vec());
+                let stripped = if strip { strip_integrity(&buf[..n]) } else { None };
+                let out = stripped.unwrap_or_else(|| buf[..n].to_vec());
                 let _ = front.send_to(&out, to);
             }
         }
@@ -490,9 +491,13 @@ fn long_term_mode_challenges_signs_and_an_unsigned_300_is_refused() {
     assert_eq!(run.connected, Some(b1.addr), "{}", run.output);
     assert_eq!((run.sent, run.received), (20, 20), "{}", run.output);
 
-    // The same exchange through a relay that strips the 300's signature: uclient refuses it.
-    let relay = stripping_relay("127.0.23.1", lb);
-    let forged = uclient(relay, "127.0.23.32", "127.0.23.4:3480".parse().unwrap(), 20, &[]);
+    // Through a relay that passes everything: uclient follows (the relay itself is harmless)...
+    let plain = uclient(relay("127.0.23.1", lb, false), "127.0.23.33", "127.0.23.4:3480".parse().unwrap(), 20, &[]);
+    assert_eq!(plain.connected, Some(b1.addr), "{}", plain.output);
+    assert_eq!(plain.received, 20, "{}", plain.output);
+    // ...and through one that strips the 300's signature, it refuses the redirect.
+    let stripping = relay("127.0.23.1", lb, true);
+    let forged = uclient(stripping, "127.0.23.32", "127.0.23.4:3480".parse().unwrap(), 20, &[]);
     assert_ne!(forged.connected, Some(b1.addr), "an unsigned 300 after a 401 is not followed: {}", forged.output);
     assert_eq!(forged.received, 0, "{}", forged.output);
 }
