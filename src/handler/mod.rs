@@ -22,7 +22,7 @@
 //!   the port it goes to ([`Route`]); PADDING pads the answer, never past the request's size;
 //!   PADDING with RESPONSE-PORT, a malformed CHANGE-REQUEST or RESPONSE-PORT, or a RESPONSE-PORT
 //!   of 0, is 400.
-//! - TURN on a listener that balances (`[turn_lb]`, [`turn`]): Allocate → 300 (Try Alternate)
+//! - TURN on a listener that balances (`[turn_lb]`, `turn.rs`): Allocate → 300 (Try Alternate)
 //!   to the client's backend, or 508 when none is up; Refresh, CreatePermission, ChannelBind →
 //!   437; Send indications and ChannelData dropped. Checked before the listener's own
 //!   authentication: the balancer has its own (none, or long-term with a signed 300).

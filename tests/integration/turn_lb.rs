@@ -11,7 +11,9 @@
 //! - long-term mode: 401, then a signed 300 uclient follows; the same 300 with its signature
 //!   stripped (by a relay in this test) is refused by uclient;
 //! - edges: IPv6, 437 for other TURN methods, 508 with no backend up, a config that lists the
-//!   balancer itself refused.
+//!   balancer itself refused;
+//! - the authenticated health probe against coturn: up with the right password, down with a
+//!   wrong one.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -540,4 +542,43 @@ fn ipv6_437_508_and_a_config_naming_the_balancer_itself() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("turn_lb.backends[0].udp[0]") && stderr.contains("own address"), "{stderr}");
+}
+
+#[test]
+fn the_authenticated_probe_logs_in_to_coturn_and_a_wrong_password_takes_the_backend_down() {
+    if coturn_missing() {
+        return;
+    }
+    let b1 = backend("127.0.25.2", free_port());
+    let state = |admin: SocketAddr, s: &str| {
+        metric(admin, &format!("stunedge_turn_backend_state{{backend=\"b1\",address=\"{}\",state=\"{s}\"}}", b1.addr))
+    };
+    let probes = |admin: SocketAddr, result: &str| {
+        metric(
+            admin,
+            &format!(
+                "stunedge_turn_backend_probes_total{{backend=\"b1\",address=\"{}\",result=\"{result}\"}}",
+                b1.addr
+            ),
+        )
+    };
+    let fields = |password: &str| {
+        format!(
+            "probe = \"allocate-auth\"\nprobe_username = \"u\"\nprobe_password = \"{password}\"\n\
+             probe_interval = 0.2\nprobe_timeout = 0.1\nfall = 1\nrise = 1\n{}",
+            backends(&[("b1", b1.addr, 1)])
+        )
+    };
+    let (_good, admin) =
+        balancer("lb-probe-auth.toml", format!("127.0.25.1:{}", free_port()).parse().unwrap(), &fields("p"), "");
+    wait_for("three authenticated probes", Duration::from_secs(5), || probes(admin, "ok") >= 3.0);
+    assert_eq!(state(admin, "up"), 1.0);
+    let (_bad, admin) = balancer(
+        "lb-probe-auth-bad.toml",
+        format!("127.0.25.9:{}", free_port()).parse().unwrap(),
+        &fields("wrong"),
+        "",
+    );
+    wait_for("the backend down on a wrong password", Duration::from_secs(5), || state(admin, "down") == 1.0);
+    assert!(probes(admin, "unexpected") >= 1.0);
 }
