@@ -33,6 +33,16 @@ need iproute2 has ip
 need nftables has nft
 need conntrack has conntrack
 need procps has sysctl
+# The browser lab (tests/integration/browser.rs, tests/browser/): headless Chromium driven by
+# chromedriver through Debian's Selenium, libnice's C harness built with cc and pkg-config, the
+# capture (tcpdump), and coturn (above) as the TURN relay.
+need chromium has chromium
+need chromium-driver has chromedriver
+need python3-selenium /usr/bin/python3 -c 'import selenium'
+need gcc has cc
+need pkg-config has pkg-config
+need libnice-dev pkg-config --exists nice
+need tcpdump has tcpdump
 # The reflection lab (scripts/reflect-lab.sh, tests/integration/reflection.rs) needs the same
 # namespaces and nftables counters, curl for /metrics and python3 for its JSON: all above.
 

@@ -1,0 +1,74 @@
+#!/usr/bin/python3
+"""Headless Chromium gathers ICE candidates through the given ICE servers and prints them as JSON.
+
+    gather.py [--timeout SECONDS] ICE_SERVERS_JSON
+
+ICE_SERVERS_JSON is the RTCPeerConnection `iceServers` list, e.g.
+'[{"urls": "stun:203.0.113.10:3478"}]'. Chromium (Debian's `chromium` and `chromium-driver`,
+driven by Debian's python3-selenium) runs headless with a scratch profile; the page creates a
+peer connection with a data channel, makes an offer and collects every candidate until
+gathering completes (the null candidate) or the timeout. Output, one JSON object on stdout:
+{"candidates": ["candidate:... typ srflx ...", ...], "complete": true, "errors": [...],
+"seconds": 0.4}. `errors` are the icecandidateerror events (url, errorCode, errorText).
+Runs as root, so Chromium needs --no-sandbox. Exit status 0 when gathering completed.
+"""
+import json
+import shutil
+import sys
+import tempfile
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+SCRIPT = """
+const [servers, timeoutMs, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+const started = performance.now();
+const out = {candidates: [], errors: [], complete: false};
+const pc = new RTCPeerConnection({iceServers: servers, iceCandidatePoolSize: 0});
+pc.createDataChannel("lab");
+const finish = () => { out.seconds = (performance.now() - started) / 1000; pc.close(); done(out); };
+pc.onicecandidate = (e) => {
+  if (e.candidate === null) { out.complete = true; finish(); return; }
+  if (e.candidate.candidate) out.candidates.push(e.candidate.candidate);
+};
+pc.onicecandidateerror = (e) => out.errors.push({url: e.url, code: e.errorCode, text: e.errorText});
+setTimeout(finish, timeoutMs);
+pc.createOffer().then((o) => pc.setLocalDescription(o));
+"""
+
+
+def main(argv):
+    timeout = 20.0
+    if len(argv) >= 2 and argv[0] == "--timeout":
+        timeout = float(argv[1])
+        argv = argv[2:]
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    servers = json.loads(argv[0])
+    profile = tempfile.mkdtemp(prefix="stunedge-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    # The lab has a default route but no name server: resolve nothing (the page names servers
+    # by address), or navigation waits ~10 s for a DNS query that never returns.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                 "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = None
+    try:
+        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        driver.set_script_timeout(timeout + 10)
+        driver.get("data:text/html,<html><body>stunedge lab</body></html>")
+        result = driver.execute_async_script(SCRIPT, servers, int(timeout * 1000))
+    finally:
+        if driver is not None:
+            driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    print(json.dumps(result))
+    return 0 if result.get("complete") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
