@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Headless Chromium gathers ICE candidates through the given ICE servers and prints them as JSON.
 
-    gather.py [--timeout SECONDS] ICE_SERVERS_JSON
+    gather.py [--connect] [--timeout SECONDS] ICE_SERVERS_JSON
 
 ICE_SERVERS_JSON is the RTCPeerConnection `iceServers` list, e.g.
 '[{"urls": "stun:203.0.113.10:3478"}]'. Chromium (Debian's `chromium` and `chromium-driver`,
@@ -10,7 +10,11 @@ peer connection with a data channel, makes an offer and collects every candidate
 gathering completes (the null candidate) or the timeout. Output, one JSON object on stdout:
 {"candidates": ["candidate:... typ srflx ...", ...], "complete": true, "errors": [...],
 "seconds": 0.4}. `errors` are the icecandidateerror events (url, errorCode, errorText).
-Runs as root, so Chromium needs --no-sandbox. Exit status 0 when gathering completed.
+With --connect, two peer connections in the page (relay candidates only) open a data channel
+through the TURN relay and echo one message; the output is {"connected": true, "echo":
+"echo:ping", "pair": {"local": "relay IP:PORT", "remote": "relay IP:PORT"}, "seconds": ...}.
+Runs as root, so Chromium needs --no-sandbox. Exit status 0 when gathering completed (or the
+channel connected).
 """
 import json
 import shutil
@@ -38,8 +42,49 @@ pc.createOffer().then((o) => pc.setLocalDescription(o));
 """
 
 
+CONNECT = """
+const [servers, timeoutMs, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+const started = performance.now();
+const out = {connected: false, echo: null, pair: null};
+const config = {iceServers: servers, iceTransportPolicy: "relay"};
+const a = new RTCPeerConnection(config), b = new RTCPeerConnection(config);
+const finish = () => { out.seconds = (performance.now() - started) / 1000; a.close(); b.close(); done(out); };
+a.onicecandidate = (e) => { if (e.candidate) b.addIceCandidate(e.candidate); };
+b.onicecandidate = (e) => { if (e.candidate) a.addIceCandidate(e.candidate); };
+b.ondatachannel = (e) => { e.channel.onmessage = (m) => e.channel.send("echo:" + m.data); };
+const channel = a.createDataChannel("lab");
+channel.onopen = () => channel.send("ping");
+channel.onmessage = async (m) => {
+  out.echo = m.data;
+  const stats = await a.getStats();
+  stats.forEach((s) => {
+    if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated) {
+      const local = stats.get(s.localCandidateId), remote = stats.get(s.remoteCandidateId);
+      out.pair = {local: local.candidateType + " " + local.address + ":" + local.port,
+                  remote: remote.candidateType + " " + remote.address + ":" + remote.port};
+    }
+  });
+  out.connected = true;
+  finish();
+};
+setTimeout(finish, timeoutMs);
+(async () => {
+  await a.setLocalDescription(await a.createOffer());
+  await b.setRemoteDescription(a.localDescription);
+  await b.setLocalDescription(await b.createAnswer());
+  await a.setRemoteDescription(b.localDescription);
+})();
+"""
+
+
 def main(argv):
     timeout = 20.0
+    script, ok = SCRIPT, "complete"
+    if argv and argv[0] == "--connect":
+        # Two peer connections in the page, relay candidates only, a data channel between them:
+        # {"connected": true, "echo": "echo:ping", "pair": {"local": "relay IP:PORT", ...}}.
+        script, ok = CONNECT, "connected"
+        argv = argv[1:]
     if len(argv) >= 2 and argv[0] == "--timeout":
         timeout = float(argv[1])
         argv = argv[2:]
@@ -61,13 +106,13 @@ def main(argv):
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         driver.set_script_timeout(timeout + 10)
         driver.get("data:text/html,<html><body>stunedge lab</body></html>")
-        result = driver.execute_async_script(SCRIPT, servers, int(timeout * 1000))
+        result = driver.execute_async_script(script, servers, int(timeout * 1000))
     finally:
         if driver is not None:
             driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
     print(json.dumps(result))
-    return 0 if result.get("complete") else 1
+    return 0 if result.get(ok) else 1
 
 
 if __name__ == "__main__":

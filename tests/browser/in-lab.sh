@@ -11,6 +11,7 @@
 #   metrics.txt               stunedge's /metrics (needs natlab.sh --admin)
 #
 #   in-lab.sh OUT_DIR chromium ICE_SERVERS_JSON [TIMEOUT_SECONDS]
+#   in-lab.sh OUT_DIR chromium-connect ICE_SERVERS_JSON [TIMEOUT_SECONDS]   (gather.py --connect)
 #   in-lab.sh OUT_DIR libnice STUN_IP STUN_PORT [TURN_IP TURN_PORT USER PASSWORD]
 # NICE_GATHER names the built libnice harness. Exits with the client's status.
 set -euo pipefail
@@ -33,6 +34,8 @@ status=0
 case $client in
   chromium)
     /usr/bin/python3 "$here/gather.py" --timeout "${2:-10}" "$1" >"$out/client.out" 2>"$out/client.err" || status=$? ;;
+  chromium-connect)
+    /usr/bin/python3 "$here/gather.py" --connect --timeout "${2:-10}" "$1" >"$out/client.out" 2>"$out/client.err" || status=$? ;;
   libnice)
     "$NICE_GATHER" "$@" >"$out/client.out" 2>"$out/client.err" || status=$? ;;
   *) echo "in-lab.sh: unknown client $client" >&2; exit 2 ;;

@@ -10,7 +10,8 @@
 //! sent was answered with a success, none with an error, nothing was dropped, the rate limit at
 //! its defaults passed every answer; the same over IPv6 (NAT66). libnice's srflx candidate
 //! likewise. With `--turn`, both follow stunedge's 300 to a coturn relay and gather a
-//! `typ relay` candidate on it. What the clients send (size, attributes, retransmission
+//! `typ relay` candidate on it, and a call between two peer connections that may use relay
+//! candidates only connects through that relay behind a symmetric NAT. What the clients send (size, attributes, retransmission
 //! schedule) is checked against the table in docs/real-clients.md, whose requests are also the
 //! handler's regression fixtures (`tests/data/real-clients/`). Needs root, iproute2, nftables,
 //! conntrack, tcpdump, curl, coturn, chromium, chromium-driver, python3-selenium, a C compiler,
@@ -340,6 +341,22 @@ fn chromium_and_libnice_follow_the_turn_redirect_to_a_relay() {
     assert_eq!(relay.len(), 1, "{candidates:?}");
     assert_eq!(relay[0].ip().to_string(), RELAY);
     assert!(metric(&run.metrics, "stunedge_turn_redirects_total", &["backend=\"relay\""]) >= 1.0);
+}
+
+#[test]
+fn a_call_connects_through_the_relay_stunedge_chose_behind_a_symmetric_nat() {
+    // Two peer connections in one page, relay candidates only: the data channel's packets go
+    // through the coturn relay that stunedge's 300 named, behind the NAT that defeats srflx.
+    let servers = format!("[{{\"urls\": \"turn:{SERVER_V4}:3478\", \"username\": \"u\", \"credential\": \"p\"}}]");
+    let Some(run) = lab("symmetric", &["--turn"], false, "chromium-connect", &[&servers, "15"]) else { return };
+    let json: Value = serde_json::from_str(run.out.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.out));
+    assert_eq!(json["connected"], true, "{json}");
+    assert_eq!(json["echo"], "echo:ping", "{json}");
+    for side in ["local", "remote"] {
+        let pair = json["pair"][side].as_str().unwrap_or_default();
+        assert!(pair.starts_with(&format!("relay {RELAY}:")), "{side} candidate of the selected pair: {json}");
+    }
+    assert!(metric(&run.metrics, "stunedge_turn_redirects_total", &["backend=\"relay\""]) >= 2.0, "{}", run.metrics);
 }
 
 /// The intervals between a client's retransmissions of its first request, in seconds.
