@@ -43,6 +43,11 @@ need gcc has cc
 need pkg-config has pkg-config
 need libnice-dev pkg-config --exists nice
 need tcpdump has tcpdump
+# The XDP program's reproducibility check (scripts/build-xdp.sh --check) and build.rs's rebuild:
+# clang for the BPF target, llvm-strip (Debian's llvm package), libbpf's headers.
+need clang has clang
+need llvm has llvm-strip
+need libbpf-dev test -f /usr/include/bpf/bpf_helpers.h
 # The reflection lab (scripts/reflect-lab.sh, tests/integration/reflection.rs) needs the same
 # namespaces and nftables counters, curl for /metrics and python3 for its JSON: all above.
 

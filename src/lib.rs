@@ -14,3 +14,4 @@ pub mod limit;
 pub mod metrics;
 pub mod stun;
 pub mod worker;
+pub mod xdp;

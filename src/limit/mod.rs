@@ -399,7 +399,7 @@ impl Limit {
         };
         // Over budget at `level`: one in `leak`, within the leak budget, gets a minimal answer.
         let leaked = p.leak > 0
-            && table.hash(0x2_0000, (draw ^ now) as u128) % p.leak as u64 == 0
+            && table.hash(0x2_0000, (draw ^ now) as u128).is_multiple_of(p.leak as u64)
             && self.admit(&keys.map(|k| k.namespaced(NS_LEAK + c as u8)), &rules.leak_prices[c][f], now).is_ok();
         self.limited(if leaked { LimitAction::Leak } else { LimitAction::Drop }, level, now)
     }

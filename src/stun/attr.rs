@@ -198,7 +198,7 @@ bytes_attribute!(/// MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.6): 16 to 32 bytes,
 /// Whether a MESSAGE-INTEGRITY-SHA256 value length is allowed (RFC 8489 §14.6).
 #[inline]
 pub const fn check_sha256_len(len: usize) -> bool {
-    len >= 16 && len <= 32 && len % 4 == 0
+    len >= 16 && len <= 32 && len.is_multiple_of(4)
 }
 
 macro_rules! fixed_attribute {
@@ -339,7 +339,7 @@ impl Default for UnknownAttributes {
 impl<'a> Attribute<'a> for UnknownAttributes {
     const TYPE: u16 = ATTR_UNKNOWN_ATTRIBUTES;
     fn decode(value: &'a [u8], _key: &CookieAndId) -> Result<Self, AttrError> {
-        if value.len() % 2 != 0 || value.len() / 2 > MAX_UNKNOWN {
+        if !value.len().is_multiple_of(2) || value.len() / 2 > MAX_UNKNOWN {
             return Err(AttrError::BadLength);
         }
         let mut list = UnknownAttributes::new();

@@ -54,7 +54,7 @@ fn append(out: &mut Vec<u8>, attr_type: u16, value: &[u8]) {
     out.extend_from_slice(&attr_type.to_be_bytes());
     out.extend_from_slice(&(value.len() as u16).to_be_bytes());
     out.extend_from_slice(value);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -18,3 +18,4 @@ mod rfc5769;
 mod rfc5780;
 mod support;
 mod turn_lb;
+mod xdp;
