@@ -25,12 +25,13 @@ mod reload;
 mod schema;
 mod turn_lb;
 mod validate;
+mod xdp;
 
 pub use error::ConfigError;
 pub use reload::{RefusedReload, ReloadPlan};
 pub use schema::{
     Admin, Auth, BackendChoice, Io, LbAuth, Limit, ListenerAuthConfig, Log, LogLevel, ProbeName, Rfc5780, Server,
-    TurnBackend, TurnLb,
+    TurnBackend, TurnLb, Xdp, XdpMode,
 };
 
 use error::invalid;
@@ -51,6 +52,8 @@ pub struct Config {
     pub limit: Limit,
     /// `[turn_lb]`
     pub turn_lb: TurnLb,
+    /// `[xdp]`
+    pub xdp: Xdp,
     /// `[admin]`
     pub admin: Admin,
     /// `[log]`
@@ -96,9 +99,23 @@ pub struct Settings {
     pub metrics_token: Option<crate::auth::bearer::MetricsToken>,
     /// How long to drain after SIGTERM.
     pub drain: std::time::Duration,
+    /// The XDP fast path: where and how to attach, and the ports it may answer.
+    pub xdp: XdpPlan,
     /// Things worth a warning that are not errors (world-readable secrets, a random nonce
     /// secret), logged once logging is up.
     pub warnings: Vec<String>,
+}
+
+/// The XDP fast path as configured (`[xdp]`): off when `interfaces` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct XdpPlan {
+    /// The interfaces to attach to, in order, without duplicates.
+    pub interfaces: Vec<String>,
+    /// How to attach.
+    pub mode: Option<XdpMode>,
+    /// The UDP ports whose every listener answers the plain Binding request with the bare
+    /// success: the only ports the program may answer (sorted, without duplicates).
+    pub ports: Vec<u16>,
 }
 
 /// One RFC 5780 group as configured: a primary listen address and its alternate IP and port.

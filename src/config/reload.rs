@@ -2,7 +2,7 @@
 //! (`[server]`'s answer fields, `[auth]`, `[limit]`) are swapped into the running workers and a
 //! new `log.level` applies at once; the sockets (`server.listen`, `[rfc5780]`) cannot change
 //! without a restart, so a reload that changes them is refused; some `[io]` and `[admin]` fields
-//! and `limit.table_size` (the running table is kept) only take effect after a restart, which
+//! `limit.table_size` (the running table is kept) and `[xdp]` only take effect after a restart, which
 //! is worth a warning.
 //! Pure: it compares two [`Settings`]; reading the file and logging are the caller's.
 
@@ -64,6 +64,7 @@ impl Settings {
             ("admin.listen", new.admin_listen != self.admin_listen),
             ("admin.drain_seconds", new.drain != self.drain),
             ("limit.table_size", new.limit.rules.params().table_size != self.limit.rules.params().table_size),
+            ("xdp", new.xdp.interfaces != self.xdp.interfaces || new.xdp.mode != self.xdp.mode),
         ];
         Ok(ReloadPlan {
             log_level: (new.log_level != self.log_level).then_some(new.log_level),
@@ -129,6 +130,15 @@ mod tests {
                                  deny = [\"::1\"]\ndeny_bogons = false\n";
         let accepted = plan("", every_other_field).unwrap();
         assert_eq!(accepted, ReloadPlan::default(), "swapped into the workers: nothing waits");
+    }
+
+    #[test]
+    fn xdp_changes_wait_for_a_restart() {
+        let accepted = plan("", "[xdp]\ninterfaces = [\"eth0\"]\n").unwrap();
+        assert_eq!(accepted.restart_needed, ["xdp"]);
+        let accepted =
+            plan("[xdp]\ninterfaces = [\"eth0\"]\n", "[xdp]\ninterfaces = [\"eth0\"]\nmode = \"native\"\n").unwrap();
+        assert_eq!(accepted.restart_needed, ["xdp"]);
     }
 
     #[test]

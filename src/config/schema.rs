@@ -397,6 +397,36 @@ section! {
     }
 }
 
+/// How `[xdp]` attaches its program (`xdp.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// The driver's hook where the driver has one, else the generic one; a failure to attach
+    /// is logged and the workers answer everything.
+    Auto,
+    /// The driver's hook (XDP_FLAGS_DRV_MODE) or a start-up error.
+    Native,
+    /// The generic hook (XDP_FLAGS_SKB_MODE, any interface, slower) or a start-up error.
+    Generic,
+}
+
+section! {
+    /// The XDP fast path: a BPF program on each listed interface answers the plain Binding
+    /// request (no attributes, with the magic cookie: what browsers send) in the network
+    /// driver's receive hook, with the same bytes the workers would send, before the kernel's
+    /// UDP stack; everything else goes on to the workers untouched. Only ports whose listeners
+    /// answer that request with the bare success are fast-pathed (no SOFTWARE, no
+    /// RESPONSE-ORIGIN, no required credentials, no RFC 5780 mode). Off by default; needs
+    /// CAP_BPF and CAP_NET_ADMIN. Restart to change.
+    Xdp "xdp" {
+        /// Interfaces to attach to, e.g. `["eth0"]`; empty: no XDP (the default).
+        interfaces: Vec<String> = Vec::new(),
+        /// "auto" (the driver's hook, else the generic one; if neither attaches, one log line
+        /// says why and the workers answer everything), "native" or "generic" (that hook or a
+        /// start-up error, exit 2).
+        mode: XdpMode = XdpMode::Auto,
+    }
+}
+
 section! {
     /// The admin HTTP endpoint (/metrics, /healthz, /readyz) and the stop sequence.
     Admin "admin" {
@@ -724,6 +754,12 @@ choice!(ProbeName, {
     ProbeName::Allocate = "allocate",
     ProbeName::AllocateAuth = "allocate-auth",
     ProbeName::Binding = "binding",
+});
+
+choice!(XdpMode, {
+    XdpMode::Auto = "auto",
+    XdpMode::Native = "native",
+    XdpMode::Generic = "generic",
 });
 
 choice!(Algorithm, {

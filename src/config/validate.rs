@@ -95,7 +95,7 @@ impl Config {
         let rfc5780 = self.validate_rfc5780(listen)?;
         let limit = self.validate_limit(listen, &rfc5780, &auth, &mut warnings)?;
         let turn = self.validate_turn_lb(listen, &rfc5780, authenticator, &mut warnings)?;
-        let handlers = auth
+        let handlers: Vec<HandlerConfig> = auth
             .into_iter()
             .enumerate()
             .map(|(i, auth)| HandlerConfig {
@@ -108,6 +108,7 @@ impl Config {
                 turn: turn.as_ref().filter(|(_, on)| on[i]).map(|(balancer, _)| balancer.clone()),
             })
             .collect();
+        let xdp = self.validate_xdp(listen, &handlers, &rfc5780, &mut warnings)?;
         Ok(Settings {
             listen: listen.clone(),
             backend: self.io.backend,
@@ -125,6 +126,7 @@ impl Config {
             admin_listen: self.admin.listen,
             metrics_token,
             drain: std::time::Duration::from_secs(self.admin.drain_seconds),
+            xdp,
             warnings,
         })
     }
