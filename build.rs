@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() {
-    for path in ["src/xdp/stun.bpf.c", "src/xdp/stun.bpf.o", "scripts/build-xdp.sh"] {
+    for path in ["src/xdp/stun.bpf.c", "src/xdp/limit.bpf.h", "src/xdp/stun.bpf.o", "scripts/build-xdp.sh"] {
         println!("cargo::rerun-if-changed={path}");
     }
     println!("cargo::rerun-if-env-changed=STUNEDGE_XDP_REBUILD");

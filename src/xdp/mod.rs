@@ -12,10 +12,15 @@
 //! `bpf_xdp_adjust_tail` growth on every driver; before 5.11 the memlock rlimit must allow the
 //! maps.
 
+// The one `unsafe` here is the `aya::Pod` promise for the limit map's value (DESIGN: `unsafe`
+// only in src/io/ and the XDP loader, each with a SAFETY comment).
+#![allow(unsafe_code)]
+
 use std::fmt;
 use std::time::Duration;
 
 use aya::Ebpf;
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
@@ -30,6 +35,48 @@ pub const MAX_PORTS: usize = 8;
 type ConfigValue = [u32; 1 + MAX_PORTS];
 
 const CONFIG_MAP: &str = "stun_config";
+const LIMIT_CONFIG_MAP: &str = "limit_config";
+const LIMIT_LISTED_MAP: &str = "limit_listed";
+
+/// The prefix levels the fast path's limiter counts per family (`LIMIT_LEVELS`).
+pub const LIMIT_LEVELS: usize = 4;
+/// The most allow and deny prefixes the fast path knows (`LIMIT_LISTED_ENTRIES`); more make
+/// [`Fastpath::set_limit`] fail (and the caller fall back to the workers alone).
+pub const LIMIT_LISTED_MAX: usize = 4096;
+
+/// The fast path's share of the reflection defence (`limit.bpf.h`): a source is answered
+/// while every prefix level is inside its Binding budget for the current window, and passed
+/// to the workers (whose limiter decides) when over budget or listed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LimitSettings {
+    /// 0 off (answer without counting), 1 enforce (pass over-budget sources to the workers),
+    /// 2 dry run (count, answer everything).
+    pub mode: u32,
+    /// The window budgets are counted over.
+    pub window: Duration,
+    /// Answers per window of each level: IPv4 then IPv6, narrowest prefix first.
+    pub budget: [[u64; LIMIT_LEVELS]; 2],
+    /// The prefix length of each level: IPv4 (/32 /24 /20 /18) then IPv6 (/128 /64 /56 /48).
+    pub prefix_len: [[u32; LIMIT_LEVELS]; 2],
+    /// Allow and deny prefixes: sources in them are passed to the workers.
+    pub listed: Vec<(std::net::IpAddr, u8)>,
+}
+
+/// `struct limit_config` of `limit.bpf.h`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct LimitConfigValue {
+    mode: u32,
+    pad: u32,
+    window_ns: u64,
+    budget: [[u64; LIMIT_LEVELS]; 2],
+    prefix_len: [[u32; LIMIT_LEVELS]; 2],
+}
+
+// SAFETY: `LimitConfigValue` is `repr(C)`, made only of integers, and has no padding (4 + 4 + 8
+// + 64 + 32 bytes, every field at its natural alignment), so any bit pattern is a valid value
+// and its bytes are exactly the C struct the map holds.
+unsafe impl aya::Pod for LimitConfigValue {}
 const COUNTER_MAP: &str = "stun_counters";
 
 /// A program of the object.
@@ -176,10 +223,15 @@ pub enum Reason {
     Bogon = 15,
     /// `bpf_xdp_adjust_tail` could not grow the frame (too little tailroom): the workers answer.
     TailGrowFailed = 16,
+    /// A prefix of the source is over its Binding budget ([`LimitSettings`]): the workers'
+    /// limiter decides (drop, or leak the minimal answer).
+    Limited = 17,
+    /// The source is in an allow or deny prefix: the workers decide.
+    Listed = 18,
 }
 
 /// The number of reasons.
-pub const REASONS: usize = 17;
+pub const REASONS: usize = 19;
 
 impl Reason {
     /// Every reason, in index order.
@@ -201,6 +253,8 @@ impl Reason {
         Reason::BadIpChecksum,
         Reason::Bogon,
         Reason::TailGrowFailed,
+        Reason::Limited,
+        Reason::Listed,
     ];
 
     /// The metric label (snake case, as in the C source's `R_*` names).
@@ -223,6 +277,8 @@ impl Reason {
             Reason::BadIpChecksum => "bad_ip_checksum",
             Reason::Bogon => "bogon",
             Reason::TailGrowFailed => "tail_grow_failed",
+            Reason::Limited => "limited",
+            Reason::Listed => "listed",
         }
     }
 }
@@ -369,6 +425,41 @@ impl Fastpath {
         let mut fastpath = Fastpath { ebpf, config_map, config, links: Vec::new() };
         fastpath.write_config()?;
         Ok(fastpath)
+    }
+
+    /// Sets the fast path's rate limit (from `[limit]`; see [`LimitSettings`]): replaces the
+    /// budgets and the listed prefixes. Counts already in the table are kept.
+    pub fn set_limit(&mut self, limit: &LimitSettings) -> Result<(), XdpError> {
+        if limit.listed.len() > LIMIT_LISTED_MAX {
+            return Err(XdpError::new(Step::Config, Some(libc::E2BIG)));
+        }
+        let value = LimitConfigValue {
+            mode: limit.mode,
+            pad: 0,
+            window_ns: u64::try_from(limit.window.as_nanos()).unwrap_or(u64::MAX),
+            budget: limit.budget,
+            prefix_len: limit.prefix_len,
+        };
+        let map = self.ebpf.map_mut(LIMIT_CONFIG_MAP).ok_or(XdpError::new(Step::Config, None))?;
+        let mut config: Array<&mut MapData, LimitConfigValue> =
+            Array::try_from(map).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
+        config.set(0, value, 0).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
+        let map = self.ebpf.map_mut(LIMIT_LISTED_MAP).ok_or(XdpError::new(Step::Config, None))?;
+        let mut listed: LpmTrie<&mut MapData, [u8; 16], u8> =
+            LpmTrie::try_from(map).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
+        let old: Vec<Key<[u8; 16]>> = listed.keys().filter_map(Result::ok).collect();
+        for key in &old {
+            let _ = listed.remove(key);
+        }
+        for &(ip, len) in &limit.listed {
+            // IPv4 as IPv4-mapped IPv6, as the program looks it up.
+            let (bytes, len) = match ip {
+                std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), u32::from(len) + 96),
+                std::net::IpAddr::V6(v6) => (v6.octets(), u32::from(len)),
+            };
+            listed.insert(&Key::new(len, bytes), 1, 0).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
+        }
+        Ok(())
     }
 
     /// Turns the fast path on or off without detaching: off passes every frame (counted under

@@ -44,6 +44,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "limit.bpf.h"
+
 #define MAX_PORTS 8
 
 enum family {
@@ -71,7 +73,9 @@ enum reason {
 	R_BAD_IP_CHECKSUM = 14,
 	R_BOGON = 15,
 	R_TAIL_GROW_FAILED = 16,
-	REASONS = 17,
+	R_LIMITED = 17,
+	R_LISTED = 18,
+	REASONS = 19,
 	// Not counted: the reply could not be written after the tail grew (cannot happen).
 	R_ABORT = -1,
 };
@@ -229,7 +233,7 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 	// destination that is not one host (multicast, reserved, broadcast).
 	__u8 src_top = ((__u8 *)&ip->saddr)[0];
 	__u8 dst_top = ((__u8 *)&ip->daddr)[0];
-	if (udp->source == 0 || src_top == 0 || src_top >= 224 || dst_top >= 224)
+	if (udp->source == 0 || src_top == 0 || src_top >= 224 || dst_top >= 224 || ip->saddr == ip->daddr)
 		return R_BOGON;
 
 	__u64 sum = 0;
@@ -244,6 +248,14 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 		if (fold(sum) != 0xFFFF)
 			return R_BAD_CHECKSUM;
 	}
+
+	// The reflection defence (limit.bpf.h): over budget or listed, the workers decide.
+	__u32 source[4] = { ip->saddr, 0, 0, 0 };
+	enum limit_verdict limited = limit_admit(0, source, bpf_ktime_get_ns());
+	if (limited == LIMIT_OVER)
+		return R_LIMITED;
+	if (limited == LIMIT_LISTED)
+		return R_LISTED;
 
 	// Grow to exactly the reply (a padded frame may shrink).
 	int want = sizeof(*eth) + sizeof(*ip) + REQ_UDP_LEN + XMA4_LEN;
@@ -332,8 +344,10 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 
 	// Bogons (RFC 4291): source port 0, source :: or multicast, multicast destination.
 	__u32 *s = (__u32 *)&ip6->saddr;
+	__u32 *d = (__u32 *)&ip6->daddr;
 	if (udp->source == 0 || (s[0] | s[1] | s[2] | s[3]) == 0 ||
-	    ((__u8 *)&ip6->saddr)[0] == 0xFF || ((__u8 *)&ip6->daddr)[0] == 0xFF)
+	    ((__u8 *)&ip6->saddr)[0] == 0xFF || ((__u8 *)&ip6->daddr)[0] == 0xFF ||
+	    (s[0] == d[0] && s[1] == d[1] && s[2] == d[2] && s[3] == d[3]))
 		return R_BOGON;
 
 	// RFC 8200 §8.1: a zero UDP checksum over IPv6 is invalid; the kernel drops it.
@@ -344,6 +358,13 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 	SUM(sum, udp, REQ_UDP_LEN);
 	if (fold(sum) != 0xFFFF)
 		return R_BAD_CHECKSUM;
+
+	__u32 source[4] = { s[0], s[1], s[2], s[3] };
+	enum limit_verdict limited = limit_admit(1, source, bpf_ktime_get_ns());
+	if (limited == LIMIT_OVER)
+		return R_LIMITED;
+	if (limited == LIMIT_LISTED)
+		return R_LISTED;
 
 	int want = sizeof(*eth) + sizeof(*ip6) + REQ_UDP_LEN + XMA6_LEN;
 	if (bpf_xdp_adjust_tail(ctx, want - (int)(data_end - data)))

@@ -429,3 +429,49 @@ fn xdp_cost_per_frame() {
          v6 answer {a6} ns; passed: wrong port {port} ns, v4 bad UDP checksum (every check) {checked} ns"
     );
 }
+
+/// The reflection defence on the fast path: with budgets of 3 answers per window for a /32
+/// (and a /128), a source gets 3 answers from XDP, then its requests go to the workers
+/// (`limited`); another source in another /24 still gets its 3; a listed prefix always goes to
+/// the workers; in dry run everything is answered; off, nothing is counted.
+#[test]
+fn the_fast_path_passes_over_budget_and_listed_sources_to_the_workers() {
+    let Some(mut fastpath) = load("xdp::the_fast_path_passes_over_budget_and_listed_sources_to_the_workers") else {
+        return;
+    };
+    let limit = |mode: u32, listed: Vec<(IpAddr, u8)>| stunedge::xdp::LimitSettings {
+        mode,
+        window: std::time::Duration::from_secs(60),
+        budget: [[3, 1000, 1000, 1000], [3, 1000, 1000, 1000]],
+        prefix_len: [[32, 24, 20, 18], [128, 64, 56, 48]],
+        listed,
+    };
+    fastpath.set_limit(&limit(1, Vec::new())).unwrap();
+    let run = |fastpath: &Fastpath, frame: &[u8]| {
+        let before = fastpath.counters().unwrap();
+        let (verdict, _) = fastpath.test_run(frame).unwrap();
+        (verdict, fastpath.counters().unwrap().since(&before))
+    };
+    let a4 = frame4(v4_client(), v4_server(), &plain());
+    let b4 = frame4("198.51.200.9:4000".parse().unwrap(), v4_server(), &plain());
+    let a6 = frame6(v6_client(), v6_server(), &plain());
+    for (frame, family) in [(&a4, Family::V4), (&b4, Family::V4), (&a6, Family::V6)] {
+        for i in 0..3 {
+            assert_eq!(run(&fastpath, frame), (Verdict::Tx, vec![(family, Reason::Answered, 1)]), "answer {i}");
+        }
+        for _ in 0..2 {
+            assert_eq!(run(&fastpath, frame), (Verdict::Pass, vec![(family, Reason::Limited, 1)]), "over budget");
+        }
+    }
+    // Listed prefixes (an allow or deny entry) always go to the workers.
+    let fresh = frame4("203.0.113.77:5000".parse().unwrap(), v4_server(), &plain());
+    fastpath.set_limit(&limit(1, vec![("203.0.113.0".parse().unwrap(), 24)])).unwrap();
+    assert_eq!(run(&fastpath, &fresh), (Verdict::Pass, vec![(Family::V4, Reason::Listed, 1)]));
+    // Dry run: counted, answered anyway; off: answered without counting.
+    fastpath.set_limit(&limit(2, Vec::new())).unwrap();
+    assert_eq!(run(&fastpath, &a4), (Verdict::Tx, vec![(Family::V4, Reason::Answered, 1)]));
+    fastpath.set_limit(&limit(0, Vec::new())).unwrap();
+    for _ in 0..5 {
+        assert_eq!(run(&fastpath, &a6), (Verdict::Tx, vec![(Family::V6, Reason::Answered, 1)]));
+    }
+}
