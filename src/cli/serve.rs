@@ -151,6 +151,8 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
         }
         if term.load(Ordering::Relaxed) && drain_until.is_none() {
             health.start_draining();
+            // The workers answer what is left: the XDP program is detached first.
+            server.detach_xdp();
             drain_until = Some(Instant::now() + settings.drain);
             if !settings.drain.is_zero() {
                 tracing::info!(
@@ -229,6 +231,7 @@ fn reload_config(
     let listeners = new.handlers.len();
     match server.reload(new.handlers) {
         Ok(()) => {
+            server.reload_xdp(&new.xdp, new.limit.rules.params());
             running.log_level = new.log_level;
             if let Some(admin) = admin {
                 admin.set_metrics_token(new.metrics_token);

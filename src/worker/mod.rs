@@ -7,6 +7,7 @@
 
 mod rfc5780;
 mod snapshot;
+mod xdp;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -83,6 +84,8 @@ pub enum StartError {
     },
     /// The TURN balancer's health-check thread (or its sockets) could not be started.
     Health(std::io::Error),
+    /// `[xdp]` with an explicit `mode`: the fast path could not be loaded or attached.
+    Xdp(String),
 }
 
 impl fmt::Display for StartError {
@@ -102,6 +105,7 @@ impl fmt::Display for StartError {
                 write!(f, "{} backend on a worker (CPU {cpu}): {error}", backend.name())
             }
             StartError::Health(error) => write!(f, "turn_lb health-check thread: {error}"),
+            StartError::Xdp(why) => write!(f, "{why} (xdp.mode is explicit; \"auto\" would fall back to the workers)"),
         }
     }
 }
@@ -115,7 +119,7 @@ impl std::error::Error for StartError {
             | StartError::Thread { error, .. }
             | StartError::WorkerBackend { error, .. }
             | StartError::Health(error) => Some(error),
-            StartError::Backend(_) => None,
+            StartError::Backend(_) | StartError::Xdp(_) => None,
         }
     }
 }
@@ -167,6 +171,8 @@ pub struct Server {
     sweep_at: std::sync::atomic::AtomicUsize,
     /// The TURN balancer's health-check thread, once a configuration has balanced.
     health: std::sync::Mutex<Option<HealthChecker>>,
+    /// The XDP fast path, when `[xdp]` attached it.
+    xdp: Arc<std::sync::Mutex<Option<xdp::XdpState>>>,
 }
 
 impl Server {
@@ -207,8 +213,12 @@ impl Server {
             limit,
             sweep_at: std::sync::atomic::AtomicUsize::new(0),
             health: std::sync::Mutex::new(None),
+            xdp: Arc::new(std::sync::Mutex::new(None)),
         };
         server.spawn(settings, per_worker)?;
+        // After the workers: every request the fast path passes has a worker to answer it.
+        *server.xdp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            xdp::start(&settings.xdp, settings.limit.rules.params())?;
         if let Some(balancer) = server.handlers.current_turn() {
             let checker = HealthChecker::spawn(balancer.state.clone()).map_err(StartError::Health)?;
             *server.health.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(checker);
@@ -358,6 +368,26 @@ impl Server {
         self.sweep_at.store(next, Ordering::Relaxed);
     }
 
+    /// The XDP fast path's counters and attachments, `None` when it is not running.
+    pub fn xdp_view(&self) -> Option<crate::xdp::XdpView> {
+        self.xdp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(xdp::XdpState::view)
+    }
+
+    /// Detaches the XDP fast path (draining, stopping): the workers answer everything.
+    pub fn detach_xdp(&self) {
+        if let Some(state) = self.xdp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            state.detach();
+        }
+    }
+
+    /// A reload's `[xdp]` ports and `[limit]` budgets for the fast path (its interfaces and mode
+    /// wait for a restart).
+    pub fn reload_xdp(&self, plan: &crate::config::XdpPlan, params: &limit::Params) {
+        if let Some(state) = self.xdp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            state.reload(plan, params);
+        }
+    }
+
     /// Asks every worker to stop; idle workers notice within 200 ms (their poll timeout).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -376,6 +406,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.detach_xdp();
         self.stop();
         self.join();
         if let Some(checker) = self.health.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take() {

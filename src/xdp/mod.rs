@@ -308,6 +308,15 @@ impl Counters {
     }
 }
 
+/// What the exporter reads of a running fast path: its counters and where it is attached.
+#[derive(Debug, Clone, Default)]
+pub struct XdpView {
+    /// The program's counters, summed over CPUs.
+    pub counters: Counters,
+    /// (interface, mode: `native` or `generic`) for each attachment.
+    pub attached: Vec<(String, &'static str)>,
+}
+
 /// What failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -460,6 +469,18 @@ impl Fastpath {
             listed.insert(&Key::new(len, bytes), 1, 0).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
         }
         Ok(())
+    }
+
+    /// Answers on `ports` from now on (1 to [`MAX_PORTS`], none 0), keeping `enabled`.
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
+        if ports.is_empty() || ports.len() > MAX_PORTS || ports.contains(&0) {
+            return Err(XdpError::new(Step::Ports, Some(libc::EINVAL)));
+        }
+        self.config[1..].fill(0);
+        for (slot, &port) in self.config[1..].iter_mut().zip(ports) {
+            *slot = u32::from(port);
+        }
+        self.write_config()
     }
 
     /// Turns the fast path on or off without detaching: off passes every frame (counted under
