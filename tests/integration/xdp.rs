@@ -475,3 +475,110 @@ fn the_fast_path_passes_over_budget_and_listed_sources_to_the_workers() {
         assert_eq!(run(&fastpath, &a6), (Verdict::Tx, vec![(Family::V6, Reason::Answered, 1)]));
     }
 }
+
+// ------------------------------------------------------------------ end to end, in namespaces
+
+/// Runs `scripts/xdp-lab.sh --mode MODE [--extra TOML]` with the lab client sending `plain`
+/// attribute-less requests per family and `other` requests the workers answer; returns the
+/// client's JSON and stunedge's /metrics, or `None` when the lab cannot run here (skipped).
+fn xdp_lab(mode: &str, extra: &str, plain: usize, other: usize, timeout: &str) -> Option<(serde_json::Value, String)> {
+    let test = crate::support::current_test();
+    if let Some(why) = crate::support::netns_unavailable(&["ip", "ethtool", "curl", "bpftool", "nsenter"]) {
+        skip(&test, &format!("the XDP lab cannot run: {why}"));
+        return None;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let bin = env!("CARGO_BIN_EXE_stunedge");
+    let shell = format!(
+        "python3 {root}/tests/xdp/lab_client.py {plain} {other} {timeout} && \
+         echo '--- metrics' && ip netns exec \"$SERVER_NS\" curl -s 127.0.0.1:9478/metrics"
+    );
+    let out = std::process::Command::new(format!("{root}/scripts/xdp-lab.sh"))
+        .args(["--bin", bin, "--mode", mode, "--extra", extra, "--", "sh", "-c", &shell])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("Operation not permitted") {
+        skip(&test, &format!("the XDP lab cannot attach: {stderr}"));
+        return None;
+    }
+    assert!(out.status.success(), "xdp-lab {mode}: {}\n{stdout}\n{stderr}", out.status);
+    let (json, metrics) = stdout.split_once("--- metrics\n").unwrap_or_else(|| panic!("{stdout}"));
+    Some((serde_json::from_str(json.trim()).unwrap(), metrics.to_string()))
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every plain request, IPv4 and IPv6, is answered by XDP; requests with attributes by the
+/// workers, which answer nothing else.
+fn all_plain_answered_by_xdp(mode: &str) {
+    let Some((client, metrics)) = xdp_lab(mode, "", 100, 20, "0.5") else { return };
+    for (key, want) in [("plain4", 100), ("plain6", 100), ("fingerprint4", 20), ("software6", 20)] {
+        assert_eq!(client[key], want, "{key} answered: {client}\n{metrics}");
+    }
+    let xdp = |family: &str, reason: &str| {
+        metric(
+            &metrics,
+            "stunedge_xdp_packets_total",
+            &[&format!("family=\"{family}\""), &format!("reason=\"{reason}\"")],
+        )
+    };
+    assert_eq!(xdp("ipv4", "answered"), 100.0, "{metrics}");
+    assert_eq!(xdp("ipv6", "answered"), 100.0, "{metrics}");
+    assert_eq!(xdp("ipv4", "has_attributes") + xdp("ipv6", "has_attributes"), 40.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "stunedge_responses_total", &["class=\"success\""]),
+        40.0,
+        "the workers answered only those"
+    );
+    let attached = format!("mode=\"{mode}\"");
+    assert_eq!(metric(&metrics, "stunedge_xdp_attached", &[&attached]), 1.0, "{metrics}");
+}
+
+#[test]
+fn in_namespaces_xdp_answers_every_plain_request_in_generic_mode() {
+    all_plain_answered_by_xdp("generic");
+}
+
+#[test]
+fn in_namespaces_xdp_answers_every_plain_request_in_native_mode() {
+    all_plain_answered_by_xdp("native");
+}
+
+#[test]
+fn in_namespaces_the_fast_path_hands_an_over_budget_source_to_the_workers_limiter() {
+    // 5 answers per /32 per second at XDP, the same budget at the workers, no leak: 200 quick
+    // requests get at most XDP's and the workers' budgets over the run, and the rest is
+    // dropped by the workers' limiter.
+    let extra = "[limit]\nrate = 5\nburst_seconds = 1\nleak = 0\nexempt_loopback = false\n";
+    let Some((client, metrics)) = xdp_lab("generic", extra, 200, 0, "0.005") else { return };
+    let xdp = |family: &str, reason: &str| {
+        metric(
+            &metrics,
+            "stunedge_xdp_packets_total",
+            &[&format!("family=\"{family}\""), &format!("reason=\"{reason}\"")],
+        )
+    };
+    for (key, family) in [("plain4", "ipv4"), ("plain6", "ipv6")] {
+        let answered = client[key].as_f64().unwrap();
+        assert!(answered < 100.0, "{answered} of 200 {family} requests answered: the budgets hold: {client}");
+        assert!(xdp(family, "limited") > 0.0, "XDP passed over-budget {family} requests to the workers: {metrics}");
+        assert!(xdp(family, "answered") >= 1.0, "{metrics}");
+        let dropped =
+            metric(&metrics, "stunedge_limit_decisions_total", &[&format!("family=\"{family}\""), "action=\"drop\""]);
+        assert!(dropped > 0.0, "the workers' limiter dropped the rest: {metrics}");
+    }
+    let answered = client["plain4"].as_f64().unwrap() + client["plain6"].as_f64().unwrap();
+    let by_xdp = xdp("ipv4", "answered") + xdp("ipv6", "answered");
+    let by_workers = metric(&metrics, "stunedge_responses_total", &["class=\"success\""]);
+    // A late answer (after the client gave up on it) is sent and counted but not seen.
+    assert!(answered <= by_xdp + by_workers, "every answer is counted once, by the path that sent it");
+}
