@@ -21,6 +21,9 @@ cargo fmt --manifest-path bench/fuzz/Cargo.toml -- --check
 step "lints (clippy -D warnings, every target)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "the committed XDP object is what its source builds to (clang, reproducible flags)"
+scripts/build-xdp.sh --check
+
 step "layering (no module imports a room above it in docs/architecture.md's table)"
 scripts/check-layers.sh --self-test
 scripts/check-layers.sh

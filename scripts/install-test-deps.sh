@@ -48,6 +48,11 @@ need tcpdump has tcpdump
 need clang has clang
 need llvm has llvm-strip
 need libbpf-dev test -f /usr/include/bpf/bpf_helpers.h
+# The XDP lab (scripts/xdp-lab.sh): TX checksum offload off on the client's veth (ethtool), the
+# peer's XDP_PASS program for native mode (bpftool, nsenter from util-linux).
+need ethtool has ethtool
+need bpftool has bpftool
+need util-linux has nsenter
 # The reflection lab (scripts/reflect-lab.sh, tests/integration/reflection.rs) needs the same
 # namespaces and nftables counters, curl for /metrics and python3 for its JSON: all above.
 
