@@ -12,8 +12,8 @@
 // nothing for being over budget (the workers count their own would_* decisions).
 //
 // Maps (filled by src/xdp/mod.rs from `[limit]`):
-//   limit_config  ARRAY, one struct limit_config: mode (0 off, 1 enforce, 2 dry run), the
-//                 window in ns, the budget per window of each level (IPv4 /32 /24 /20 /18,
+//   limit_config  ARRAY, one struct limit_config: mode (0 off, 1 enforce, 2 dry run), how
+//                 many prefixes limit_listed holds (0: the trie is not looked up), the window in ns, the budget per window of each level (IPv4 /32 /24 /20 /18,
 //                 IPv6 /128 /64 /56 /48) and the prefix lengths.
 //   limit_table   LRU_HASH from struct limit_key (family, prefix length, masked address) to
 //                 struct limit_value (the window's start and its count): shared by every CPU
@@ -31,7 +31,7 @@
 
 struct limit_config {
 	__u32 mode;
-	__u32 pad;
+	__u32 listed;
 	__u64 window_ns;
 	__u64 budget[2][LIMIT_LEVELS];
 	__u32 prefix_len[2][LIMIT_LEVELS];
@@ -101,17 +101,19 @@ static __always_inline enum limit_verdict limit_admit(int family, const __u32 ad
 	if (!cfg || cfg->mode == 0)
 		return LIMIT_ANSWER;
 
-	struct lpm_v6_key lpm = { .prefixlen = 128 };
-	if (family == 0) {
-		// IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d).
-		lpm.addr[10] = 0xff;
-		lpm.addr[11] = 0xff;
-		__builtin_memcpy(&lpm.addr[12], &addr[0], 4);
-	} else {
-		__builtin_memcpy(lpm.addr, addr, 16);
+	if (cfg->listed) {
+		struct lpm_v6_key lpm = { .prefixlen = 128 };
+		if (family == 0) {
+			// IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d).
+			lpm.addr[10] = 0xff;
+			lpm.addr[11] = 0xff;
+			__builtin_memcpy(&lpm.addr[12], &addr[0], 4);
+		} else {
+			__builtin_memcpy(lpm.addr, addr, 16);
+		}
+		if (bpf_map_lookup_elem(&limit_listed, &lpm))
+			return LIMIT_LISTED;
 	}
-	if (bpf_map_lookup_elem(&limit_listed, &lpm))
-		return LIMIT_LISTED;
 
 	struct limit_key keys[LIMIT_LEVELS];
 	struct limit_value *values[LIMIT_LEVELS];

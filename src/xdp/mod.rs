@@ -67,7 +67,7 @@ pub struct LimitSettings {
 #[derive(Debug, Clone, Copy)]
 struct LimitConfigValue {
     mode: u32,
-    pad: u32,
+    listed: u32,
     window_ns: u64,
     budget: [[u64; LIMIT_LEVELS]; 2],
     prefix_len: [[u32; LIMIT_LEVELS]; 2],
@@ -444,7 +444,7 @@ impl Fastpath {
         }
         let value = LimitConfigValue {
             mode: limit.mode,
-            pad: 0,
+            listed: u32::try_from(limit.listed.len()).unwrap_or(u32::MAX),
             window_ns: u64::try_from(limit.window.as_nanos()).unwrap_or(u64::MAX),
             budget: limit.budget,
             prefix_len: limit.prefix_len,
