@@ -4,7 +4,7 @@
 # client's namespace, then tears everything down (also on error or Ctrl-C). Nothing leaves the
 # lab: the addresses are 10.77.0.0/24 and fd77::/64 on a veth pair that exists only inside it.
 #
-#   scripts/xdp-lab.sh [--bin PATH] [--mode generic|native] [--extra TOML] -- COMMAND [ARGS...]
+#   scripts/xdp-lab.sh [--bin PATH] [--mode generic|native] [--extra TOML] [--no-xdp] -- COMMAND [ARGS...]
 #
 #   --mode generic  (default) XDP in the generic (SKB) hook of the server's veth: works with
 #                   nothing on the peer.
@@ -21,17 +21,21 @@
 #   SERVER_NS=<name>        the server's namespace (metrics: ip netns exec "$SERVER_NS" curl -s
 #                           127.0.0.1:9478/metrics)
 #   STUNEDGE=<path>         the stunedge binary
+#   SERVER_PID=<pid>        stunedge's process (its CPU time: /proc/$SERVER_PID/stat)
+# With --no-xdp stunedge runs without [xdp] (the socket path alone, for comparisons).
 # Exits with COMMAND's status. Needs root, iproute2, ethtool, curl; bpftool for --mode native.
 set -euo pipefail
 
 bin=target/release/stunedge
 mode=generic
 extra=""
+no_xdp=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
     --mode) mode=$2; shift 2 ;;
     --extra) extra=$2; shift 2 ;;
+    --no-xdp) no_xdp=yes; shift ;;
     -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; break ;;
     *) echo "xdp-lab: unknown option $1" >&2; exit 2 ;;
@@ -99,27 +103,30 @@ listen = ["10.77.0.1:3478", "[fd77::1]:3478"]
 cpus = [0]
 [admin]
 listen = "127.0.0.1:9478"
-[xdp]
-interfaces = ["xs$id"]
-mode = "$mode"
 $extra
 EOF
+if [[ -z "$no_xdp" ]]; then
+  printf '[xdp]\ninterfaces = ["xs%s"]\nmode = "%s"\n' "$id" "$mode" >>"$work/stunedge.toml"
+fi
 ip netns exec "$srv" "$bin" serve -c "$work/stunedge.toml" 2>"$work/server.log" &
 server_pid=$!
 ready=""
+want="xdp: fast path attached"
+[[ -n "$no_xdp" ]] && want="serving"
 for _ in $(seq 50); do
-  if grep -q "xdp: fast path attached" "$work/server.log" 2>/dev/null; then ready=yes; break; fi
+  if grep -q "$want" "$work/server.log" 2>/dev/null; then ready=yes; break; fi
   if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
   sleep 0.1
 done
 if [[ -z "$ready" ]]; then
-  echo "xdp-lab: stunedge did not attach its XDP program:" >&2
+  echo "xdp-lab: stunedge did not start (or attach its XDP program):" >&2
   cat "$work/server.log" >&2
   exit 1
 fi
 
 status=0
-ip netns exec "$cli" env SERVER4=10.77.0.1:3478 "SERVER6=[fd77::1]:3478" SERVER_NS="$srv" STUNEDGE="$bin" "$@" || status=$?
+ip netns exec "$cli" env SERVER4=10.77.0.1:3478 "SERVER6=[fd77::1]:3478" SERVER_NS="$srv" STUNEDGE="$bin" \
+  SERVER_PID="$server_pid" "$@" || status=$?
 if [[ $status -ne 0 ]]; then
   echo "xdp-lab: the command failed ($status); stunedge's log:" >&2
   cat "$work/server.log" >&2

@@ -218,6 +218,15 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("valid histogram bounds")
 }
 
+/// The source address the kernel picks for the route to `server` (a connected UDP socket's
+/// local address): answers carry it, so the generator binds to it.
+fn route_source(server: SocketAddr) -> std::io::Result<IpAddr> {
+    let any: SocketAddr = if server.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("a literal");
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(server)?;
+    Ok(probe.local_addr()?.ip())
+}
+
 /// Runs the load; `progress` gets one slot per thread (for the caller's progress line).
 pub fn run(config: &Config, progress: &[Arc<Progress>]) -> std::io::Result<Report> {
     assert_eq!(progress.len(), config.cpus.len());
@@ -229,11 +238,14 @@ pub fn run(config: &Config, progress: &[Arc<Progress>]) -> std::io::Result<Repor
         let mut socks = Vec::new();
         for s in 0..config.sockets {
             let index = t * config.sockets + s;
+            // A loopback server is loaded from 127.0.0.1, .2, … (--sources); any other from the
+            // address the kernel picks for the route to it (a lab's veth).
             let ip = match config.server.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(
+                IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::from(
                     u32::from(Ipv4Addr::new(127, 0, 0, 1)) + (index % config.sources.max(1)) as u32,
                 )),
-                IpAddr::V6(_) => "::1".parse().expect("::1"),
+                IpAddr::V6(v6) if v6.is_loopback() => "::1".parse().expect("::1"),
+                _ => route_source(config.server)?,
             };
             let listener = socket::bind(SocketAddr::new(ip, 0), &options)?;
             socks.push(Sock {

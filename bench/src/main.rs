@@ -21,7 +21,8 @@ use stunedge_bench::{Credentials, Kind};
     about = "STUN load generator: rate, loss and latency, every answer checked"
 )]
 struct Args {
-    /// Server to load, "IP:port" (IPv6 as "[::1]:3478"; sources are then ::1).
+    /// Server to load, "IP:port" (IPv6 as "[::1]:3478"; sources are then ::1). A server off
+    /// loopback is loaded from the address the kernel picks for the route to it.
     #[arg(long, short)]
     server: SocketAddr,
     /// Generator threads (each pinned to the next CPU of --cpus when given).
