@@ -1,7 +1,7 @@
 //! The Prometheus exporter: one table (`METRICS`) declares every exported metric, its help,
 //! its labels and where its samples come from (the workers' counters in [`crate::counters`],
 //! the kernel's per-socket drop counters, the reload record, the rate limiter's shared table,
-//! the TURN balancer's per-backend state).
+//! the TURN balancer's per-backend state, the XDP fast path's counters and attachments).
 //! At scrape time the [`Exporter`] sums nothing on the packet path: it reads each worker's
 //! published slot and walks the table.
 //! A new metric is one row here (plus its [`Counter`] when it counts something new).
@@ -23,6 +23,7 @@ use crate::counters::{
 };
 use crate::lb::{self, Health, PROBE_MICROS_BUCKETS, ProbeResult};
 use crate::limit::{Limit, TICK_MS};
+use crate::xdp::{self, XdpView};
 
 /// Configuration reloads, written by the main thread, read at scrape time.
 #[derive(Debug, Default)]
@@ -114,6 +115,19 @@ enum Source {
     /// Read from the TURN balancer at scrape time; none without [`Exporter::with_turn_lb`] or
     /// when no listener balances.
     Turn(TurnSeries),
+    /// Read from the XDP fast path at scrape time; none without [`Exporter::with_xdp`] or when
+    /// it is not running.
+    Xdp(XdpSeries),
+}
+
+/// What a [`Source::Xdp`] row reads from the fast path.
+#[derive(Debug, Clone, Copy)]
+enum XdpSeries {
+    /// One sample per (family, reason) of the program's counters: `answered` (XDP_TX) or why
+    /// the frame was passed to the kernel.
+    Packets,
+    /// One sample (1) per attachment, labelled with the interface and its mode.
+    Attached,
 }
 
 /// What a [`Source::Turn`] row reads from the balancer's live state. A backend address's
@@ -159,7 +173,8 @@ impl Source {
             | Source::LastReloadTime
             | Source::LastReloadOk
             | Source::Limiter(_)
-            | Source::Turn(TurnSeries::Up | TurnSeries::State | TurnSeries::Backends) => Kind::Gauge,
+            | Source::Turn(TurnSeries::Up | TurnSeries::State | TurnSeries::Backends)
+            | Source::Xdp(XdpSeries::Attached) => Kind::Gauge,
             Source::BatchSizes | Source::BatchDurations | Source::Turn(TurnSeries::ProbeDurations) => Kind::Histogram,
             Source::Counter(_)
             | Source::Counters(_)
@@ -170,7 +185,8 @@ impl Source {
             | Source::LimitedAt
             | Source::LimitBytes
             | Source::LimitTrimmed
-            | Source::Turn(TurnSeries::Redirects | TurnSeries::Probes) => Kind::Counter,
+            | Source::Turn(TurnSeries::Redirects | TurnSeries::Probes)
+            | Source::Xdp(XdpSeries::Packets) => Kind::Counter,
         }
     }
 }
@@ -427,6 +443,22 @@ const METRICS: &[Row] = &[
         &["state"],
         Source::Turn(TurnSeries::Backends),
     ),
+    row(
+        "stunedge_xdp_packets_total",
+        "Frames the XDP fast path saw, by family (ipv4, ipv6, none: not IP) and reason: answered (sent back \
+         by the program with XDP_TX, never reaching the workers), or why it passed the frame to the kernel and \
+         so to the workers (port: not a fast-pathed port; has_attributes, not_binding_request: the workers \
+         answer; limited, listed: over its rate-limit budget or in an allow or deny list, the workers' limiter \
+         decides; bad_checksum, too_short, ...: the kernel or the workers drop it).",
+        &["family", "reason"],
+        Source::Xdp(XdpSeries::Packets),
+    ),
+    row(
+        "stunedge_xdp_attached",
+        "XDP fast path attachments (always 1): the interface and the mode it runs in (native, generic).",
+        &["interface", "mode"],
+        Source::Xdp(XdpSeries::Attached),
+    ),
 ];
 
 /// Reads the workers' slots and the kernel's socket counters at scrape time and turns them into
@@ -443,6 +475,8 @@ pub struct Exporter {
     limit: Option<(CurrentLimit, fn() -> u64)>,
     /// The TURN balancer as now configured (read once per scrape: a reload may replace it).
     turn: Option<CurrentTurn>,
+    /// The XDP fast path's counters and attachments (read once per scrape: a drain detaches it).
+    xdp: Option<CurrentXdp>,
     descs: Vec<Desc>,
 }
 
@@ -462,6 +496,15 @@ struct CurrentTurn(Box<dyn Fn() -> Option<Arc<lb::Balancer>> + Send + Sync>);
 impl std::fmt::Debug for CurrentTurn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CurrentTurn")
+    }
+}
+
+/// Where the exporter finds the XDP fast path: `None` while it is not running.
+struct CurrentXdp(Box<dyn Fn() -> Option<XdpView> + Send + Sync>);
+
+impl std::fmt::Debug for CurrentXdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CurrentXdp")
     }
 }
 
@@ -591,6 +634,23 @@ fn turn_samples(row: &Row, series: TurnSeries, balancer: &lb::Balancer) -> Vec<p
     out
 }
 
+/// The samples of a [`Source::Xdp`] row from `view`: every (family, reason) pair, zeros
+/// included (a rate over a series that appears late loses its first increase), or one per
+/// attachment.
+fn xdp_samples(row: &Row, series: XdpSeries, view: &XdpView) -> Vec<proto::Metric> {
+    match series {
+        XdpSeries::Packets => xdp::Family::ALL
+            .iter()
+            .flat_map(|f| {
+                xdp::Reason::ALL
+                    .iter()
+                    .map(move |r| sample(row, &[f.label(), r.label()], view.counters.get(*f, *r) as f64))
+            })
+            .collect(),
+        XdpSeries::Attached => view.attached.iter().map(|(name, mode)| sample(row, &[name, mode], 1.0)).collect(),
+    }
+}
+
 /// The kernel's drop counter of every UDP socket, by inode (/proc/net/udp and udp6: the last
 /// column). Missing files give an empty map.
 fn kernel_drops() -> HashMap<u64, u64> {
@@ -626,7 +686,7 @@ impl Exporter {
                     .unwrap_or_else(|e| unreachable!("metric table row {} is valid: {e}", row.name))
             })
             .collect();
-        Exporter { slots, cpus, backend, sockets, reloads, limit: None, turn: None, descs }
+        Exporter { slots, cpus, backend, sockets, reloads, limit: None, turn: None, xdp: None, descs }
     }
 
     /// Also exports the rate limiter's table and settings (`stunedge_limit_table_*`,
@@ -646,14 +706,23 @@ impl Exporter {
         Exporter { turn: Some(CurrentTurn(Box::new(current))), ..self }
     }
 
+    /// Also exports the XDP fast path's counters (`stunedge_xdp_packets_total`) and attachments
+    /// (`stunedge_xdp_attached`): `current` gives them at scrape time, `None` when the fast path
+    /// is not running (the rows are then absent, as they are without this call).
+    pub fn with_xdp(self, current: impl Fn() -> Option<XdpView> + Send + Sync + 'static) -> Exporter {
+        Exporter { xdp: Some(CurrentXdp(Box::new(current))), ..self }
+    }
+
     /// Every metric family with samples, read now. A row without samples (the limiter's,
-    /// without [`Exporter::with_limit`]; the balancer's, without a balancer) is left out: the
-    /// text format has no empty family.
+    /// without [`Exporter::with_limit`]; the balancer's, without a balancer; the fast path's,
+    /// while it is not running) is left out: the text format has no empty family.
     pub fn families(&self) -> Vec<MetricFamily> {
         let per_worker: Vec<(String, Stats)> =
             self.cpus.iter().zip(self.slots.iter()).map(|(cpu, slot)| (cpu.to_string(), slot.read())).collect();
         // Once per scrape, so that every TURN row describes the same pool across a reload.
         let turn = self.turn.as_ref().and_then(|current| (current.0)());
+        // Once per scrape too: one read of the per-CPU counter map for both rows.
+        let xdp = self.xdp.as_ref().and_then(|current| (current.0)());
         METRICS
             .iter()
             .map(|row| {
@@ -665,16 +734,22 @@ impl Exporter {
                     Kind::Gauge => MetricType::GAUGE,
                     Kind::Histogram => MetricType::HISTOGRAM,
                 });
-                f.set_metric(self.samples(row, &per_worker, turn.as_deref()));
+                f.set_metric(self.samples(row, &per_worker, turn.as_deref(), xdp.as_ref()));
                 f
             })
             .filter(|f| !f.get_metric().is_empty())
             .collect()
     }
 
-    /// The samples of one row, from the workers' counters `per_worker` (worker label, stats)
-    /// and the running TURN balancer `turn`.
-    fn samples(&self, row: &Row, per_worker: &[(String, Stats)], turn: Option<&lb::Balancer>) -> Vec<proto::Metric> {
+    /// The samples of one row, from the workers' counters `per_worker` (worker label, stats),
+    /// the running TURN balancer `turn` and the XDP fast path's `xdp`.
+    fn samples(
+        &self,
+        row: &Row,
+        per_worker: &[(String, Stats)],
+        turn: Option<&lb::Balancer>,
+        xdp: Option<&XdpView>,
+    ) -> Vec<proto::Metric> {
         let r = &self.reloads;
         match row.source {
             Source::Version => vec![sample(row, &[env!("CARGO_PKG_VERSION")], 1.0)],
@@ -759,6 +834,7 @@ impl Exporter {
                 }]
             }
             Source::Turn(series) => turn.map(|b| turn_samples(row, series, b)).unwrap_or_default(),
+            Source::Xdp(series) => xdp.map(|v| xdp_samples(row, series, v)).unwrap_or_default(),
         }
     }
 
@@ -797,12 +873,13 @@ mod tests {
     }
 
     /// The names of the rows, without the limiter's unless `limiter`, without the TURN
-    /// balancer's unless `turn`.
-    fn declared(limiter: bool, turn: bool) -> Vec<String> {
+    /// balancer's unless `turn`, without the XDP fast path's unless `xdp`.
+    fn declared(limiter: bool, turn: bool, xdp: bool) -> Vec<String> {
         METRICS
             .iter()
             .filter(|row| limiter || !matches!(row.source, Source::Limiter(_)))
             .filter(|row| turn || !matches!(row.source, Source::Turn(_)))
+            .filter(|row| xdp || !matches!(row.source, Source::Xdp(_)))
             .map(|row| row.name.to_string())
             .collect()
     }
@@ -847,6 +924,24 @@ mod tests {
         Arc::new(b)
     }
 
+    /// A fast path attached to `eth0` (native) and `veth1` (generic) that answered 7 IPv4 and 2
+    /// IPv6 Binding requests and passed 3 IPv4 frames over budget, 1 listed IPv6 source and 5
+    /// ARP frames (not IP).
+    fn xdp_view() -> XdpView {
+        use xdp::{Family, Reason};
+        let mut counters = xdp::Counters::default();
+        for (family, reason, n) in [
+            (Family::V4, Reason::Answered, 7),
+            (Family::V6, Reason::Answered, 2),
+            (Family::V4, Reason::Limited, 3),
+            (Family::V6, Reason::Listed, 1),
+            (Family::None, Reason::NotIp, 5),
+        ] {
+            counters.0[family as usize][reason as usize] = n;
+        }
+        XdpView { counters, attached: vec![("eth0".into(), "native"), ("veth1".into(), "generic")] }
+    }
+
     /// A limiter in dry-run mode with a 16-line table that has answered one IPv4 client at
     /// 1000 ms (one key at each of the four prefix levels).
     fn limit() -> Limit {
@@ -870,17 +965,23 @@ mod tests {
         a.dropped(DropReason::NotStun);
         let e = exporter(&a);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(false, false), "the limiter's and balancer's rows are left out without them");
+        assert_eq!(names, declared(false, false, false), "the optional rows are left out without their sources");
         let e = e.with_limit(fixed(limit()), || 1000);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true, false));
+        assert_eq!(names, declared(true, false, false));
         let e = e.with_turn_lb(|| None);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true, false), "no listener balances: no TURN rows");
+        assert_eq!(names, declared(true, false, false), "no listener balances: no TURN rows");
         let lb = balancer();
         let e = e.with_turn_lb(move || Some(lb.clone()));
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true, true));
+        assert_eq!(names, declared(true, true, false));
+        let e = e.with_xdp(|| None);
+        let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
+        assert_eq!(names, declared(true, true, false), "the fast path is not running: no XDP rows");
+        let e = e.with_xdp(|| Some(xdp_view()));
+        let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
+        assert_eq!(names, declared(true, true, true));
         let registry = prometheus::Registry::new();
         registry.register(Box::new(e)).unwrap();
         let gathered = registry.gather();
@@ -1069,6 +1170,82 @@ mod tests {
         assert!(e.render().lines().any(|l| l == r#"stunedge_turn_backends{state="draining"} 2"#));
         *current.lock().unwrap() = None;
         assert!(!e.render().contains("stunedge_turn_"));
+    }
+
+    /// The fast path's rows: every (family, reason) pair, zeros included, and one gauge per
+    /// attachment; nothing else.
+    #[test]
+    fn xdp_rows_carry_every_family_and_reason_and_each_attachment() {
+        let without = exporter(&Stats::default()).with_xdp(|| None).render();
+        assert!(!without.contains("stunedge_xdp_"), "{without}");
+        assert!(!exporter(&Stats::default()).render().contains("stunedge_xdp_"));
+
+        let text = exporter(&Stats::default()).with_xdp(|| Some(xdp_view())).render();
+        let mut expected = Vec::new();
+        for family in ["none", "ipv4", "ipv6"] {
+            for reason in [
+                "answered",
+                "disabled",
+                "not_ip",
+                "not_udp",
+                "fragment",
+                "ip_options",
+                "port",
+                "too_short",
+                "not_stun",
+                "not_binding_request",
+                "has_attributes",
+                "length_mismatch",
+                "bad_checksum",
+                "zero_checksum",
+                "bad_ip_checksum",
+                "bogon",
+                "tail_grow_failed",
+                "limited",
+                "listed",
+            ] {
+                let n = match (family, reason) {
+                    ("ipv4", "answered") => 7,
+                    ("ipv6", "answered") => 2,
+                    ("ipv4", "limited") => 3,
+                    ("ipv6", "listed") => 1,
+                    ("none", "not_ip") => 5,
+                    _ => 0,
+                };
+                expected.push(format!(r#"stunedge_xdp_packets_total{{family="{family}",reason="{reason}"}} {n}"#));
+            }
+        }
+        expected.push(r#"stunedge_xdp_attached{interface="eth0",mode="native"} 1"#.to_string());
+        expected.push(r#"stunedge_xdp_attached{interface="veth1",mode="generic"} 1"#.to_string());
+        let mut got: Vec<&str> = text.lines().filter(|l| l.starts_with("stunedge_xdp_")).collect();
+        got.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(got, expected, "{text}");
+        for line in ["# TYPE stunedge_xdp_packets_total counter", "# TYPE stunedge_xdp_attached gauge"] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+    }
+
+    /// A fast path that starts, or detaches (draining), shows at the next scrape: detached, its
+    /// counters stay and its attachment rows go; stopped, both go.
+    #[test]
+    fn xdp_rows_follow_the_fast_path_as_now_running() {
+        let current: Arc<std::sync::Mutex<Option<XdpView>>> = Arc::new(std::sync::Mutex::new(None));
+        let e = exporter(&Stats::default()).with_xdp({
+            let current = current.clone();
+            move || current.lock().unwrap().clone()
+        });
+        assert!(!e.render().contains("stunedge_xdp_"));
+        *current.lock().unwrap() = Some(xdp_view());
+        let text = e.render();
+        assert!(text.lines().any(|l| l == r#"stunedge_xdp_packets_total{family="ipv4",reason="answered"} 7"#));
+        assert_eq!(text.lines().filter(|l| l.starts_with("stunedge_xdp_attached{")).count(), 2, "{text}");
+        current.lock().unwrap().as_mut().unwrap().attached.clear();
+        let text = e.render();
+        assert!(text.lines().any(|l| l == r#"stunedge_xdp_packets_total{family="ipv6",reason="listed"} 1"#));
+        assert!(!text.contains("stunedge_xdp_attached"), "{text}");
+        *current.lock().unwrap() = None;
+        assert!(!e.render().contains("stunedge_xdp_"));
     }
 
     #[test]

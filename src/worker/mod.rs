@@ -302,6 +302,10 @@ impl Server {
             let handlers = self.handlers.clone();
             move || handlers.current_turn()
         })
+        .with_xdp({
+            let state = self.xdp.clone();
+            move || state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(xdp::XdpState::view)
+        })
     }
 
     /// The sum of every worker's last published counters.
