@@ -52,12 +52,25 @@ impl Config {
             .iter()
             .map(SocketAddr::port)
             .filter(|&port| {
-                !rfc5780_ports.contains(&port)
+                // Port 0 (a free port picked at start, tests) cannot be matched by the program.
+                port != 0
+                    && !rfc5780_ports.contains(&port)
                     && listen.iter().zip(handlers).filter(|(l, _)| l.port() == port).all(|(_, h)| plain(h))
             })
             .collect();
         ports.sort_unstable();
         ports.dedup();
+        if ports.len() > crate::xdp::MAX_PORTS {
+            return Err(invalid(
+                "xdp.interfaces",
+                format!("{:?}", x.interfaces),
+                format!(
+                    "the fast path answers on at most {} ports, and {} listen ports qualify",
+                    crate::xdp::MAX_PORTS,
+                    ports.len()
+                ),
+            ));
+        }
         if ports.is_empty() {
             warnings.push(
                 "xdp.interfaces is set but no listen port answers plainly (SOFTWARE, RESPONSE-ORIGIN, required \

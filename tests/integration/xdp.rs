@@ -545,14 +545,16 @@ fn all_plain_answered_by_xdp(mode: &str) {
             &[&format!("family=\"{family}\""), &format!("reason=\"{reason}\"")],
         )
     };
-    assert_eq!(xdp("ipv4", "answered"), 100.0, "{metrics}");
+    // Native mode on veth: a datagram sent by a local socket often has too little tailroom for
+    // the 12 bytes an IPv4 answer grows by (research notes, xdp.md §3; a NIC's frames have
+    // it), so XDP passes it (`tail_grow_failed`) and the workers answer it. Generic mode and
+    // IPv6 always have room.
+    let short_of_room = if mode == "native" { xdp("ipv4", "tail_grow_failed") } else { 0.0 };
+    assert_eq!(xdp("ipv4", "answered") + short_of_room, 100.0, "{metrics}");
     assert_eq!(xdp("ipv6", "answered"), 100.0, "{metrics}");
     assert_eq!(xdp("ipv4", "has_attributes") + xdp("ipv6", "has_attributes"), 40.0, "{metrics}");
-    assert_eq!(
-        metric(&metrics, "stunedge_responses_total", &["class=\"success\""]),
-        40.0,
-        "the workers answered only those"
-    );
+    let by_workers = metric(&metrics, "stunedge_responses_total", &["class=\"success\""]);
+    assert_eq!(by_workers, 40.0 + short_of_room, "the workers answered only those: {metrics}");
     let attached = format!("mode=\"{mode}\"");
     assert_eq!(metric(&metrics, "stunedge_xdp_attached", &[&attached]), 1.0, "{metrics}");
 }
