@@ -208,36 +208,22 @@ if [[ -n "$turn" ]]; then
 fi
 ip netns exec "$srv" "$bin" serve -c "$work/stunedge.toml" 2>"$work/server.log" &
 server_pid=$!
-# Ready when it answers inside its own namespace.
-ready=""
-for _ in $(seq 50); do
-  if ip netns exec "$srv" "$bin" probe --rto-ms 50 --retries 2 203.0.113.10:3478 >/dev/null 2>&1; then
-    ready=yes
-    break
-  fi
-  sleep 0.1
-done
-if [[ -z "$ready" ]]; then
-  echo "natlab: stunedge did not start in $srv:" >&2
-  cat "$work/server.log" >&2
-  exit 1
-fi
-
-if [[ -n "$turn" ]]; then
-  # Ready when the relay answers inside the server's namespace.
-  ready=""
+# wait_answering NAME ADDR LOG: until ADDR answers a Binding request inside the server's
+# namespace (5 s), else say NAME did not start, show LOG and stop.
+wait_answering() {
   for _ in $(seq 50); do
-    if ip netns exec "$srv" "$bin" probe --rto-ms 50 --retries 1 203.0.113.20:3478 >/dev/null 2>&1; then
-      ready=yes
-      break
+    if ip netns exec "$srv" "$bin" probe --rto-ms 50 --retries 2 "$2" >/dev/null 2>&1; then
+      return 0
     fi
     sleep 0.1
   done
-  if [[ -z "$ready" ]]; then
-    echo "natlab: turnserver did not start in $srv:" >&2
-    cat "$work/turnserver.log" >&2
-    exit 1
-  fi
+  echo "natlab: $1 did not start in $srv:" >&2
+  cat "$3" >&2
+  exit 1
+}
+wait_answering stunedge 203.0.113.10:3478 "$work/server.log"
+if [[ -n "$turn" ]]; then
+  wait_answering turnserver 203.0.113.20:3478 "$work/turnserver.log"
 fi
 
 lab_env=(SERVER=203.0.113.10:3478 NAT_NS="$nat" SERVER_NS="$srv" STUNEDGE="$bin")

@@ -174,6 +174,20 @@ static __always_inline void swap_mac(struct ethhdr *eth)
 // The STUN checks shared by both families: `udp_len` is the UDP length field (host order),
 // already known to fit in the packet and to be at least REQ_UDP_LEN. Returns R_ANSWERED when
 // the message is the plain Binding request.
+// The limiter's verdict for `source` of `family` (0 IPv4, 1 IPv6) as a reason: R_ANSWERED to
+// answer, R_LIMITED or R_LISTED to pass to the workers.
+static __always_inline int limit_reason(int family, const __u32 source[4])
+{
+	switch (limit_admit(family, source, bpf_ktime_get_ns())) {
+	case LIMIT_OVER:
+		return R_LIMITED;
+	case LIMIT_LISTED:
+		return R_LISTED;
+	default:
+		return R_ANSWERED;
+	}
+}
+
 static __always_inline int check_stun(const struct stun_hdr *stun, __u16 udp_len)
 {
 	__u16 type = bpf_ntohs(stun->type);
@@ -251,11 +265,9 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 
 	// The reflection defence (limit.bpf.h): over budget or listed, the workers decide.
 	__u32 source[4] = { ip->saddr, 0, 0, 0 };
-	enum limit_verdict limited = limit_admit(0, source, bpf_ktime_get_ns());
-	if (limited == LIMIT_OVER)
-		return R_LIMITED;
-	if (limited == LIMIT_LISTED)
-		return R_LISTED;
+	int limited = limit_reason(0, source);
+	if (limited != R_ANSWERED)
+		return limited;
 
 	// Grow to exactly the reply (a padded frame may shrink).
 	int want = sizeof(*eth) + sizeof(*ip) + REQ_UDP_LEN + XMA4_LEN;
@@ -360,11 +372,9 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 		return R_BAD_CHECKSUM;
 
 	__u32 source[4] = { s[0], s[1], s[2], s[3] };
-	enum limit_verdict limited = limit_admit(1, source, bpf_ktime_get_ns());
-	if (limited == LIMIT_OVER)
-		return R_LIMITED;
-	if (limited == LIMIT_LISTED)
-		return R_LISTED;
+	int limited = limit_reason(1, source);
+	if (limited != R_ANSWERED)
+		return limited;
 
 	int want = sizeof(*eth) + sizeof(*ip6) + REQ_UDP_LEN + XMA6_LEN;
 	if (bpf_xdp_adjust_tail(ctx, want - (int)(data_end - data)))

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::support::{current_test, skip};
+use crate::support::{current_test, metric_sum, skip};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stunedge");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -207,15 +207,6 @@ fn mappings(conntrack: &str, server: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The sum of the samples of metric `name` whose labels contain every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The captured requests of message type `ty` (e.g. "0x0001") sent to `to` (an IP address).
 fn requests<'a>(run: &'a Run, ty: &str, to: &str) -> Vec<&'a Value> {
     run.capture.iter().filter(|d| d["type"] == ty && d["dst"].as_str().unwrap_or("").contains(to)).collect()
@@ -232,11 +223,11 @@ fn all_answered(run: &Run, server: &str) {
     }
     assert!(run.capture.iter().all(|d| d["type"] != "0x0111"), "a Binding error answer: {:?}", run.capture);
     let m = &run.metrics;
-    assert!(metric(m, "stunedge_requests_total", &["method=\"binding\""]) >= sent.len() as f64, "{m}");
-    assert_eq!(metric(m, "stunedge_dropped_total", &[]), 0.0, "nothing dropped: {m}");
-    assert_eq!(metric(m, "stunedge_responses_total", &["class=\"error\""]), 0.0, "no error answered: {m}");
+    assert!(metric_sum(m, "stunedge_requests_total", &["method=\"binding\""]) >= sent.len() as f64, "{m}");
+    assert_eq!(metric_sum(m, "stunedge_dropped_total", &[]), 0.0, "nothing dropped: {m}");
+    assert_eq!(metric_sum(m, "stunedge_responses_total", &["class=\"error\""]), 0.0, "no error answered: {m}");
     for action in ["drop", "leak", "would_drop", "would_leak"] {
-        let limited = metric(m, "stunedge_limit_decisions_total", &[&format!("action=\"{action}\"")]);
+        let limited = metric_sum(m, "stunedge_limit_decisions_total", &[&format!("action=\"{action}\"")]);
         assert_eq!(limited, 0.0, "the rate limit's defaults never limit a browser ({action}): {m}");
     }
 }
@@ -294,7 +285,7 @@ fn chromium_gathers_ipv6_and_ipv4_mappings_through_nat66() {
     assert_eq!(v4, mappings(&run.conntrack, SERVER_V4));
     all_answered(&run, SERVER_V6);
     all_answered(&run, SERVER_V4);
-    assert!(metric(&run.metrics, "stunedge_limit_decisions_total", &["family=\"ipv6\"", "action=\"pass\""]) >= 1.0);
+    assert!(metric_sum(&run.metrics, "stunedge_limit_decisions_total", &["family=\"ipv6\"", "action=\"pass\""]) >= 1.0);
 }
 
 #[test]
@@ -311,7 +302,7 @@ fn libnice_gathers_the_mapping_with_a_classic_request() {
         assert_eq!(request["len"], 20, "{request}");
         assert_ne!(&request["hex"].as_str().unwrap()[8..16], "2112a442", "{request}");
     }
-    assert!(metric(&run.metrics, "stunedge_classic_requests_total", &[]) >= 1.0);
+    assert!(metric_sum(&run.metrics, "stunedge_classic_requests_total", &[]) >= 1.0);
 }
 
 #[test]
@@ -329,8 +320,12 @@ fn chromium_and_libnice_follow_the_turn_redirect_to_a_relay() {
     let redirected = run.capture.iter().any(|d| d["type"] == "0x0113" && d["tid"] == to_edge[0]["tid"]);
     assert!(redirected, "stunedge answered the Allocate with an error (the 300): {:?}", run.capture);
     assert!(!requests(&run, "0x0003", &format!("{RELAY}:3478")).is_empty());
-    assert!(metric(&run.metrics, "stunedge_turn_redirects_total", &["backend=\"relay\""]) >= 1.0, "{}", run.metrics);
-    assert!(metric(&run.metrics, "stunedge_responses_total", &["code=\"300\""]) >= 1.0);
+    assert!(
+        metric_sum(&run.metrics, "stunedge_turn_redirects_total", &["backend=\"relay\""]) >= 1.0,
+        "{}",
+        run.metrics
+    );
+    assert!(metric_sum(&run.metrics, "stunedge_responses_total", &["code=\"300\""]) >= 1.0);
 
     let Some((run, candidates)) =
         libnice("port-restricted-cone", &["--turn"], false, &[SERVER_V4, "3478", SERVER_V4, "3478", "u", "p"])
@@ -340,7 +335,7 @@ fn chromium_and_libnice_follow_the_turn_redirect_to_a_relay() {
     let relay = of_kind(&candidates, "relay");
     assert_eq!(relay.len(), 1, "{candidates:?}");
     assert_eq!(relay[0].ip().to_string(), RELAY);
-    assert!(metric(&run.metrics, "stunedge_turn_redirects_total", &["backend=\"relay\""]) >= 1.0);
+    assert!(metric_sum(&run.metrics, "stunedge_turn_redirects_total", &["backend=\"relay\""]) >= 1.0);
 }
 
 #[test]
@@ -356,7 +351,11 @@ fn a_call_connects_through_the_relay_stunedge_chose_behind_a_symmetric_nat() {
         let pair = json["pair"][side].as_str().unwrap_or_default();
         assert!(pair.starts_with(&format!("relay {RELAY}:")), "{side} candidate of the selected pair: {json}");
     }
-    assert!(metric(&run.metrics, "stunedge_turn_redirects_total", &["backend=\"relay\""]) >= 2.0, "{}", run.metrics);
+    assert!(
+        metric_sum(&run.metrics, "stunedge_turn_redirects_total", &["backend=\"relay\""]) >= 2.0,
+        "{}",
+        run.metrics
+    );
 }
 
 /// The intervals between a client's retransmissions of its first request, in seconds.

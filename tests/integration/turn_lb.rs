@@ -317,11 +317,7 @@ fn uclient_follows_the_redirect_and_relays_through_the_backend_a_second_node_als
 
 /// The 300s every worker counted.
 fn responses_300(admin: SocketAddr) -> f64 {
-    let (_, text) = http_get(admin, "/metrics").unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("stunedge_responses_total{") && l.contains("code=\"300\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::support::metric_sum(&http_get(admin, "/metrics").unwrap().1, "stunedge_responses_total", &["code=\"300\""])
 }
 
 #[test]

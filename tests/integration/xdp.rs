@@ -13,7 +13,7 @@ use stunedge::counters::Stats;
 use stunedge::handler::{Action, BUFFER_SIZE, HandlerConfig, Meta, handle};
 use stunedge::xdp::{Family, Fastpath, Program, Reason, Verdict};
 
-use crate::support::{binding_request, expected_answer, skip};
+use crate::support::{binding_request, expected_answer, metric_sum, skip};
 
 const PORT: u16 = 3478;
 const PORT2: u16 = 19302;
@@ -522,15 +522,6 @@ fn xdp_lab(mode: &str, extra: &str, plain: usize, other: usize, timeout: &str) -
     Some((serde_json::from_str(json.trim()).unwrap(), metrics.to_string()))
 }
 
-/// The sum of the samples of `name` whose labels contain every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Every plain request, IPv4 and IPv6, is answered by XDP; requests with attributes by the
 /// workers, which answer nothing else.
 fn all_plain_answered_by_xdp(mode: &str) {
@@ -539,7 +530,7 @@ fn all_plain_answered_by_xdp(mode: &str) {
         assert_eq!(client[key], want, "{key} answered: {client}\n{metrics}");
     }
     let xdp = |family: &str, reason: &str| {
-        metric(
+        metric_sum(
             &metrics,
             "stunedge_xdp_packets_total",
             &[&format!("family=\"{family}\""), &format!("reason=\"{reason}\"")],
@@ -553,10 +544,10 @@ fn all_plain_answered_by_xdp(mode: &str) {
     assert_eq!(xdp("ipv4", "answered") + short_of_room, 100.0, "{metrics}");
     assert_eq!(xdp("ipv6", "answered"), 100.0, "{metrics}");
     assert_eq!(xdp("ipv4", "has_attributes") + xdp("ipv6", "has_attributes"), 40.0, "{metrics}");
-    let by_workers = metric(&metrics, "stunedge_responses_total", &["class=\"success\""]);
+    let by_workers = metric_sum(&metrics, "stunedge_responses_total", &["class=\"success\""]);
     assert_eq!(by_workers, 40.0 + short_of_room, "the workers answered only those: {metrics}");
     let attached = format!("mode=\"{mode}\"");
-    assert_eq!(metric(&metrics, "stunedge_xdp_attached", &[&attached]), 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "stunedge_xdp_attached", &[&attached]), 1.0, "{metrics}");
 }
 
 #[test]
@@ -577,7 +568,7 @@ fn in_namespaces_the_fast_path_hands_an_over_budget_source_to_the_workers_limite
     let extra = "[limit]\nrate = 5\nburst_seconds = 1\nleak = 0\nexempt_loopback = false\n";
     let Some((client, metrics)) = xdp_lab("generic", extra, 200, 0, "0.005") else { return };
     let xdp = |family: &str, reason: &str| {
-        metric(
+        metric_sum(
             &metrics,
             "stunedge_xdp_packets_total",
             &[&format!("family=\"{family}\""), &format!("reason=\"{reason}\"")],
@@ -588,13 +579,16 @@ fn in_namespaces_the_fast_path_hands_an_over_budget_source_to_the_workers_limite
         assert!(answered < 100.0, "{answered} of 200 {family} requests answered: the budgets hold: {client}");
         assert!(xdp(family, "limited") > 0.0, "XDP passed over-budget {family} requests to the workers: {metrics}");
         assert!(xdp(family, "answered") >= 1.0, "{metrics}");
-        let dropped =
-            metric(&metrics, "stunedge_limit_decisions_total", &[&format!("family=\"{family}\""), "action=\"drop\""]);
+        let dropped = metric_sum(
+            &metrics,
+            "stunedge_limit_decisions_total",
+            &[&format!("family=\"{family}\""), "action=\"drop\""],
+        );
         assert!(dropped > 0.0, "the workers' limiter dropped the rest: {metrics}");
     }
     let answered = client["plain4"].as_f64().unwrap() + client["plain6"].as_f64().unwrap();
     let by_xdp = xdp("ipv4", "answered") + xdp("ipv6", "answered");
-    let by_workers = metric(&metrics, "stunedge_responses_total", &["class=\"success\""]);
+    let by_workers = metric_sum(&metrics, "stunedge_responses_total", &["class=\"success\""]);
     // A late answer (after the client gave up on it) is sent and counted but not seen.
     assert!(answered <= by_xdp + by_workers, "every answer is counted once, by the path that sent it");
 }
