@@ -228,10 +228,13 @@ pub enum Reason {
     Limited = 17,
     /// The source is in an allow or deny prefix: the workers decide.
     Listed = 18,
+    /// A request whose only attribute is a FINGERPRINT that does not verify (the workers drop
+    /// it, RFC 8489 §7.3).
+    BadFingerprint = 19,
 }
 
 /// The number of reasons.
-pub const REASONS: usize = 19;
+pub const REASONS: usize = 20;
 
 impl Reason {
     /// Every reason, in index order.
@@ -255,6 +258,7 @@ impl Reason {
         Reason::TailGrowFailed,
         Reason::Limited,
         Reason::Listed,
+        Reason::BadFingerprint,
     ];
 
     /// The metric label (snake case, as in the C source's `R_*` names).
@@ -279,6 +283,7 @@ impl Reason {
             Reason::TailGrowFailed => "tail_grow_failed",
             Reason::Limited => "limited",
             Reason::Listed => "listed",
+            Reason::BadFingerprint => "bad_fingerprint",
         }
     }
 }

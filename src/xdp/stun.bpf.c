@@ -10,7 +10,8 @@
 //   Ethernet II without VLAN tag; IPv4 with IHL 5, no MF flag, fragment offset 0, a valid
 //   header checksum; or IPv6 whose next header is UDP; UDP to a port in the config map;
 //   UDP length 28 (8 + a 20-byte STUN header) and the IP length agreeing with it; STUN type
-//   0x0001 (Binding request), magic cookie 0x2112A442, message length 0; a non-bogon source
+//   0x0001 (Binding request), magic cookie 0x2112A442, message length 0 — or 8 with a valid
+//   FINGERPRINT as the only attribute (the answer then carries one too); a non-bogon source
 //   (not port 0, not 0/8, multicast or reserved; not ::, not ff00::/8) and a unicast
 //   destination; a valid UDP checksum (IPv4: 0 means none and is accepted; IPv6: 0 is invalid,
 //   RFC 8200 §8.1, and passed so that the kernel drops it).
@@ -75,7 +76,10 @@ enum reason {
 	R_TAIL_GROW_FAILED = 16,
 	R_LIMITED = 17,
 	R_LISTED = 18,
-	REASONS = 19,
+	R_BAD_FINGERPRINT = 19,
+	REASONS = 20,
+	// Not counted: check_stun's verdict for a request with FINGERPRINT and nothing else.
+	R_FINGERPRINT_REQUEST = 100,
 	// Not counted: the reply could not be written after the tail grew (cannot happen).
 	R_ABORT = -1,
 };
@@ -104,6 +108,11 @@ struct {
 #define STUN_BINDING_REQUEST 0x0001
 #define STUN_BINDING_SUCCESS 0x0101
 #define STUN_ATTR_XOR_MAPPED_ADDRESS 0x0020
+#define STUN_ATTR_FINGERPRINT 0x8028
+// RFC 8489 §14.7: FINGERPRINT is the CRC-32 of the message before it, XORed with "STUN".
+#define FINGERPRINT_XOR 0x5354554E
+// The FINGERPRINT attribute: 4-byte TLV header + the CRC.
+#define FP_LEN 8
 #define STUN_HEADER 20
 #define UDP_HEADER 8
 #define REPLY_TTL 64
@@ -174,6 +183,64 @@ static __always_inline void swap_mac(struct ethhdr *eth)
 // The STUN checks shared by both families: `udp_len` is the UDP length field (host order),
 // already known to fit in the packet and to be at least REQ_UDP_LEN. Returns R_ANSWERED when
 // the message is the plain Binding request.
+// CRC-32 (ISO-HDLC, reflected polynomial 0xEDB88320), byte-wise from a table in .rodata.
+static const __u32 crc32_table[256] = {
+	0x00000000, 0x77073096, 0xee0e612c, 0x990951ba, 0x076dc419, 0x706af48f,
+	0xe963a535, 0x9e6495a3, 0x0edb8832, 0x79dcb8a4, 0xe0d5e91e, 0x97d2d988,
+	0x09b64c2b, 0x7eb17cbd, 0xe7b82d07, 0x90bf1d91, 0x1db71064, 0x6ab020f2,
+	0xf3b97148, 0x84be41de, 0x1adad47d, 0x6ddde4eb, 0xf4d4b551, 0x83d385c7,
+	0x136c9856, 0x646ba8c0, 0xfd62f97a, 0x8a65c9ec, 0x14015c4f, 0x63066cd9,
+	0xfa0f3d63, 0x8d080df5, 0x3b6e20c8, 0x4c69105e, 0xd56041e4, 0xa2677172,
+	0x3c03e4d1, 0x4b04d447, 0xd20d85fd, 0xa50ab56b, 0x35b5a8fa, 0x42b2986c,
+	0xdbbbc9d6, 0xacbcf940, 0x32d86ce3, 0x45df5c75, 0xdcd60dcf, 0xabd13d59,
+	0x26d930ac, 0x51de003a, 0xc8d75180, 0xbfd06116, 0x21b4f4b5, 0x56b3c423,
+	0xcfba9599, 0xb8bda50f, 0x2802b89e, 0x5f058808, 0xc60cd9b2, 0xb10be924,
+	0x2f6f7c87, 0x58684c11, 0xc1611dab, 0xb6662d3d, 0x76dc4190, 0x01db7106,
+	0x98d220bc, 0xefd5102a, 0x71b18589, 0x06b6b51f, 0x9fbfe4a5, 0xe8b8d433,
+	0x7807c9a2, 0x0f00f934, 0x9609a88e, 0xe10e9818, 0x7f6a0dbb, 0x086d3d2d,
+	0x91646c97, 0xe6635c01, 0x6b6b51f4, 0x1c6c6162, 0x856530d8, 0xf262004e,
+	0x6c0695ed, 0x1b01a57b, 0x8208f4c1, 0xf50fc457, 0x65b0d9c6, 0x12b7e950,
+	0x8bbeb8ea, 0xfcb9887c, 0x62dd1ddf, 0x15da2d49, 0x8cd37cf3, 0xfbd44c65,
+	0x4db26158, 0x3ab551ce, 0xa3bc0074, 0xd4bb30e2, 0x4adfa541, 0x3dd895d7,
+	0xa4d1c46d, 0xd3d6f4fb, 0x4369e96a, 0x346ed9fc, 0xad678846, 0xda60b8d0,
+	0x44042d73, 0x33031de5, 0xaa0a4c5f, 0xdd0d7cc9, 0x5005713c, 0x270241aa,
+	0xbe0b1010, 0xc90c2086, 0x5768b525, 0x206f85b3, 0xb966d409, 0xce61e49f,
+	0x5edef90e, 0x29d9c998, 0xb0d09822, 0xc7d7a8b4, 0x59b33d17, 0x2eb40d81,
+	0xb7bd5c3b, 0xc0ba6cad, 0xedb88320, 0x9abfb3b6, 0x03b6e20c, 0x74b1d29a,
+	0xead54739, 0x9dd277af, 0x04db2615, 0x73dc1683, 0xe3630b12, 0x94643b84,
+	0x0d6d6a3e, 0x7a6a5aa8, 0xe40ecf0b, 0x9309ff9d, 0x0a00ae27, 0x7d079eb1,
+	0xf00f9344, 0x8708a3d2, 0x1e01f268, 0x6906c2fe, 0xf762575d, 0x806567cb,
+	0x196c3671, 0x6e6b06e7, 0xfed41b76, 0x89d32be0, 0x10da7a5a, 0x67dd4acc,
+	0xf9b9df6f, 0x8ebeeff9, 0x17b7be43, 0x60b08ed5, 0xd6d6a3e8, 0xa1d1937e,
+	0x38d8c2c4, 0x4fdff252, 0xd1bb67f1, 0xa6bc5767, 0x3fb506dd, 0x48b2364b,
+	0xd80d2bda, 0xaf0a1b4c, 0x36034af6, 0x41047a60, 0xdf60efc3, 0xa867df55,
+	0x316e8eef, 0x4669be79, 0xcb61b38c, 0xbc66831a, 0x256fd2a0, 0x5268e236,
+	0xcc0c7795, 0xbb0b4703, 0x220216b9, 0x5505262f, 0xc5ba3bbe, 0xb2bd0b28,
+	0x2bb45a92, 0x5cb36a04, 0xc2d7ffa7, 0xb5d0cf31, 0x2cd99e8b, 0x5bdeae1d,
+	0x9b64c2b0, 0xec63f226, 0x756aa39c, 0x026d930a, 0x9c0906a9, 0xeb0e363f,
+	0x72076785, 0x05005713, 0x95bf4a82, 0xe2b87a14, 0x7bb12bae, 0x0cb61b38,
+	0x92d28e9b, 0xe5d5be0d, 0x7cdcefb7, 0x0bdbdf21, 0x86d3d2d4, 0xf1d4e242,
+	0x68ddb3f8, 0x1fda836e, 0x81be16cd, 0xf6b9265b, 0x6fb077e1, 0x18b74777,
+	0x88085ae6, 0xff0f6a70, 0x66063bca, 0x11010b5c, 0x8f659eff, 0xf862ae69,
+	0x616bffd3, 0x166ccf45, 0xa00ae278, 0xd70dd2ee, 0x4e048354, 0x3903b3c2,
+	0xa7672661, 0xd06016f7, 0x4969474d, 0x3e6e77db, 0xaed16a4a, 0xd9d65adc,
+	0x40df0b66, 0x37d83bf0, 0xa9bcae53, 0xdebb9ec5, 0x47b2cf7f, 0x30b5ffe9,
+	0xbdbdf21c, 0xcabac28a, 0x53b39330, 0x24b4a3a6, 0xbad03605, 0xcdd70693,
+	0x54de5729, 0x23d967bf, 0xb3667a2e, 0xc4614ab8, 0x5d681b02, 0x2a6f2b94,
+	0xb40bbe37, 0xc30c8ea1, 0x5a05df1b, 0x2d02ef8d,
+};
+
+// The CRC-32 of `n` bytes at `p` (a constant n: the loop unrolls); the caller checked that
+// they are in the packet.
+#define CRC32(out, p, n)                                                                   \
+	do {                                                                                \
+		const __u8 *b_ = (const __u8 *)(p);                                         \
+		__u32 c_ = 0xFFFFFFFF;                                                      \
+		_Pragma("unroll") for (int i_ = 0; i_ < (n); i_++)                          \
+			c_ = crc32_table[(c_ ^ b_[i_]) & 0xFF] ^ (c_ >> 8);                 \
+		(out) = ~c_;                                                                \
+	} while (0)
+
 // The limiter's verdict for `source` of `family` (0 IPv4, 1 IPv6) as a reason: R_ANSWERED to
 // answer, R_LIMITED or R_LISTED to pass to the workers.
 static __always_inline int limit_reason(int family, const __u32 source[4])
@@ -188,7 +255,7 @@ static __always_inline int limit_reason(int family, const __u32 source[4])
 	}
 }
 
-static __always_inline int check_stun(const struct stun_hdr *stun, __u16 udp_len)
+static __always_inline int check_stun(const struct stun_hdr *stun, __u16 udp_len, void *data_end)
 {
 	__u16 type = bpf_ntohs(stun->type);
 	__u16 len = bpf_ntohs(stun->len);
@@ -201,7 +268,21 @@ static __always_inline int check_stun(const struct stun_hdr *stun, __u16 udp_len
 		return R_NOT_BINDING_REQUEST;
 	if (udp_len == REQ_UDP_LEN)
 		return len == 0 ? R_ANSWERED : R_LENGTH_MISMATCH;
-	return len == udp_len - REQ_UDP_LEN ? R_HAS_ATTRIBUTES : R_LENGTH_MISMATCH;
+	if (len != udp_len - REQ_UDP_LEN)
+		return R_LENGTH_MISMATCH;
+	// FINGERPRINT and nothing else: answered too, with a FINGERPRINT (RFC 8489 §7.3.1).
+	const __u8 *attr = (const __u8 *)(stun + 1);
+	if (len == FP_LEN && (void *)(attr + FP_LEN) <= data_end &&
+	    *(const __be16 *)attr == bpf_htons(STUN_ATTR_FINGERPRINT) &&
+	    *(const __be16 *)(attr + 2) == bpf_htons(4)) {
+		// RFC 8489 §7.3: a FINGERPRINT that does not verify is discarded (the workers drop it).
+		__u32 crc;
+		CRC32(crc, stun, STUN_HEADER);
+		if (*(const __be32 *)(attr + 4) != bpf_htonl(crc ^ FINGERPRINT_XOR))
+			return R_BAD_FINGERPRINT;
+		return R_FINGERPRINT_REQUEST;
+	}
+	return R_HAS_ATTRIBUTES;
 }
 
 // The reason for the IPv4 frame at ctx (R_ANSWERED: the reply is in place).
@@ -239,8 +320,9 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 	// The datagram the headers announce is not all there: a truncated frame.
 	if (data + sizeof(*eth) + tot_len > data_end || (void *)(stun + 1) > data_end)
 		return R_TOO_SHORT;
-	int verdict = check_stun(stun, udp_len);
-	if (verdict != R_ANSWERED)
+	int verdict = check_stun(stun, udp_len, data_end);
+	int fp = verdict == R_FINGERPRINT_REQUEST;
+	if (verdict != R_ANSWERED && !fp)
 		return verdict;
 
 	// Bogons (RFC 6890): a source that cannot receive (port 0, 0/8, 224/4, 240/4), or a
@@ -258,7 +340,13 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 		// Pseudo-header (RFC 768): addresses, protocol, UDP length; then the datagram.
 		sum = bpf_htons(IPPROTO_UDP) + udp->len;
 		SUM(sum, &ip->saddr, 8);
-		SUM(sum, udp, REQ_UDP_LEN);
+		if (fp) {
+			if ((void *)udp + REQ_UDP_LEN + FP_LEN > data_end)
+				return R_TOO_SHORT;
+			SUM(sum, udp, REQ_UDP_LEN + FP_LEN);
+		} else {
+			SUM(sum, udp, REQ_UDP_LEN);
+		}
 		if (fold(sum) != 0xFFFF)
 			return R_BAD_CHECKSUM;
 	}
@@ -270,13 +358,14 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 		return limited;
 
 	// Grow to exactly the reply (a padded frame may shrink).
-	int want = sizeof(*eth) + sizeof(*ip) + REQ_UDP_LEN + XMA4_LEN;
+	int extra = fp ? FP_LEN : 0;
+	int want = sizeof(*eth) + sizeof(*ip) + REQ_UDP_LEN + XMA4_LEN + extra;
 	if (bpf_xdp_adjust_tail(ctx, want - (int)(data_end - data)))
 		return R_TAIL_GROW_FAILED;
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (data + want > data_end)
+	if (data + sizeof(*eth) + sizeof(*ip) + REQ_UDP_LEN + XMA4_LEN > data_end)
 		return R_ABORT; // cannot happen: the helper just made it this long
 	eth = data;
 	ip = data + sizeof(*eth);
@@ -297,10 +386,10 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 	ip->check = 0;
 	udp->source = udp->dest;
 	udp->dest = client_port;
-	udp->len = bpf_htons(REQ_UDP_LEN + XMA4_LEN);
+	udp->len = bpf_htons(REQ_UDP_LEN + XMA4_LEN + extra);
 	udp->check = 0;
 	stun->type = bpf_htons(STUN_BINDING_SUCCESS);
-	stun->len = bpf_htons(XMA4_LEN);
+	stun->len = bpf_htons(XMA4_LEN + extra);
 	// XOR-MAPPED-ADDRESS: type, length 8, reserved 0, family 1, port ^ 0x2112, address ^ cookie.
 	*(__be16 *)(attr + 0) = bpf_htons(STUN_ATTR_XOR_MAPPED_ADDRESS);
 	*(__be16 *)(attr + 2) = bpf_htons(XMA4_LEN - 4);
@@ -313,7 +402,19 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 	ip->check = ~fold(sum);
 	sum = bpf_htons(IPPROTO_UDP) + udp->len;
 	SUM(sum, &ip->saddr, 8);
-	SUM(sum, udp, REQ_UDP_LEN + XMA4_LEN);
+	if (fp) {
+		__u8 *tail = attr + XMA4_LEN;
+		if ((void *)(tail + FP_LEN) > data_end)
+			return R_ABORT;
+		__u32 crc;
+		CRC32(crc, stun, STUN_HEADER + XMA4_LEN);
+		*(__be16 *)(tail + 0) = bpf_htons(STUN_ATTR_FINGERPRINT);
+		*(__be16 *)(tail + 2) = bpf_htons(4);
+		*(__be32 *)(tail + 4) = bpf_htonl(crc ^ FINGERPRINT_XOR);
+		SUM(sum, udp, REQ_UDP_LEN + XMA4_LEN + FP_LEN);
+	} else {
+		SUM(sum, udp, REQ_UDP_LEN + XMA4_LEN);
+	}
 	__u16 check = ~fold(sum);
 	udp->check = check ? check : 0xFFFF; // RFC 768: a computed 0 is sent as all ones
 	return R_ANSWERED;
@@ -350,8 +451,9 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 		return R_LENGTH_MISMATCH;
 	if (data + sizeof(*eth) + sizeof(*ip6) + udp_len > data_end || (void *)(stun + 1) > data_end)
 		return R_TOO_SHORT;
-	int verdict = check_stun(stun, udp_len);
-	if (verdict != R_ANSWERED)
+	int verdict = check_stun(stun, udp_len, data_end);
+	int fp = verdict == R_FINGERPRINT_REQUEST;
+	if (verdict != R_ANSWERED && !fp)
 		return verdict;
 
 	// Bogons (RFC 4291): source port 0, source :: or multicast, multicast destination.
@@ -367,7 +469,13 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 		return R_ZERO_CHECKSUM;
 	__u64 sum = bpf_htons(IPPROTO_UDP) + udp->len;
 	SUM(sum, &ip6->saddr, 32);
-	SUM(sum, udp, REQ_UDP_LEN);
+	if (fp) {
+		if ((void *)udp + REQ_UDP_LEN + FP_LEN > data_end)
+			return R_TOO_SHORT;
+		SUM(sum, udp, REQ_UDP_LEN + FP_LEN);
+	} else {
+		SUM(sum, udp, REQ_UDP_LEN);
+	}
 	if (fold(sum) != 0xFFFF)
 		return R_BAD_CHECKSUM;
 
@@ -376,13 +484,14 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 	if (limited != R_ANSWERED)
 		return limited;
 
-	int want = sizeof(*eth) + sizeof(*ip6) + REQ_UDP_LEN + XMA6_LEN;
+	int extra = fp ? FP_LEN : 0;
+	int want = sizeof(*eth) + sizeof(*ip6) + REQ_UDP_LEN + XMA6_LEN + extra;
 	if (bpf_xdp_adjust_tail(ctx, want - (int)(data_end - data)))
 		return R_TAIL_GROW_FAILED;
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (data + want > data_end)
+	if (data + sizeof(*eth) + sizeof(*ip6) + REQ_UDP_LEN + XMA6_LEN > data_end)
 		return R_ABORT; // cannot happen: the helper just made it this long
 	eth = data;
 	ip6 = data + sizeof(*eth);
@@ -396,14 +505,14 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 	ip6->saddr = ip6->daddr;
 	ip6->daddr = client;
 	*(__be32 *)ip6 = bpf_htonl(0x60000000); // version 6, traffic class 0, flow label 0
-	ip6->payload_len = bpf_htons(REQ_UDP_LEN + XMA6_LEN);
+	ip6->payload_len = bpf_htons(REQ_UDP_LEN + XMA6_LEN + extra);
 	ip6->hop_limit = REPLY_TTL;
 	udp->source = udp->dest;
 	udp->dest = client_port;
-	udp->len = bpf_htons(REQ_UDP_LEN + XMA6_LEN);
+	udp->len = bpf_htons(REQ_UDP_LEN + XMA6_LEN + extra);
 	udp->check = 0;
 	stun->type = bpf_htons(STUN_BINDING_SUCCESS);
-	stun->len = bpf_htons(XMA6_LEN);
+	stun->len = bpf_htons(XMA6_LEN + extra);
 	// XOR-MAPPED-ADDRESS: type, length 20, reserved 0, family 2, port ^ 0x2112, address ^
 	// (cookie || transaction ID).
 	*(__be16 *)(attr + 0) = bpf_htons(STUN_ATTR_XOR_MAPPED_ADDRESS);
@@ -416,7 +525,19 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 
 	sum = bpf_htons(IPPROTO_UDP) + udp->len;
 	SUM(sum, &ip6->saddr, 32);
-	SUM(sum, udp, REQ_UDP_LEN + XMA6_LEN);
+	if (fp) {
+		__u8 *tail = attr + XMA6_LEN;
+		if ((void *)(tail + FP_LEN) > data_end)
+			return R_ABORT;
+		__u32 crc;
+		CRC32(crc, stun, STUN_HEADER + XMA6_LEN);
+		*(__be16 *)(tail + 0) = bpf_htons(STUN_ATTR_FINGERPRINT);
+		*(__be16 *)(tail + 2) = bpf_htons(4);
+		*(__be32 *)(tail + 4) = bpf_htonl(crc ^ FINGERPRINT_XOR);
+		SUM(sum, udp, REQ_UDP_LEN + XMA6_LEN + FP_LEN);
+	} else {
+		SUM(sum, udp, REQ_UDP_LEN + XMA6_LEN);
+	}
 	__u16 check = ~fold(sum);
 	udp->check = check ? check : 0xFFFF;
 	return R_ANSWERED;

@@ -148,7 +148,10 @@ pub(crate) fn netns_unavailable(tools: &[&str]) -> Option<String> {
     if let Some(tool) = tools.iter().find(|tool| !on_path(tool)) {
         return Some(format!("{tool} is not installed (scripts/install-test-deps.sh names its package)"));
     }
-    let name = format!("lab-probe-{}", std::process::id());
+    // A name of its own per call: labs in different test modules probe at the same time.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("lab-probe-{}-{n}", std::process::id());
     let ip = |verb: &str| std::process::Command::new("ip").args(["netns", verb, &name]).output();
     let made = ip("add").is_ok_and(|o| o.status.success());
     let _ = ip("del");
