@@ -1203,6 +1203,7 @@ mod tests {
                 "tail_grow_failed",
                 "limited",
                 "listed",
+                "bad_fingerprint",
             ] {
                 let n = match (family, reason) {
                     ("ipv4", "answered") => 7,
