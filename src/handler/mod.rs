@@ -208,9 +208,9 @@ fn decide(buf: &mut [u8], len: usize, meta: &Meta, config: &HandlerConfig, stats
     let draw = word(4) ^ word(12).rotate_left(32);
     let mut request =
         Request { method: message_type.method, classic, len, fingerprint: false, signer: None, routable: false, draw };
-    if request.method != METHOD_BINDING && !classic && config.turn.is_some() {
+    if let (false, false, Some(lb)) = (request.method == METHOD_BINDING, classic, &config.turn) {
         // TURN on a balancing listener: its own authentication, before the listener's.
-        return turn::answer(buf, len, request.method, draw, meta, config, stats);
+        return turn::answer(buf, len, request.method, draw, lb, meta, config, stats);
     }
     let Ok(message) = Message::parse(datagram) else {
         // The header is valid, the attributes are not: RFC 8489 §6.3 says 400.

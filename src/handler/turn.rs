@@ -13,7 +13,7 @@ use super::respond::{Request, Stale, Trim, bad_request, challenge, error, finish
 use super::{Action, Meta};
 use crate::auth::{Mechanism, Policy, Verdict};
 use crate::counters::{Counter, DropReason, Stats};
-use crate::lb::{NoBackend, Redirect};
+use crate::lb::{Balancer, NoBackend, Redirect};
 use crate::stun::attr::AlternateServer;
 use crate::stun::message::ParseError;
 use crate::stun::registry::{
@@ -48,21 +48,20 @@ pub(super) fn indication(method: u16, config: &HandlerConfig) -> DropReason {
 }
 
 /// Answers the TURN request `buf[..len]` (a request of `method`, not Binding, with the magic
-/// cookie; `draw` its rate-limit leak draw) on a listener that balances (`config.turn`).
+/// cookie; `draw` its rate-limit leak draw) on a listener that balances with `lb`.
 #[cold]
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn answer(
     buf: &mut [u8],
     len: usize,
     method: u16,
     draw: u64,
+    lb: &Balancer,
     meta: &Meta,
     config: &HandlerConfig,
     stats: &mut Stats,
 ) -> Action {
-    let Some(lb) = config.turn.as_deref() else {
-        return Action::Drop(DropReason::Response);
-    };
     let mut request = Request { method, classic: false, len, fingerprint: false, signer: None, routable: false, draw };
     let datagram = &buf[..len];
     let Ok(message) = Message::parse(datagram) else {
