@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::auth::{Algorithm, Mechanism, Policy};
 use crate::io::uring::{SendMode, TaskRun};
-use crate::lb::{HashKey, NoBackend};
+use crate::lb::{HashKey, NoBackend, ProbeSettings};
 use crate::limit::{Cidr, Mode, Params};
 
 /// One field's documentation, for `--print-config`.
@@ -375,14 +375,14 @@ section! {
         /// Seconds between two probes of one backend address, jittered by ±10 % (0.1..=3600).
         /// Keep it above 0.1 s per backend: coturn limits unauthenticated requests to 10 per
         /// second per source by default.
-        probe_interval: f64 = 2.0,
+        probe_interval: f64 = ProbeSettings::default().interval.as_secs_f64(),
         /// Seconds a probe waits for its answer (0.01..=60, less than `probe_interval`).
-        probe_timeout: f64 = 1.0,
+        probe_timeout: f64 = ProbeSettings::default().timeout.as_secs_f64(),
         /// Passed probes in a row that bring a down backend back (1..=100).
-        rise: u32 = 2,
+        rise: u32 = ProbeSettings::default().rise,
         /// Failed probes in a row that take a backend down (1..=100). A dead backend stops
         /// getting clients within fall × probe_interval + probe_timeout seconds.
-        fall: u32 = 3,
+        fall: u32 = ProbeSettings::default().fall,
         /// The "allocate-auth" probe's user.
         probe_username: String = String::new(),
         /// The "allocate-auth" probe user's password (or set `probe_rest_secret`).

@@ -48,9 +48,6 @@ impl Config {
             }
             on[at] = true;
         }
-        if t.ipv6_prefix > 128 {
-            return Err(invalid("turn_lb.ipv6_prefix", t.ipv6_prefix, "must be between 0 and 128"));
-        }
         if t.seed.len() > 256 {
             return Err(invalid("turn_lb.seed", "", "must be at most 256 bytes"));
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::StartError;
 use crate::config::{XdpMode, XdpPlan};
-use crate::limit::{Mode as LimitMode, Params};
+use crate::limit::{IPV4_LEVELS, IPV6_LEVELS, Mode as LimitMode, Params};
 use crate::xdp::{Fastpath, LimitSettings, Mode, XdpError, XdpView};
 
 /// The loaded program and where it is attached.
@@ -134,7 +134,7 @@ pub(super) fn limit_settings(params: &Params) -> LimitSettings {
         },
         window: Duration::from_secs_f64(params.burst_seconds),
         budget: [levels(params.ipv4_multipliers), levels(params.ipv6_multipliers)],
-        prefix_len: [[32, 24, 20, 18], [128, 64, 56, 48]],
+        prefix_len: [IPV4_LEVELS.map(u32::from), IPV6_LEVELS.map(u32::from)],
         listed: params.allow.iter().chain(&params.deny).map(|c| (c.addr(), c.prefix_len())).collect(),
     }
 }

@@ -416,14 +416,6 @@ impl Fastpath {
     /// Loads the object, verifies and loads both programs, and enables the fast path for
     /// `ports` (1 to [`MAX_PORTS`], none 0). Needs CAP_BPF (and CAP_NET_ADMIN to attach).
     pub fn load(ports: &[u16]) -> Result<Fastpath, XdpError> {
-        if ports.is_empty() || ports.len() > MAX_PORTS || ports.contains(&0) {
-            return Err(XdpError::new(Step::Ports, Some(libc::EINVAL)));
-        }
-        let mut config: ConfigValue = [0; 1 + MAX_PORTS];
-        config[0] = 1;
-        for (slot, &port) in config[1..].iter_mut().zip(ports) {
-            *slot = u32::from(port);
-        }
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| XdpError::from_chain(Step::Open, &e))?;
         for program in [Program::Stun, Program::Pass] {
             let xdp = xdp_mut(&mut ebpf, program)?;
@@ -436,8 +428,10 @@ impl Fastpath {
         }
         let map = ebpf.take_map(CONFIG_MAP).ok_or(XdpError::new(Step::Config, None))?;
         let config_map = Array::try_from(map).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
+        let mut config: ConfigValue = [0; 1 + MAX_PORTS];
+        config[0] = 1;
         let mut fastpath = Fastpath { ebpf, config_map, config, links: Vec::new() };
-        fastpath.write_config()?;
+        fastpath.set_ports(ports)?;
         Ok(fastpath)
     }
 
