@@ -241,6 +241,42 @@ static const __u32 crc32_table[256] = {
 		(out) = ~c_;                                                                \
 	} while (0)
 
+// The rest of a request's UDP checksum check: `sum` holds the pseudo-header; adds the datagram
+// at `udp` (with the FINGERPRINT attribute when `fp`). 0 when it verifies, else the reason.
+static __always_inline int request_checksum(__u64 sum, const void *udp, int fp, void *data_end)
+{
+	if (fp) {
+		if (udp + REQ_UDP_LEN + FP_LEN > data_end)
+			return R_TOO_SHORT;
+		SUM(sum, udp, REQ_UDP_LEN + FP_LEN);
+	} else {
+		SUM(sum, udp, REQ_UDP_LEN);
+	}
+	return fold(sum) == 0xFFFF ? 0 : R_BAD_CHECKSUM;
+}
+
+// The end of an answer whose XOR-MAPPED-ADDRESS is `xma_len` bytes (a constant: IPv4's or
+// IPv6's): FINGERPRINT when `fp` (RFC 8489 §7.3.1), then the UDP datagram added to `sum` (which
+// holds the pseudo-header). Non-zero when the FINGERPRINT would not fit (cannot happen).
+static __always_inline int answer_tail(__u64 *sum, struct stun_hdr *stun, void *udp, const int xma_len, int fp,
+				       void *data_end)
+{
+	if (fp) {
+		__u8 *tail = (__u8 *)(stun + 1) + xma_len;
+		if ((void *)(tail + FP_LEN) > data_end)
+			return 1;
+		__u32 crc;
+		CRC32(crc, stun, STUN_HEADER + xma_len);
+		*(__be16 *)(tail + 0) = bpf_htons(STUN_ATTR_FINGERPRINT);
+		*(__be16 *)(tail + 2) = bpf_htons(4);
+		*(__be32 *)(tail + 4) = bpf_htonl(crc ^ FINGERPRINT_XOR);
+		SUM(*sum, udp, REQ_UDP_LEN + xma_len + FP_LEN);
+	} else {
+		SUM(*sum, udp, REQ_UDP_LEN + xma_len);
+	}
+	return 0;
+}
+
 // The limiter's verdict for `source` of `family` (0 IPv4, 1 IPv6) as a reason: R_ANSWERED to
 // answer, R_LIMITED or R_LISTED to pass to the workers.
 static __always_inline int limit_reason(int family, const __u32 source[4])
@@ -340,15 +376,9 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 		// Pseudo-header (RFC 768): addresses, protocol, UDP length; then the datagram.
 		sum = bpf_htons(IPPROTO_UDP) + udp->len;
 		SUM(sum, &ip->saddr, 8);
-		if (fp) {
-			if ((void *)udp + REQ_UDP_LEN + FP_LEN > data_end)
-				return R_TOO_SHORT;
-			SUM(sum, udp, REQ_UDP_LEN + FP_LEN);
-		} else {
-			SUM(sum, udp, REQ_UDP_LEN);
-		}
-		if (fold(sum) != 0xFFFF)
-			return R_BAD_CHECKSUM;
+		int bad = request_checksum(sum, udp, fp, data_end);
+		if (bad)
+			return bad;
 	}
 
 	// The reflection defence (limit.bpf.h): over budget or listed, the workers decide.
@@ -402,19 +432,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 	ip->check = ~fold(sum);
 	sum = bpf_htons(IPPROTO_UDP) + udp->len;
 	SUM(sum, &ip->saddr, 8);
-	if (fp) {
-		__u8 *tail = attr + XMA4_LEN;
-		if ((void *)(tail + FP_LEN) > data_end)
-			return R_ABORT;
-		__u32 crc;
-		CRC32(crc, stun, STUN_HEADER + XMA4_LEN);
-		*(__be16 *)(tail + 0) = bpf_htons(STUN_ATTR_FINGERPRINT);
-		*(__be16 *)(tail + 2) = bpf_htons(4);
-		*(__be32 *)(tail + 4) = bpf_htonl(crc ^ FINGERPRINT_XOR);
-		SUM(sum, udp, REQ_UDP_LEN + XMA4_LEN + FP_LEN);
-	} else {
-		SUM(sum, udp, REQ_UDP_LEN + XMA4_LEN);
-	}
+	if (answer_tail(&sum, stun, udp, XMA4_LEN, fp, data_end))
+		return R_ABORT; // cannot happen: the tail was grown for it
 	__u16 check = ~fold(sum);
 	udp->check = check ? check : 0xFFFF; // RFC 768: a computed 0 is sent as all ones
 	return R_ANSWERED;
@@ -469,15 +488,9 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 		return R_ZERO_CHECKSUM;
 	__u64 sum = bpf_htons(IPPROTO_UDP) + udp->len;
 	SUM(sum, &ip6->saddr, 32);
-	if (fp) {
-		if ((void *)udp + REQ_UDP_LEN + FP_LEN > data_end)
-			return R_TOO_SHORT;
-		SUM(sum, udp, REQ_UDP_LEN + FP_LEN);
-	} else {
-		SUM(sum, udp, REQ_UDP_LEN);
-	}
-	if (fold(sum) != 0xFFFF)
-		return R_BAD_CHECKSUM;
+	int bad = request_checksum(sum, udp, fp, data_end);
+	if (bad)
+		return bad;
 
 	__u32 source[4] = { s[0], s[1], s[2], s[3] };
 	int limited = limit_reason(1, source);
@@ -525,19 +538,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 
 	sum = bpf_htons(IPPROTO_UDP) + udp->len;
 	SUM(sum, &ip6->saddr, 32);
-	if (fp) {
-		__u8 *tail = attr + XMA6_LEN;
-		if ((void *)(tail + FP_LEN) > data_end)
-			return R_ABORT;
-		__u32 crc;
-		CRC32(crc, stun, STUN_HEADER + XMA6_LEN);
-		*(__be16 *)(tail + 0) = bpf_htons(STUN_ATTR_FINGERPRINT);
-		*(__be16 *)(tail + 2) = bpf_htons(4);
-		*(__be32 *)(tail + 4) = bpf_htonl(crc ^ FINGERPRINT_XOR);
-		SUM(sum, udp, REQ_UDP_LEN + XMA6_LEN + FP_LEN);
-	} else {
-		SUM(sum, udp, REQ_UDP_LEN + XMA6_LEN);
-	}
+	if (answer_tail(&sum, stun, udp, XMA6_LEN, fp, data_end))
+		return R_ABORT; // cannot happen: the tail was grown for it
 	__u16 check = ~fold(sum);
 	udp->check = check ? check : 0xFFFF;
 	return R_ANSWERED;
