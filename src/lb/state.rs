@@ -6,9 +6,10 @@
 //! dead backend nor resets its counters.
 //!
 //! The redirect counters are shared atomics, not per-worker counters (DESIGN invariant 8 keeps
-//! per-worker counters for the packet path): an Allocate is rare next to a Binding (one per
-//! call per ICE component against hundreds of Binding requests), each backend's counter has a
-//! cache line of its own, and the Binding path never touches them.
+//! per-worker counters for the packet path): a client sends its first Allocate to the balancer
+//! once per TURN server when it gathers (what the browser lab saw of Chromium and libnice,
+//! docs/real-clients.md), each backend's counter has a cache line of its own, and the Binding
+//! path never touches them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};

@@ -232,6 +232,11 @@ fn all_answered(run: &Run, server: &str) {
     }
 }
 
+/// The `iceServers` list naming stunedge as the TURN server (the lab's relay's user u:p).
+fn turn_servers() -> String {
+    format!("[{{\"urls\": \"turn:{SERVER_V4}:3478\", \"username\": \"u\", \"credential\": \"p\"}}]")
+}
+
 /// Chromium behind `nat` gathers one srflx candidate: the NAT's mapping.
 fn chromium_behind(nat: &str) {
     let servers = format!("[{{\"urls\": \"stun:{SERVER_V4}:3478\"}}]");
@@ -307,7 +312,7 @@ fn libnice_gathers_the_mapping_with_a_classic_request() {
 
 #[test]
 fn chromium_and_libnice_follow_the_turn_redirect_to_a_relay() {
-    let servers = format!("[{{\"urls\": \"turn:{SERVER_V4}:3478\", \"username\": \"u\", \"credential\": \"p\"}}]");
+    let servers = turn_servers();
     let Some((run, candidates)) = chromium("port-restricted-cone", &["--turn"], false, &servers, "10") else {
         return;
     };
@@ -342,7 +347,7 @@ fn chromium_and_libnice_follow_the_turn_redirect_to_a_relay() {
 fn a_call_connects_through_the_relay_stunedge_chose_behind_a_symmetric_nat() {
     // Two peer connections in one page, relay candidates only: the data channel's packets go
     // through the coturn relay that stunedge's 300 named, behind the NAT that defeats srflx.
-    let servers = format!("[{{\"urls\": \"turn:{SERVER_V4}:3478\", \"username\": \"u\", \"credential\": \"p\"}}]");
+    let servers = turn_servers();
     let Some(run) = lab("symmetric", &["--turn"], false, "chromium-connect", &[&servers, "15"]) else { return };
     let json: Value = serde_json::from_str(run.out.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.out));
     assert_eq!(json["connected"], true, "{json}");

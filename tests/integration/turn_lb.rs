@@ -263,11 +263,10 @@ fn ask(from: &UdpSocket, server: SocketAddr, method: u16) -> Answer {
     panic!("{server} never answered {method:#x} from {}", from.local_addr().unwrap());
 }
 
+/// A transaction ID from std's per-process random hash keys (each RandomState is new keys).
 fn rand_tid() -> [u8; 12] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    let a = h.finish().to_be_bytes();
+    use std::hash::BuildHasher;
+    let a = std::collections::hash_map::RandomState::new().hash_one(0u8).to_be_bytes();
     let mut tid = [0u8; 12];
     tid[..8].copy_from_slice(&a);
     tid[8..].copy_from_slice(&a[..4]);
