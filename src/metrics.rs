@@ -1200,7 +1200,7 @@ mod tests {
                 "zero_checksum",
                 "bad_ip_checksum",
                 "bogon",
-                "tail_grow_failed",
+                "grow_failed",
                 "limited",
                 "listed",
                 "bad_fingerprint",

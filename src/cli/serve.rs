@@ -143,6 +143,7 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
         std::thread::sleep(Duration::from_millis(50));
         // The whole rate-limit table once a minute (1,200 turns of 50 ms).
         server.sweep_limit(1200);
+        server.tick_xdp();
         if server.any_worker_exited() && !stop.load(Ordering::Relaxed) {
             health.set_workers_running(false);
             tracing::error!("a worker thread ended unexpectedly; stopping");

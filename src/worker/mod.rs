@@ -372,6 +372,14 @@ impl Server {
         self.sweep_at.store(next, Ordering::Relaxed);
     }
 
+    /// Gives the XDP fast path's limiter the time ([`crate::xdp::Fastpath::set_clock`]): called
+    /// every 50 ms by the serve loop.
+    pub fn tick_xdp(&self) {
+        if let Some(state) = self.xdp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            state.tick(clock_ms());
+        }
+    }
+
     /// The XDP fast path's counters and attachments, `None` when it is not running.
     pub fn xdp_view(&self) -> Option<crate::xdp::XdpView> {
         self.xdp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(xdp::XdpState::view)

@@ -16,6 +16,8 @@ pub(super) struct XdpState {
     fastpath: Fastpath,
     /// (interface, the mode it runs in).
     attached: Vec<(String, Mode)>,
+    /// Whether the last clock update failed (logged once).
+    clock_failed: bool,
 }
 
 impl std::fmt::Debug for XdpState {
@@ -46,6 +48,7 @@ pub(super) fn start(plan: &XdpPlan, params: &Params) -> Result<Option<XdpState>,
     };
     let mut fastpath = match Fastpath::load(&plan.ports).and_then(|mut f| {
         f.set_limit(&limit_settings(params))?;
+        f.set_clock(super::clock_ms())?;
         Ok(f)
     }) {
         Ok(f) => f,
@@ -70,7 +73,7 @@ pub(super) fn start(plan: &XdpPlan, params: &Params) -> Result<Option<XdpState>,
     if attached.is_empty() {
         return Ok(None);
     }
-    Ok(Some(XdpState { fastpath, attached }))
+    Ok(Some(XdpState { fastpath, attached, clock_failed: false }))
 }
 
 impl XdpState {
@@ -88,6 +91,19 @@ impl XdpState {
         })();
         if let Err(e) = outcome {
             tracing::error!("{e}: the XDP fast path keeps its previous ports and budgets");
+        }
+    }
+
+    /// The limiter's clock, `ms` of [`super::clock_ms`]. A failure is logged once: the windows
+    /// then stop restarting, and sources over budget stay with the workers.
+    pub(super) fn tick(&mut self, ms: u64) {
+        match self.fastpath.set_clock(ms) {
+            Ok(()) => self.clock_failed = false,
+            Err(e) if !self.clock_failed => {
+                tracing::error!("{e}: the XDP fast path's rate-limit windows stop restarting");
+                self.clock_failed = true;
+            }
+            Err(_) => {}
         }
     }
 

@@ -37,6 +37,7 @@ type ConfigValue = [u32; 1 + MAX_PORTS];
 const CONFIG_MAP: &str = "stun_config";
 const LIMIT_CONFIG_MAP: &str = "limit_config";
 const LIMIT_LISTED_MAP: &str = "limit_listed";
+const LIMIT_CLOCK_MAP: &str = "limit_clock";
 
 /// The prefix levels the fast path's limiter counts per family (`LIMIT_LEVELS`).
 pub const LIMIT_LEVELS: usize = 4;
@@ -68,15 +69,21 @@ pub struct LimitSettings {
 struct LimitConfigValue {
     mode: u32,
     listed: u32,
-    window_ns: u64,
-    budget: [[u64; LIMIT_LEVELS]; 2],
-    prefix_len: [[u32; LIMIT_LEVELS]; 2],
+    window_ms: u32,
+    pad: u32,
+    seed: [u64; 5],
+    budget: [[u32; LIMIT_LEVELS]; 2],
+    mask: [[[u32; 4]; LIMIT_LEVELS]; 2],
 }
 
-// SAFETY: `LimitConfigValue` is `repr(C)`, made only of integers, and has no padding (4 + 4 + 8
-// + 64 + 32 bytes, every field at its natural alignment), so any bit pattern is a valid value
+// SAFETY: `LimitConfigValue` is `repr(C)`, made only of integers, and has no padding (4 × 4 + 40
+// + 32 + 128 bytes, every field at its natural alignment), so any bit pattern is a valid value
 // and its bytes are exactly the C struct the map holds.
 unsafe impl aya::Pod for LimitConfigValue {}
+
+/// The largest budget per window a slot counts to (its count is 32 bits; larger budgets are
+/// this, over two billion answers per window, far beyond any line rate).
+pub const LIMIT_BUDGET_MAX: u64 = 1 << 31;
 const COUNTER_MAP: &str = "stun_counters";
 
 /// A program of the object.
@@ -221,8 +228,9 @@ pub enum Reason {
     /// A source that cannot receive (port 0, 0/8, multicast, reserved; ::, ff00::/8), or a
     /// destination that is not one host: never answered from XDP.
     Bogon = 15,
-    /// `bpf_xdp_adjust_tail` could not grow the frame (too little tailroom): the workers answer.
-    TailGrowFailed = 16,
+    /// `bpf_xdp_adjust_head` could not grow the frame (or `bpf_xdp_adjust_tail` cut its
+    /// padding): the workers answer.
+    GrowFailed = 16,
     /// A prefix of the source is over its Binding budget ([`LimitSettings`]): the workers'
     /// limiter decides (drop, or leak the minimal answer).
     Limited = 17,
@@ -255,7 +263,7 @@ impl Reason {
         Reason::ZeroChecksum,
         Reason::BadIpChecksum,
         Reason::Bogon,
-        Reason::TailGrowFailed,
+        Reason::GrowFailed,
         Reason::Limited,
         Reason::Listed,
         Reason::BadFingerprint,
@@ -280,7 +288,7 @@ impl Reason {
             Reason::ZeroChecksum => "zero_checksum",
             Reason::BadIpChecksum => "bad_ip_checksum",
             Reason::Bogon => "bogon",
-            Reason::TailGrowFailed => "tail_grow_failed",
+            Reason::GrowFailed => "grow_failed",
             Reason::Limited => "limited",
             Reason::Listed => "listed",
             Reason::BadFingerprint => "bad_fingerprint",
@@ -409,6 +417,9 @@ pub struct Fastpath {
     config_map: Array<MapData, ConfigValue>,
     /// What it holds: `enabled`, then the ports.
     config: ConfigValue,
+    /// The limiter's hash keys: random per load, kept across [`Fastpath::set_limit`] so that a
+    /// reload keeps the counts where they are.
+    seed: [u64; 5],
     links: Vec<(Program, XdpLinkId)>,
 }
 
@@ -430,23 +441,32 @@ impl Fastpath {
         let config_map = Array::try_from(map).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
         let mut config: ConfigValue = [0; 1 + MAX_PORTS];
         config[0] = 1;
-        let mut fastpath = Fastpath { ebpf, config_map, config, links: Vec::new() };
+        // RandomState's keys are random per process and per instance: nobody outside can aim a
+        // collision between a victim's prefix and their own.
+        let keys = std::collections::hash_map::RandomState::new();
+        let seed = [0u8, 1, 2, 3, 4].map(|i| std::hash::BuildHasher::hash_one(&keys, i));
+        let mut fastpath = Fastpath { ebpf, config_map, config, seed, links: Vec::new() };
         fastpath.set_ports(ports)?;
         Ok(fastpath)
     }
 
     /// Sets the fast path's rate limit (from `[limit]`; see [`LimitSettings`]): replaces the
-    /// budgets and the listed prefixes. Counts already in the table are kept.
+    /// budgets and the listed prefixes. Counts already in the table are kept. Budgets above
+    /// [`LIMIT_BUDGET_MAX`] count as that; the window is counted in whole milliseconds (at
+    /// least one, at most 2^31).
     pub fn set_limit(&mut self, limit: &LimitSettings) -> Result<(), XdpError> {
         if limit.listed.len() > LIMIT_LISTED_MAX {
             return Err(XdpError::new(Step::Config, Some(libc::E2BIG)));
         }
+        let budget = limit.budget.map(|levels| levels.map(|b| b.min(LIMIT_BUDGET_MAX) as u32));
         let value = LimitConfigValue {
             mode: limit.mode,
             listed: u32::try_from(limit.listed.len()).unwrap_or(u32::MAX),
-            window_ns: u64::try_from(limit.window.as_nanos()).unwrap_or(u64::MAX),
-            budget: limit.budget,
-            prefix_len: limit.prefix_len,
+            window_ms: limit.window.as_millis().clamp(1, 1 << 31) as u32,
+            pad: 0,
+            seed: self.seed,
+            budget,
+            mask: limit.prefix_len.map(|levels| levels.map(prefix_mask)),
         };
         let map = self.ebpf.map_mut(LIMIT_CONFIG_MAP).ok_or(XdpError::new(Step::Config, None))?;
         let mut config: Array<&mut MapData, LimitConfigValue> =
@@ -468,6 +488,16 @@ impl Fastpath {
             listed.insert(&Key::new(len, bytes), 1, 0).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
         }
         Ok(())
+    }
+
+    /// Sets the limiter's clock (`limit.bpf.h`: the program reads no clock of its own) to
+    /// `ms` milliseconds of a monotonic clock; only differences count, modulo 2^32. stunedge's
+    /// serve loop sets it every 50 ms; while it is not set, windows do not restart.
+    pub fn set_clock(&mut self, ms: u64) -> Result<(), XdpError> {
+        let map = self.ebpf.map_mut(LIMIT_CLOCK_MAP).ok_or(XdpError::new(Step::Config, None))?;
+        let mut clock: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
+        clock.set(0, ms as u32, 0).map_err(|e| XdpError::from_chain(Step::Config, &e))
     }
 
     /// Answers on `ports` from now on (1 to [`MAX_PORTS`], none 0), keeping `enabled`.
@@ -593,9 +623,37 @@ impl Drop for Fastpath {
     }
 }
 
+/// The mask of a `len`-bit prefix as four network-order words, as the program applies it to an
+/// address (IPv4: the first word); lengths over 128 are 128.
+fn prefix_mask(len: u32) -> [u32; 4] {
+    let bits = u128::MAX.checked_shl(128 - len.min(128)).unwrap_or(0);
+    let bytes = bits.to_be_bytes();
+    std::array::from_fn(|i| u32::from_ne_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]))
+}
+
 fn xdp_mut(ebpf: &mut Ebpf, program: Program) -> Result<&mut Xdp, XdpError> {
     ebpf.program_mut(program.name())
         .ok_or(XdpError::new(Step::Open, None))?
         .try_into()
         .map_err(|e| XdpError::from_chain(Step::Open, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_mask;
+
+    /// The masks as bytes in memory, as the program ANDs them with an address in the packet.
+    fn bytes(len: u32) -> Vec<u8> {
+        prefix_mask(len).iter().flat_map(|w| w.to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn prefix_masks_cover_the_leading_bits_in_network_order() {
+        assert_eq!(bytes(0), [0; 16]);
+        assert_eq!(bytes(18), [0xff, 0xff, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes(32), [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes(56), [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes(128), [0xff; 16]);
+        assert_eq!(bytes(200), [0xff; 16]);
+    }
 }

@@ -16,8 +16,9 @@
 //   destination; a valid UDP checksum (IPv4: 0 means none and is accepted; IPv6: 0 is invalid,
 //   RFC 8200 §8.1, and passed so that the kernel drops it).
 //
-// Reply, in place: MACs, addresses and ports swapped; IPv4 TTL / IPv6 hop limit 64; IPv4 ID 0,
-// DF set, TOS 0 (IPv6 traffic class and flow label 0); STUN type 0x0101, length 12 (IPv4) or
+// Reply, written afresh after the frame grows at the front (into the headroom XDP guarantees:
+// bpf_xdp_adjust_head): MACs, addresses and ports swapped; IPv4 TTL / IPv6 hop limit 64;
+// IPv4 ID 0, DF set, TOS 0 (IPv6 traffic class and flow label 0); STUN type 0x0101, length 12 (IPv4) or
 // 24 (IPv6), the same cookie and transaction ID, then XOR-MAPPED-ADDRESS (RFC 8489 §14.2) of
 // the request's source: the bytes stunedge's socket path sends for this request under the
 // default configuration (no SOFTWARE, no RESPONSE-ORIGIN). Both checksums are recomputed in
@@ -34,7 +35,8 @@
 //
 // Verifier notes: every packet access is preceded by a `ptr + size > data_end` check (an `==`
 // comparison is not a bounds check); there is no loop with a variable bound; after
-// bpf_xdp_adjust_tail every pointer is re-derived and re-checked.
+// bpf_xdp_adjust_head (and _tail) every pointer is re-derived and re-checked, and what the
+// reply needs from the request is read into locals before.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -73,7 +75,7 @@ enum reason {
 	R_ZERO_CHECKSUM = 13,
 	R_BAD_IP_CHECKSUM = 14,
 	R_BOGON = 15,
-	R_TAIL_GROW_FAILED = 16,
+	R_GROW_FAILED = 16,
 	R_LIMITED = 17,
 	R_LISTED = 18,
 	R_BAD_FINGERPRINT = 19,
@@ -171,13 +173,41 @@ static __always_inline int port_wanted(const struct config *cfg, __u16 port)
 	return 0;
 }
 
-static __always_inline void swap_mac(struct ethhdr *eth)
+// The reply's Ethernet header: back to where the request came from.
+static __always_inline void reply_eth(struct ethhdr *eth, const struct ethhdr *request, __u16 proto)
 {
-	__u8 tmp[ETH_ALEN];
+	__builtin_memcpy(eth->h_dest, request->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, request->h_dest, ETH_ALEN);
+	eth->h_proto = bpf_htons(proto);
+}
 
-	__builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+// Makes the frame exactly `want` bytes long from a request whose headers announce `have`
+// (the rest of the frame, if any, is link-layer padding): the reply grows at the front, into
+// the headroom XDP guarantees every driver (XDP_PACKET_HEADROOM, 256 bytes), because tailroom
+// is what a veth frame from a local socket lacks in native mode (research notes, xdp.md §3);
+// the padding is cut from the tail. The caller then writes the whole reply afresh. Non-zero
+// when a helper refused.
+static __always_inline int resize(struct xdp_md *ctx, int want, int have)
+{
+	int padding = (int)(ctx->data_end - ctx->data) - have;
+	if (bpf_xdp_adjust_head(ctx, have - want))
+		return 1;
+	return padding > 0 ? bpf_xdp_adjust_tail(ctx, -padding) : 0;
+}
+
+// The reply's UDP header (checksum 0 until the caller sums the datagram) and STUN header: a
+// Binding success response with `stun_len` bytes of attributes and the request's transaction ID.
+static __always_inline void reply_udp_stun(struct udphdr *udp, struct stun_hdr *stun, __be16 server_port,
+					   __be16 client_port, int stun_len, const __u32 tid[3])
+{
+	udp->source = server_port;
+	udp->dest = client_port;
+	udp->len = bpf_htons(REQ_UDP_LEN + stun_len);
+	udp->check = 0;
+	stun->type = bpf_htons(STUN_BINDING_SUCCESS);
+	stun->len = bpf_htons(stun_len);
+	stun->cookie = bpf_htonl(STUN_MAGIC_COOKIE);
+	__builtin_memcpy(stun->tid, tid, 12);
 }
 
 // The STUN checks shared by both families: `udp_len` is the UDP length field (host order),
@@ -281,7 +311,7 @@ static __always_inline int answer_tail(__u64 *sum, struct stun_hdr *stun, void *
 // answer, R_LIMITED or R_LISTED to pass to the workers.
 static __always_inline int limit_reason(int family, const __u32 source[4])
 {
-	switch (limit_admit(family, source, bpf_ktime_get_ns())) {
+	switch (limit_admit(family, source)) {
 	case LIMIT_OVER:
 		return R_LIMITED;
 	case LIMIT_LISTED:
@@ -387,11 +417,19 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 	if (limited != R_ANSWERED)
 		return limited;
 
-	// Grow to exactly the reply (a padded frame may shrink).
+	// What the reply needs from the request, read before the frame moves.
+	struct ethhdr mac = *eth;
+	__be32 client = ip->saddr;
+	__be32 server = ip->daddr;
+	__be16 client_port = udp->source;
+	__be16 server_port = udp->dest;
+	__u32 tid[3];
+	__builtin_memcpy(tid, stun->tid, sizeof(tid));
+
 	int extra = fp ? FP_LEN : 0;
 	int want = sizeof(*eth) + sizeof(*ip) + REQ_UDP_LEN + XMA4_LEN + extra;
-	if (bpf_xdp_adjust_tail(ctx, want - (int)(data_end - data)))
-		return R_TAIL_GROW_FAILED;
+	if (resize(ctx, want, sizeof(*eth) + tot_len))
+		return R_GROW_FAILED;
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
@@ -403,23 +441,17 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 	stun = (void *)(udp + 1);
 	__u8 *attr = (void *)(stun + 1);
 
-	swap_mac(eth);
-	__be32 client = ip->saddr;
-	__be16 client_port = udp->source;
-	ip->saddr = ip->daddr;
-	ip->daddr = client;
-	ip->tos = 0;
+	reply_eth(eth, &mac, ETH_P_IP);
+	*(__be16 *)ip = bpf_htons(0x4500); // version 4, IHL 5, TOS 0
 	ip->tot_len = bpf_htons(want - sizeof(*eth));
 	ip->id = 0;
 	ip->frag_off = bpf_htons(0x4000); // DF
 	ip->ttl = REPLY_TTL;
+	ip->protocol = IPPROTO_UDP;
 	ip->check = 0;
-	udp->source = udp->dest;
-	udp->dest = client_port;
-	udp->len = bpf_htons(REQ_UDP_LEN + XMA4_LEN + extra);
-	udp->check = 0;
-	stun->type = bpf_htons(STUN_BINDING_SUCCESS);
-	stun->len = bpf_htons(XMA4_LEN + extra);
+	ip->saddr = server;
+	ip->daddr = client;
+	reply_udp_stun(udp, stun, server_port, client_port, XMA4_LEN + extra, tid);
 	// XOR-MAPPED-ADDRESS: type, length 8, reserved 0, family 1, port ^ 0x2112, address ^ cookie.
 	*(__be16 *)(attr + 0) = bpf_htons(STUN_ATTR_XOR_MAPPED_ADDRESS);
 	*(__be16 *)(attr + 2) = bpf_htons(XMA4_LEN - 4);
@@ -497,10 +529,19 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 	if (limited != R_ANSWERED)
 		return limited;
 
+	// What the reply needs from the request, read before the frame moves.
+	struct ethhdr mac = *eth;
+	struct in6_addr client = ip6->saddr;
+	struct in6_addr server = ip6->daddr;
+	__be16 client_port = udp->source;
+	__be16 server_port = udp->dest;
+	__u32 tid[3];
+	__builtin_memcpy(tid, stun->tid, sizeof(tid));
+
 	int extra = fp ? FP_LEN : 0;
 	int want = sizeof(*eth) + sizeof(*ip6) + REQ_UDP_LEN + XMA6_LEN + extra;
-	if (bpf_xdp_adjust_tail(ctx, want - (int)(data_end - data)))
-		return R_TAIL_GROW_FAILED;
+	if (resize(ctx, want, sizeof(*eth) + sizeof(*ip6) + udp_len))
+		return R_GROW_FAILED;
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
@@ -512,20 +553,14 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 	stun = (void *)(udp + 1);
 	__u8 *attr = (void *)(stun + 1);
 
-	swap_mac(eth);
-	struct in6_addr client = ip6->saddr;
-	__be16 client_port = udp->source;
-	ip6->saddr = ip6->daddr;
-	ip6->daddr = client;
+	reply_eth(eth, &mac, ETH_P_IPV6);
 	*(__be32 *)ip6 = bpf_htonl(0x60000000); // version 6, traffic class 0, flow label 0
 	ip6->payload_len = bpf_htons(REQ_UDP_LEN + XMA6_LEN + extra);
+	ip6->nexthdr = IPPROTO_UDP;
 	ip6->hop_limit = REPLY_TTL;
-	udp->source = udp->dest;
-	udp->dest = client_port;
-	udp->len = bpf_htons(REQ_UDP_LEN + XMA6_LEN + extra);
-	udp->check = 0;
-	stun->type = bpf_htons(STUN_BINDING_SUCCESS);
-	stun->len = bpf_htons(XMA6_LEN + extra);
+	ip6->saddr = server;
+	ip6->daddr = client;
+	reply_udp_stun(udp, stun, server_port, client_port, XMA6_LEN + extra, tid);
 	// XOR-MAPPED-ADDRESS: type, length 20, reserved 0, family 2, port ^ 0x2112, address ^
 	// (cookie || transaction ID).
 	*(__be16 *)(attr + 0) = bpf_htons(STUN_ATTR_XOR_MAPPED_ADDRESS);
@@ -534,7 +569,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 	*(__be16 *)(attr + 6) = client_port ^ bpf_htons(STUN_MAGIC_COOKIE >> 16);
 	*(__be32 *)(attr + 8) = client.in6_u.u6_addr32[0] ^ bpf_htonl(STUN_MAGIC_COOKIE);
 	_Pragma("unroll") for (int i = 0; i < 3; i++)
-		*(__u32 *)(attr + 12 + 4 * i) = client.in6_u.u6_addr32[i + 1] ^ *(__u32 *)(stun->tid + 4 * i);
+		*(__u32 *)(attr + 12 + 4 * i) = client.in6_u.u6_addr32[i + 1] ^ tid[i];
 
 	sum = bpf_htons(IPPROTO_UDP) + udp->len;
 	SUM(sum, &ip6->saddr, 32);
