@@ -14,6 +14,12 @@
 #                      --limit mode=off; strings are quoted for TOML, numbers/arrays/bools not
 #   --workers N        server workers, 1 or 2 (io.cpus = [0] or [0, 1]; default 1)
 #   --seconds S        length of each flood step (default per scenario)
+#   --xdp              the XDP fast path on the namespace's lo (generic mode): XDP answers
+#                      plain Binding requests within its budgets and passes the rest to the
+#                      workers. Its answers bypass OUTPUT and its requests never reach INPUT,
+#                      so the counters move: requests are counted as sent (OUTPUT, before lo),
+#                      answers as they come back in (PREROUTING), for both paths alike; the
+#                      step's metrics include stunedge_xdp_packets_total.
 #
 # Scenarios (each about a minute or less with the defaults):
 #   plateau [--rates 10000,100000,0] [--modes enforce,off]
@@ -71,12 +77,14 @@ bin_dir=$here/target/release
 workers=1
 seconds=""
 limits=()
+xdp=false
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --bin-dir) bin_dir=$2; shift 2 ;;
     --limit) limits+=("$2"); shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
+    --xdp) xdp=true; shift ;;
     -h|--help) awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) break ;;
   esac
@@ -149,6 +157,26 @@ random_prefix=10.128.0.0/9
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 ip -n "$ns" route add local 10.0.0.0/8 dev lo
+# Where answers (out_*) and requests (in_*) are counted: OUTPUT and INPUT, or with XDP (whose
+# answers skip OUTPUT and whose requests never reach INPUT) PREROUTING and OUTPUT: the answers
+# of both paths come back in through lo, the requests leave the flood's raw socket through OUTPUT.
+answers_hook=output requests_hook=input
+if $xdp; then answers_hook=prerouting requests_hook=output; fi
+answer_rules="
+    ip saddr 10.99.0.1 udp sport 3478 counter name out_all
+    ip saddr 10.99.0.1 udp sport 3478 ip daddr $victim counter name out_victim
+    ip saddr 10.99.0.1 udp sport 3478 ip daddr $inside_prefix counter name out_inside
+    ip saddr 10.99.0.1 udp sport 3478 ip daddr $outside_prefix counter name out_outside
+    ip saddr 10.99.0.1 udp sport 3478 ip daddr $cgnat_ip counter name out_cgnat
+    ip saddr 10.99.0.1 udp sport 3478 ip daddr $random_prefix counter name out_random"
+request_rules="
+    ip daddr 10.99.0.1 udp dport 3478 counter name in_all
+    ip daddr 10.99.0.1 udp dport 3478 ip saddr $victim counter name in_victim
+    ip daddr 10.99.0.1 udp dport 3478 ip saddr $random_prefix counter name in_random"
+rules_for() { # rules_for HOOK: the counting rules that belong in HOOK's chain
+  if [[ $1 == "$answers_hook" ]]; then echo "$answer_rules"; fi
+  if [[ $1 == "$requests_hook" ]]; then echo "$request_rules"; fi
+}
 ip netns exec "$ns" nft -f - <<EOF
 table ip reflab {
   counter out_all {}
@@ -161,22 +189,13 @@ table ip reflab {
   counter in_victim {}
   counter in_random {}
   chain output {
-    type filter hook output priority filter; policy accept;
-    ip saddr 10.99.0.1 udp sport 3478 counter name out_all
-    ip saddr 10.99.0.1 udp sport 3478 ip daddr $victim counter name out_victim
-    ip saddr 10.99.0.1 udp sport 3478 ip daddr $inside_prefix counter name out_inside
-    ip saddr 10.99.0.1 udp sport 3478 ip daddr $outside_prefix counter name out_outside
-    ip saddr 10.99.0.1 udp sport 3478 ip daddr $cgnat_ip counter name out_cgnat
-    ip saddr 10.99.0.1 udp sport 3478 ip daddr $random_prefix counter name out_random
+    type filter hook output priority filter; policy accept;$(rules_for output)
   }
   chain input {
-    type filter hook input priority filter; policy accept;
-    ip daddr 10.99.0.1 udp dport 3478 counter name in_all
-    ip daddr 10.99.0.1 udp dport 3478 ip saddr $victim counter name in_victim
-    ip daddr 10.99.0.1 udp dport 3478 ip saddr $random_prefix counter name in_random
+    type filter hook input priority filter; policy accept;$(rules_for input)
   }
   chain prerouting {
-    type filter hook prerouting priority raw; policy accept;
+    type filter hook prerouting priority raw; policy accept;$(rules_for prerouting)
     ip saddr 10.99.0.1 udp sport 3478 ip daddr $random_prefix drop
     ip saddr 10.99.0.1 udp sport 3478 ip daddr $victim ip daddr != $inside_prefix drop
   }
@@ -223,6 +242,7 @@ server_start() {
     printf '[server]\nlisten = ["%s"]\n[io]\ncpus = %s\n[admin]\nlisten = "%s"\n[log]\nlevel = "warn"\n' \
       "$server" "$cpus" "$admin"
     if $limit_supported; then limit_toml "$1"; fi
+    if $xdp; then printf '[xdp]\ninterfaces = ["lo"]\nmode = "generic"\n'; fi
   } >"$work/stunedge.toml"
   ip netns exec "$ns" "$bin" serve -c "$work/stunedge.toml" 2>>"$work/server.log" &
   server_pid=$!
@@ -294,7 +314,7 @@ for item in json.load(open(os.path.join(work, "nft.json")))["nftables"]:
 step["nft"] = nft
 # The server's counters, summed over workers (the `worker` label dropped).
 wanted = re.compile(r"^stunedge_(limit_\w+|dropped_total|received_\w+_total|sent_\w+_total|"
-                    r"responses_total|kernel_receive_drops_total|send_errors_total)")
+                    r"responses_total|kernel_receive_drops_total|send_errors_total|xdp_\w+)")
 metrics = {}
 for line in open(os.path.join(work, "metrics.txt")):
     if line.startswith("#") or not wanted.match(line):
@@ -401,15 +421,16 @@ case "$scenario" in
     ;;
 esac
 
-python3 - "$scenario" "$limit_supported" "$(uname -r)" "${steps[@]}" -- "${limits[@]}" <<'PY'
+python3 - "$scenario" "$limit_supported" "$xdp" "$(uname -r)" "${steps[@]}" -- "${limits[@]}" <<'PY'
 import json, sys
 args = sys.argv[1:]
 split = args.index("--")
-scenario, supported, kernel, *files = args[:split]
+scenario, supported, xdp, kernel, *files = args[:split]
 limits = args[split + 1:]
 print(json.dumps({
     "scenario": scenario,
     "limit_supported": supported == "true",
+    "xdp": xdp == "true",
     "limit": dict(kv.split("=", 1) for kv in limits),
     "kernel": kernel,
     "steps": [json.load(open(f)) for f in files],

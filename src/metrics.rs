@@ -1190,7 +1190,7 @@ mod tests {
                 "not_udp",
                 "fragment",
                 "ip_options",
-                "port",
+                "destination",
                 "too_short",
                 "not_stun",
                 "not_binding_request",

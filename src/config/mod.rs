@@ -99,7 +99,7 @@ pub struct Settings {
     pub metrics_token: Option<crate::auth::bearer::MetricsToken>,
     /// How long to drain after SIGTERM.
     pub drain: std::time::Duration,
-    /// The XDP fast path: where and how to attach, and the ports it may answer.
+    /// The XDP fast path: where and how to attach, and the listen addresses it may answer.
     pub xdp: XdpPlan,
     /// Things worth a warning that are not errors (world-readable secrets, a random nonce
     /// secret), logged once logging is up.
@@ -113,9 +113,10 @@ pub struct XdpPlan {
     pub interfaces: Vec<String>,
     /// How to attach.
     pub mode: Option<XdpMode>,
-    /// The UDP ports whose every listener answers the plain Binding request with the bare
-    /// success: the only ports the program may answer (sorted, without duplicates).
-    pub ports: Vec<u16>,
+    /// The listen addresses on the UDP ports whose every listener answers the plain Binding
+    /// request with the bare success: the only destinations the program may answer (in
+    /// `server.listen` order, without duplicates).
+    pub listen: Vec<SocketAddr>,
 }
 
 /// One RFC 5780 group as configured: a primary listen address and its alternate IP and port.

@@ -413,9 +413,9 @@ section! {
     /// The XDP fast path: a BPF program on each listed interface answers the plain Binding
     /// request (no attributes, with the magic cookie: what browsers send) in the network
     /// driver's receive hook, with the same bytes the workers would send, before the kernel's
-    /// UDP stack; everything else goes on to the workers untouched. Only ports whose listeners
-    /// answer that request with the bare success are fast-pathed (no SOFTWARE, no
-    /// RESPONSE-ORIGIN, no required credentials, no RFC 5780 mode). Off by default; needs
+    /// UDP stack; everything else goes on to the workers untouched. Only the listen addresses
+    /// of ports whose listeners all answer that request with the bare success are fast-pathed
+    /// (no SOFTWARE, no RESPONSE-ORIGIN, no required credentials, no RFC 5780 mode). Off by default; needs
     /// CAP_BPF and CAP_NET_ADMIN. Restart to change.
     Xdp "xdp" {
         /// Interfaces to attach to, e.g. `["eth0"]`; empty: no XDP (the default).

@@ -1,6 +1,7 @@
-//! The `[xdp]` section: interface names, the attach mode, and which listen ports the fast path
-//! may answer. The program answers only the plain Binding request, with the bare success, so a
-//! port is fast-pathed only when every listener on it would send exactly those bytes: no
+//! The `[xdp]` section: interface names, the attach mode, and which listen addresses the fast
+//! path may answer. The program answers only the plain Binding request, with the bare success, so
+//! a port's listen addresses are fast-pathed only when every listener on it would send exactly
+//! those bytes: no
 //! SOFTWARE, no RESPONSE-ORIGIN, no required credentials, no RFC 5780 mode (a listener with
 //! optional credentials answers an unauthenticated request plainly, and so qualifies).
 
@@ -48,37 +49,37 @@ impl Config {
                 && h.rfc5780.is_none()
         };
         let rfc5780_ports: Vec<u16> = rfc5780.iter().map(|p| listen[p.primary].port()).collect();
-        let mut ports: Vec<u16> = listen
-            .iter()
-            .map(SocketAddr::port)
-            .filter(|&port| {
-                // Port 0 (a free port picked at start, tests) cannot be matched by the program.
-                port != 0
-                    && !rfc5780_ports.contains(&port)
-                    && listen.iter().zip(handlers).filter(|(l, _)| l.port() == port).all(|(_, h)| plain(h))
-            })
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        if ports.len() > crate::xdp::MAX_PORTS {
+        let port_plain = |port: u16| {
+            // Port 0 (a free port picked at start, tests) cannot be matched by the program.
+            port != 0
+                && !rfc5780_ports.contains(&port)
+                && listen.iter().zip(handlers).filter(|(l, _)| l.port() == port).all(|(_, h)| plain(h))
+        };
+        let mut fast: Vec<SocketAddr> = Vec::new();
+        for addr in listen.iter().filter(|a| port_plain(a.port())) {
+            if !fast.contains(addr) {
+                fast.push(*addr);
+            }
+        }
+        if fast.len() > crate::xdp::MAX_LISTEN {
             return Err(invalid(
                 "xdp.interfaces",
                 format!("{:?}", x.interfaces),
                 format!(
-                    "the fast path answers on at most {} ports, and {} listen ports qualify",
-                    crate::xdp::MAX_PORTS,
-                    ports.len()
+                    "the fast path answers on at most {} listen addresses, and {} qualify",
+                    crate::xdp::MAX_LISTEN,
+                    fast.len()
                 ),
             ));
         }
-        if ports.is_empty() {
+        if fast.is_empty() {
             warnings.push(
                 "xdp.interfaces is set but no listen port answers plainly (SOFTWARE, RESPONSE-ORIGIN, required \
                  credentials or RFC 5780 mode on every one): the XDP program will answer nothing"
                     .into(),
             );
         }
-        Ok(XdpPlan { interfaces: x.interfaces.clone(), mode: Some(x.mode), ports })
+        Ok(XdpPlan { interfaces: x.interfaces.clone(), mode: Some(x.mode), listen: fast })
     }
 }
 
@@ -90,7 +91,7 @@ mod tests {
     #[test]
     fn off_by_default() {
         let s = check("[server]\nlisten = [\"192.0.2.1:3478\"]\n").unwrap();
-        assert!(s.xdp.interfaces.is_empty() && s.xdp.ports.is_empty() && s.xdp.mode.is_none());
+        assert!(s.xdp.interfaces.is_empty() && s.xdp.listen.is_empty() && s.xdp.mode.is_none());
     }
 
     #[test]
@@ -104,11 +105,12 @@ mod tests {
         .unwrap();
         assert_eq!(s.xdp.interfaces, ["eth0", "eth1"]);
         assert_eq!(s.xdp.mode, Some(XdpMode::Generic));
-        assert_eq!(s.xdp.ports, [3478, 3480], "3479 requires credentials");
+        let fast: Vec<String> = s.xdp.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(fast, ["192.0.2.1:3478", "[2001:db8::1]:3478", "192.0.2.1:3480"], "3479 requires credentials");
         let software =
             check("[server]\nlisten = [\"192.0.2.1:3478\"]\nsoftware = \"x\"\n[xdp]\ninterfaces = [\"eth0\"]\n")
                 .unwrap();
-        assert!(software.xdp.ports.is_empty());
+        assert!(software.xdp.listen.is_empty());
         assert!(
             software.warnings.iter().any(|w| w.contains("the XDP program will answer nothing")),
             "{:?}",
@@ -118,7 +120,21 @@ mod tests {
             "[server]\nlisten = [\"192.0.2.1:3478\"]\n[rfc5780]\nalternate_ips = [\"192.0.2.2\"]\n[xdp]\ninterfaces = [\"eth0\"]\n",
         )
         .unwrap();
-        assert!(rfc5780.xdp.ports.is_empty());
+        assert!(rfc5780.xdp.listen.is_empty());
+    }
+
+    #[test]
+    fn a_port_with_one_listener_that_is_not_plain_is_not_fast_pathed_on_any_address() {
+        // The kernel gives 192.0.2.1:3478's requests to that socket, not the wildcard's: XDP
+        // must leave the whole port alone, or it would answer what needs credentials.
+        let s = check(
+            "[server]\nlisten = [\"0.0.0.0:3478\", \"192.0.2.1:3478\", \"[::]:3478\", \"0.0.0.0:3480\"]\n\
+             [auth]\nlisteners = [{ listen = \"192.0.2.1:3478\", policy = \"required\" }]\n\
+             long_term_users = { a = \"b\" }\n[xdp]\ninterfaces = [\"eth0\"]\n",
+        )
+        .unwrap();
+        let fast: Vec<String> = s.xdp.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(fast, ["0.0.0.0:3480"]);
     }
 
     #[test]

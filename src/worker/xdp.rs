@@ -1,5 +1,6 @@
-//! The XDP fast path in front of the workers (`[xdp]`): loaded, given its ports and its share of
-//! the reflection defence, and attached at start; given new ports and budgets on reload;
+//! The XDP fast path in front of the workers (`[xdp]`): loaded, given its listen addresses and
+//! its share of the reflection defence, and attached at start; given new addresses and budgets
+//! on reload;
 //! detached when draining starts and when the server stops. A failure in `mode = "auto"` logs
 //! one line and leaves every request to the workers (as the io_uring fallback does); with an
 //! explicit mode it is a start-up error.
@@ -33,7 +34,7 @@ pub(super) fn start(plan: &XdpPlan, params: &Params) -> Result<Option<XdpState>,
     if plan.interfaces.is_empty() {
         return Ok(None);
     }
-    if plan.ports.is_empty() {
+    if plan.listen.is_empty() {
         tracing::warn!("xdp: no listen port answers plainly; not loading the XDP program");
         return Ok(None);
     }
@@ -46,7 +47,7 @@ pub(super) fn start(plan: &XdpPlan, params: &Params) -> Result<Option<XdpState>,
             Ok(None)
         }
     };
-    let mut fastpath = match Fastpath::load(&plan.ports).and_then(|mut f| {
+    let mut fastpath = match Fastpath::load(&plan.listen).and_then(|mut f| {
         f.set_limit(&limit_settings(params))?;
         f.set_clock(super::clock_ms())?;
         Ok(f)
@@ -63,7 +64,7 @@ pub(super) fn start(plan: &XdpPlan, params: &Params) -> Result<Option<XdpState>,
     for name in &plan.interfaces {
         match fastpath.attach(name, want) {
             Ok(used) => {
-                tracing::info!(interface = %name, mode = mode_label(used), ports = ?plan.ports, "xdp: fast path attached");
+                tracing::info!(interface = %name, mode = mode_label(used), listen = ?plan.listen, "xdp: fast path attached");
                 attached.push((name.clone(), used));
             }
             Err(e) if explicit => return Err(StartError::Xdp(format!("{e} (interface {name})"))),
@@ -77,20 +78,20 @@ pub(super) fn start(plan: &XdpPlan, params: &Params) -> Result<Option<XdpState>,
 }
 
 impl XdpState {
-    /// A reload: the ports that still answer plainly and the new budgets. A failure is logged;
-    /// the program keeps its previous ports and budgets.
+    /// A reload: the listen addresses that still answer plainly and the new budgets. A failure
+    /// is logged; the program keeps its previous addresses and budgets.
     pub(super) fn reload(&mut self, plan: &XdpPlan, params: &Params) {
         let outcome: Result<(), XdpError> = (|| {
-            if plan.ports.is_empty() {
+            if plan.listen.is_empty() {
                 self.fastpath.set_enabled(false)?;
             } else {
-                self.fastpath.set_ports(&plan.ports)?;
+                self.fastpath.set_listen(&plan.listen)?;
                 self.fastpath.set_enabled(true)?;
             }
             self.fastpath.set_limit(&limit_settings(params))
         })();
         if let Err(e) = outcome {
-            tracing::error!("{e}: the XDP fast path keeps its previous ports and budgets");
+            tracing::error!("{e}: the XDP fast path keeps its previous listen addresses and budgets");
         }
     }
 

@@ -6,7 +6,7 @@
 //! kernel's UDP stack and so to the workers: it is an accelerator, never the only place a
 //! request is answered.
 //!
-//! Must not know about the configuration file or the handler: it takes plain values (ports,
+//! Must not know about the configuration file or the handler: it takes plain values (listen addresses,
 //! interface names, a [`Mode`]). Kernel floor: 5.8 for CAP_BPF (before: CAP_SYS_ADMIN), 5.9 for
 //! XDP bpf_link attachment (older kernels fall back to netlink inside aya), 5.8 for
 //! `bpf_xdp_adjust_tail` growth on every driver; before 5.11 the memlock rlimit must allow the
@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use aya::Ebpf;
@@ -28,11 +29,13 @@ use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
 /// The committed object, 8-byte aligned as the ELF parser wants it.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("stun.bpf.o");
 
-/// The most UDP ports the program answers on (`MAX_PORTS` in the C source).
-pub const MAX_PORTS: usize = 8;
+/// The most listen addresses (address and UDP port) the program answers on (`MAX_LISTEN` in
+/// the C source).
+pub const MAX_LISTEN: usize = 8;
 
-/// `struct config` of the C source: `enabled`, then the ports in host order (0: unused).
-type ConfigValue = [u32; 1 + MAX_PORTS];
+/// `struct config` of the C source: `enabled`, then per listen slot its kind (port | family
+/// << 16 | wildcard << 24; 0: unused) and four address words in network order.
+type ConfigValue = [u32; 1 + MAX_LISTEN * 5];
 
 const CONFIG_MAP: &str = "stun_config";
 const LIMIT_CONFIG_MAP: &str = "limit_config";
@@ -60,7 +63,7 @@ pub struct LimitSettings {
     /// The prefix length of each level: IPv4 (/32 /24 /20 /18) then IPv6 (/128 /64 /56 /48).
     pub prefix_len: [[u32; LIMIT_LEVELS]; 2],
     /// Allow and deny prefixes: sources in them are passed to the workers.
-    pub listed: Vec<(std::net::IpAddr, u8)>,
+    pub listed: Vec<(IpAddr, u8)>,
 }
 
 /// `struct limit_config` of `limit.bpf.h`.
@@ -206,8 +209,8 @@ pub enum Reason {
     Fragment = 4,
     /// IPv4 with options (IHL ≠ 5).
     IpOptions = 5,
-    /// A UDP destination port not configured.
-    Port = 6,
+    /// A destination (address and UDP port) that is not a fast-pathed listener's.
+    Destination = 6,
     /// The frame ends before its headers or before the length its headers announce, or the
     /// UDP payload is shorter than a STUN header.
     TooShort = 7,
@@ -253,7 +256,7 @@ impl Reason {
         Reason::NotUdp,
         Reason::Fragment,
         Reason::IpOptions,
-        Reason::Port,
+        Reason::Destination,
         Reason::TooShort,
         Reason::NotStun,
         Reason::NotBindingRequest,
@@ -278,7 +281,7 @@ impl Reason {
             Reason::NotUdp => "not_udp",
             Reason::Fragment => "fragment",
             Reason::IpOptions => "ip_options",
-            Reason::Port => "port",
+            Reason::Destination => "destination",
             Reason::TooShort => "too_short",
             Reason::NotStun => "not_stun",
             Reason::NotBindingRequest => "not_binding_request",
@@ -337,8 +340,8 @@ pub enum Step {
     Open,
     /// Loading a program (the verifier; its log goes to the `tracing` warning).
     Load,
-    /// More than [`MAX_PORTS`] ports, or port 0.
-    Ports,
+    /// No listen address, more than [`MAX_LISTEN`], or one with port 0.
+    Listen,
     /// Writing the config map.
     Config,
     /// Reading the counter map.
@@ -389,7 +392,7 @@ impl fmt::Display for XdpError {
         let step = match self.step {
             Step::Open => "opening the BPF object",
             Step::Load => "loading the XDP program",
-            Step::Ports => "the port list (1 to 8 ports, none 0)",
+            Step::Listen => "the listen addresses (1 to 8, no port 0)",
             Step::Config => "writing the XDP config map",
             Step::Counters => "reading the XDP counters",
             Step::Interface => "finding the interface",
@@ -415,7 +418,7 @@ pub struct Fastpath {
     ebpf: Ebpf,
     /// The config map, taken out of `ebpf` (writing needs it owned).
     config_map: Array<MapData, ConfigValue>,
-    /// What it holds: `enabled`, then the ports.
+    /// What it holds: `enabled`, then the listen addresses.
     config: ConfigValue,
     /// The limiter's hash keys: random per load, kept across [`Fastpath::set_limit`] so that a
     /// reload keeps the counts where they are.
@@ -425,8 +428,9 @@ pub struct Fastpath {
 
 impl Fastpath {
     /// Loads the object, verifies and loads both programs, and enables the fast path for
-    /// `ports` (1 to [`MAX_PORTS`], none 0). Needs CAP_BPF (and CAP_NET_ADMIN to attach).
-    pub fn load(ports: &[u16]) -> Result<Fastpath, XdpError> {
+    /// `listen` (1 to [`MAX_LISTEN`] addresses, none with port 0; an unspecified address is
+    /// every address of its family). Needs CAP_BPF (and CAP_NET_ADMIN to attach).
+    pub fn load(listen: &[SocketAddr]) -> Result<Fastpath, XdpError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| XdpError::from_chain(Step::Open, &e))?;
         for program in [Program::Stun, Program::Pass] {
             let xdp = xdp_mut(&mut ebpf, program)?;
@@ -439,14 +443,14 @@ impl Fastpath {
         }
         let map = ebpf.take_map(CONFIG_MAP).ok_or(XdpError::new(Step::Config, None))?;
         let config_map = Array::try_from(map).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
-        let mut config: ConfigValue = [0; 1 + MAX_PORTS];
+        let mut config: ConfigValue = [0; 1 + MAX_LISTEN * 5];
         config[0] = 1;
         // RandomState's keys are random per process and per instance: nobody outside can aim a
         // collision between a victim's prefix and their own.
         let keys = std::collections::hash_map::RandomState::new();
         let seed = [0u8, 1, 2, 3, 4].map(|i| std::hash::BuildHasher::hash_one(&keys, i));
         let mut fastpath = Fastpath { ebpf, config_map, config, seed, links: Vec::new() };
-        fastpath.set_ports(ports)?;
+        fastpath.set_listen(listen)?;
         Ok(fastpath)
     }
 
@@ -482,8 +486,8 @@ impl Fastpath {
         for &(ip, len) in &limit.listed {
             // IPv4 as IPv4-mapped IPv6, as the program looks it up.
             let (bytes, len) = match ip {
-                std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), u32::from(len) + 96),
-                std::net::IpAddr::V6(v6) => (v6.octets(), u32::from(len)),
+                IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), u32::from(len) + 96),
+                IpAddr::V6(v6) => (v6.octets(), u32::from(len)),
             };
             listed.insert(&Key::new(len, bytes), 1, 0).map_err(|e| XdpError::from_chain(Step::Config, &e))?;
         }
@@ -500,14 +504,24 @@ impl Fastpath {
         clock.set(0, ms as u32, 0).map_err(|e| XdpError::from_chain(Step::Config, &e))
     }
 
-    /// Answers on `ports` from now on (1 to [`MAX_PORTS`], none 0), keeping `enabled`.
-    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
-        if ports.is_empty() || ports.len() > MAX_PORTS || ports.contains(&0) {
-            return Err(XdpError::new(Step::Ports, Some(libc::EINVAL)));
+    /// Answers on `listen` from now on (1 to [`MAX_LISTEN`] addresses, none with port 0; an
+    /// unspecified address is every address of its family), keeping `enabled`.
+    pub fn set_listen(&mut self, listen: &[SocketAddr]) -> Result<(), XdpError> {
+        if listen.is_empty() || listen.len() > MAX_LISTEN || listen.iter().any(|a| a.port() == 0) {
+            return Err(XdpError::new(Step::Listen, Some(libc::EINVAL)));
         }
         self.config[1..].fill(0);
-        for (slot, &port) in self.config[1..].iter_mut().zip(ports) {
-            *slot = u32::from(port);
+        for (slot, addr) in self.config[1..].chunks_exact_mut(5).zip(listen) {
+            let (family, octets) = match addr.ip() {
+                IpAddr::V4(ip) => (4, ip.octets().to_vec()),
+                IpAddr::V6(ip) => (6, ip.octets().to_vec()),
+            };
+            let wildcard = u32::from(addr.ip().is_unspecified());
+            slot[0] = u32::from(addr.port()) | family << 16 | wildcard << 24;
+            // Network order, as the program compares them with the packet's (IPv4: the first).
+            for (word, b) in slot[1..].iter_mut().zip(octets.chunks_exact(4)) {
+                *word = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            }
         }
         self.write_config()
     }

@@ -25,8 +25,11 @@
 // full (the sizes are constant: IPv4 20 bytes of header; UDP 40 bytes (IPv4) or 52 (IPv6)).
 //
 // Maps:
-//   stun_config  ARRAY, one entry: struct config { u32 enabled; u32 ports[8]; } ports in host
-//                order, 0 = unused slot; enabled 0 passes everything (reason DISABLED).
+//   stun_config  ARRAY, one entry: struct config { u32 enabled; struct listen listen[8]; },
+//                each listen entry { u32 kind; u32 addr[4]; }: kind = port (host order) |
+//                family << 16 (4 or 6) | wildcard << 24, 0 = unused slot; addr the address in
+//                network order (IPv4 in addr[0]), ignored for a wildcard. enabled 0 passes
+//                everything (reason DISABLED).
 //   stun_counters PERCPU_ARRAY of u64, FAMILIES * REASONS entries, index
 //                family * REASONS + reason, where
 //                family: 0 = none (not IP, or too short to tell), 1 = IPv4, 2 = IPv6;
@@ -49,7 +52,7 @@
 
 #include "limit.bpf.h"
 
-#define MAX_PORTS 8
+#define MAX_LISTEN 8
 
 enum family {
 	F_NONE = 0,
@@ -65,7 +68,7 @@ enum reason {
 	R_NOT_UDP = 3,
 	R_FRAGMENT = 4,
 	R_IP_OPTIONS = 5,
-	R_PORT = 6,
+	R_DESTINATION = 6,
 	R_TOO_SHORT = 7,
 	R_NOT_STUN = 8,
 	R_NOT_BINDING_REQUEST = 9,
@@ -88,7 +91,10 @@ enum reason {
 
 struct config {
 	__u32 enabled;
-	__u32 ports[MAX_PORTS];
+	struct listen {
+		__u32 kind;
+		__u32 addr[4];
+	} listen[MAX_LISTEN];
 };
 
 struct {
@@ -162,18 +168,26 @@ static __always_inline __u16 fold(__u64 sum)
 			(sum) += w_[i_];                               \
 	} while (0)
 
-static __always_inline int port_wanted(const struct config *cfg, __u16 port)
+// Whether a fast-pathed listener has the destination `port` (host order) at `addr` (network
+// order; IPv4: addr[0] only) of `family` (4 or 6): the same address and port, or a wildcard
+// address of the family on the port. Returns at the first match (an accumulated flag would
+// give the verifier 2^8 paths).
+static __always_inline int listened(const struct config *cfg, int family, __u16 port, const __u32 *addr)
 {
-	// Return at the first match: an accumulated flag would give the verifier 2^8 paths.
 	if (port == 0)
 		return 0;
-	_Pragma("unroll") for (int i = 0; i < MAX_PORTS; i++)
-		if (cfg->ports[i] == port)
+	__u32 kind = port | (__u32)family << 16;
+	_Pragma("unroll") for (int i = 0; i < MAX_LISTEN; i++) {
+		const struct listen *l = &cfg->listen[i];
+		if (l->kind == (kind | 1u << 24))
 			return 1;
+		if (l->kind == kind && l->addr[0] == addr[0] &&
+		    (family == 4 || (l->addr[1] == addr[1] && l->addr[2] == addr[2] && l->addr[3] == addr[3])))
+			return 1;
+	}
 	return 0;
 }
 
-// The reply's Ethernet header: back to where the request came from.
 static __always_inline void reply_eth(struct ethhdr *eth, const struct ethhdr *request, __u16 proto)
 {
 	__builtin_memcpy(eth->h_dest, request->h_source, ETH_ALEN);
@@ -374,8 +388,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx, const struct config *cf
 		return R_NOT_UDP;
 	if ((void *)(udp + 1) > data_end)
 		return R_TOO_SHORT;
-	if (!port_wanted(cfg, bpf_ntohs(udp->dest)))
-		return R_PORT;
+	if (!listened(cfg, 4, bpf_ntohs(udp->dest), &ip->daddr))
+		return R_DESTINATION;
 
 	__u16 udp_len = bpf_ntohs(udp->len);
 	__u16 tot_len = bpf_ntohs(ip->tot_len);
@@ -492,8 +506,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, const struct config *cf
 		return R_NOT_UDP;
 	if ((void *)(udp + 1) > data_end)
 		return R_TOO_SHORT;
-	if (!port_wanted(cfg, bpf_ntohs(udp->dest)))
-		return R_PORT;
+	if (!listened(cfg, 6, bpf_ntohs(udp->dest), (const __u32 *)&ip6->daddr))
+		return R_DESTINATION;
 
 	__u16 udp_len = bpf_ntohs(udp->len);
 	if (udp_len < REQ_UDP_LEN)

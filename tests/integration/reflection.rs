@@ -11,7 +11,8 @@
 //! - 2000 users behind one address are never limited;
 //! - a flood of ≥ 1 M distinct sources neither lifts the victim's cap nor grows the server's
 //!   memory;
-//! - two workers reflect no more than one.
+//! - two workers reflect no more than one;
+//! - with the XDP fast path on, the victim gets at most XDP's budget on top of the workers' cap.
 //!
 //! The scenarios run one at a time ([`LAB`]). Longer runs at full size (default budgets, RFC
 //! 8489 timing, the machine's top rate) are the script's: bench/results/2026-12-01-reflection-lab.md.
@@ -272,4 +273,40 @@ fn more_workers_do_not_reflect_more() {
     assert!(a2 <= 1.2 * a1, "two workers reflect {a2}, one {a1}");
     let ((p1, _), (p2, _)) = (passes(one), passes(two));
     assert!(p2 <= 1.05 * p1, "two workers pass {p2} answers, one {p1}");
+}
+
+/// The XDP fast path under the same attack (issue 18, item 2): the victim flood at 48 k/s
+/// with XDP on the namespace's lo (generic mode), enforcing and off. Enforcing, XDP answers the
+/// victim's /24 at most its Binding budget ([`pass_bound`]: the fast path's budgets are the
+/// workers' success budgets) and passes the rest to the workers (`limited`), whose limiter
+/// keeps its own bound ([`victim_bound`]); the victim's answers counted by nftables as they
+/// come back in (both paths) equal XDP's and the workers' answers and stay under the sum of
+/// the two bounds: twice the workers' plateau at worst, never the flood. Off, XDP reflects
+/// every request one to one, far past that: the check is not vacuous.
+#[test]
+fn the_xdp_fast_path_holds_the_same_cap() {
+    let args = ["--xdp", "--seconds", "4", "plateau", "--rates", "48000", "--modes", "enforce,off"];
+    let Some(report) = lab(&[&TEST_LIMIT[..], &args].concat()) else { return };
+    assert_eq!(report["xdp"], true, "{report}");
+    let xdp = |step: &Value, reason: &str| {
+        metric(step, &format!(r#"stunedge_xdp_packets_total{{family="ipv4",reason="{reason}"}}"#))
+    };
+    let workers = |step: &Value| metric(step, r#"stunedge_responses_total{class="success",code=""}"#);
+    let on = step(&report, "rate=48000", "enforce");
+    let seconds = num(on, "traffic.victim.elapsed_s");
+    let (by_xdp, by_workers, seen) = (xdp(on, "answered"), workers(on), num(on, "nft.out_victim.packets"));
+    assert!(by_xdp >= 0.5 * pass_bound(seconds), "XDP answered the victim's budget: {on}");
+    assert!(by_xdp <= pass_bound(seconds) * PASS_SLACK, "XDP answered {by_xdp} > {}: {on}", pass_bound(seconds));
+    assert!(xdp(on, "limited") >= 0.5 * num(on, "nft.in_victim.packets"), "the rest went to the workers: {on}");
+    assert!(by_workers <= victim_bound(seconds) * SLACK, "the workers answered {by_workers}: {on}");
+    // Every answer counted once: nftables sees what XDP and the workers sent (the readiness
+    // probe's answer goes to the server's own address, not the victim's).
+    assert!((seen - (by_xdp + by_workers - 1.0)).abs() <= 0.01 * seen + 5.0, "{seen} seen: {on}");
+    let bound = pass_bound(seconds) + victim_bound(seconds);
+    assert!(seen <= bound * SLACK, "{seen} answers to the victim's /24 > {bound} × {SLACK}: {on}");
+
+    let off = step(&report, "rate=48000", "off");
+    let sent = num(off, "nft.in_victim.packets");
+    assert!(xdp(off, "answered") >= 0.99 * sent, "with the limit off XDP reflects every request: {off}");
+    assert!(num(off, "nft.out_victim.packets") >= 2.0 * bound, "off exceeds the bound by far: {off}");
 }

@@ -21,9 +21,12 @@ const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const TID: [u8; 12] = [0xB7, 0xE7, 0xA7, 0x01, 0xBC, 0x34, 0xD6, 0x86, 0xFA, 0x87, 0xDF, 0xAE];
 
-/// Loads the fast path for PORT and PORT2, or skips (no CAP_BPF) and returns None.
+/// Loads the fast path, or skips (no CAP_BPF) and returns None. It listens on PORT at the
+/// server's own addresses (192.0.2.1, 2001:db8::1) and on PORT2 at every address of both
+/// families (wildcards), as a configuration with both kinds of listener would give it.
 fn load(test: &str) -> Option<Fastpath> {
-    match Fastpath::load(&[PORT, PORT2]) {
+    let wildcards: [SocketAddr; 2] = ["0.0.0.0:19302".parse().unwrap(), "[::]:19302".parse().unwrap()];
+    match Fastpath::load(&[v4_server(), v6_server(), wildcards[0], wildcards[1]]) {
         Ok(f) => Some(f),
         Err(e) if e.is_permission() => {
             skip(test, &e.to_string());
@@ -262,7 +265,14 @@ fn cases() -> Vec<Case> {
         case("v4 more fragments", ip4(0x2000, &[], 17), V4, Fragment),
         case("v4 fragment offset", ip4(0x0010, &[], 17), V4, Fragment),
         case("v4 TCP", ip4(0, &[], 6), V4, NotUdp),
-        case("v4 wrong port", frame4(c4, SocketAddr::new(s4.ip(), 3479), &plain()), V4, Port),
+        case("v4 wrong port", frame4(c4, SocketAddr::new(s4.ip(), 3479), &plain()), V4, Destination),
+        case("v4 another address", frame4(c4, "192.0.2.99:3478".parse().unwrap(), &plain()), V4, Destination),
+        case(
+            "v4 another address, wildcard port",
+            frame4(c4, "192.0.2.99:19302".parse().unwrap(), &plain()),
+            V4,
+            Answered,
+        ),
         case("v4 bad cookie", frame4(c4, s4, &poke(plain(), 7, 0x43)), V4, NotStun),
         case("v4 classic (no cookie)", frame4(c4, s4, &classic), V4, NotStun),
         case("v4 top bits set", frame4(c4, s4, &stun(0xC001, 0)), V4, NotStun),
@@ -287,7 +297,7 @@ fn cases() -> Vec<Case> {
         case("v4 truncated in STUN", p4[..STUN4 + 12].to_vec(), V4, TooShort),
         case("v4 source port 0", frame4("198.51.100.7:0".parse().unwrap(), s4, &plain()), V4, Bogon),
         case("v4 multicast source", frame4("224.0.0.9:5000".parse().unwrap(), s4, &plain()), V4, Bogon),
-        case("v4 broadcast destination", frame4(c4, SocketAddr::new([255; 4].into(), PORT), &plain()), V4, Bogon),
+        case("v4 broadcast destination", frame4(c4, SocketAddr::new([255; 4].into(), PORT2), &plain()), V4, Bogon),
         case("v6 plain", p6.clone(), V6, Answered),
         case("v6 link-local, port 1", frame6(v6_high, s6, &plain()), V6, Answered),
         case("v6 zero UDP checksum", zero6, V6, ZeroChecksum),
@@ -295,7 +305,20 @@ fn cases() -> Vec<Case> {
         case("v6 hop-by-hop header", hop_by_hop, V6, NotUdp),
         case("v6 fragment header", frag6, V6, Fragment),
         case("v6 TCP", tcp6, V6, NotUdp),
-        case("v6 wrong port", frame6(c6, SocketAddr::new(s6.ip(), 80), &plain()), V6, Port),
+        case("v6 wrong port", frame6(c6, SocketAddr::new(s6.ip(), 80), &plain()), V6, Destination),
+        case("v6 another address", frame6(c6, "[2001:db8::99]:3478".parse().unwrap(), &plain()), V6, Destination),
+        case(
+            "v6 another prefix, same host part",
+            frame6(c6, "[2001:db9::1]:3478".parse().unwrap(), &plain()),
+            V6,
+            Destination,
+        ),
+        case(
+            "v6 another address, wildcard port",
+            frame6(c6, "[2001:db8::99]:19302".parse().unwrap(), &plain()),
+            V6,
+            Answered,
+        ),
         case("v6 FINGERPRINT", frame6(c6, s6, &with_fingerprint()), V6, Answered),
         case("v6 bad FINGERPRINT", frame6(c6, s6, &flip(with_fingerprint(), 24)), V6, BadFingerprint),
         case("v6 Allocate request", frame6(c6, s6, &stun(0x0003, 0)), V6, NotBindingRequest),
@@ -303,7 +326,7 @@ fn cases() -> Vec<Case> {
         case("v6 truncated in the IP header", p6[..14 + 30].to_vec(), V6, TooShort),
         case("v6 truncated in STUN", p6[..UDP6 + 8 + 19].to_vec(), V6, TooShort),
         case("v6 unspecified source", frame6("[::]:5000".parse().unwrap(), s6, &plain()), V6, Bogon),
-        case("v6 multicast destination", frame6(c6, "[ff02::1]:3478".parse().unwrap(), &plain()), V6, Bogon),
+        case("v6 multicast destination", frame6(c6, "[ff02::1]:19302".parse().unwrap(), &plain()), V6, Bogon),
         case("v4 in a VLAN tag", vlan, NoFamily, NotIp),
         case("ARP", arp, NoFamily, NotIp),
         // BPF_PROG_TEST_RUN refuses frames under 14 bytes (EINVAL), so the program's own
@@ -388,7 +411,7 @@ fn xdp_matches_the_handler_on_crafted_frames() {
             assert_eq!(&out, frame, "{name}: a passed frame is untouched");
         }
     }
-    assert_eq!(answered, 10);
+    assert_eq!(answered, 12);
 
     // Disabled: everything passes, counted under `disabled` in the frame's family.
     xdp.set_enabled(false).unwrap();
@@ -532,13 +555,26 @@ fn xdp_agrees_with_the_handler_on_generated_frames() {
     let (mut answered, mut passed) = (0, std::collections::BTreeMap::<&str, usize>::new());
     for i in 0..6000 {
         let payload = fuzz_stun(&mut rng);
-        let port = if rng.below(8) == 0 { 3479 } else { PORT };
+        // Mostly the listener on PORT; else another port, or another address on PORT (passed)
+        // or on PORT2 (every address: answered).
+        let (other_address, port) = [
+            (false, PORT),
+            (false, PORT),
+            (false, PORT),
+            (false, PORT),
+            (false, 3479),
+            (true, PORT),
+            (true, PORT2),
+            (false, PORT2),
+        ][rng.below(8)];
         let mut frame = if rng.below(2) == 0 {
             let client = SocketAddr::new(Ipv4Addr::from(rng.next() as u32).into(), rng.next() as u16);
-            frame4(client, SocketAddr::new(v4_server().ip(), port), &payload)
+            let server = if other_address { Ipv4Addr::new(192, 0, 2, 200).into() } else { v4_server().ip() };
+            frame4(client, SocketAddr::new(server, port), &payload)
         } else {
             let client = SocketAddr::new(Ipv6Addr::from(u128::from(rng.next()) << 64 | 7).into(), rng.next() as u16);
-            frame6(client, SocketAddr::new(v6_server().ip(), port), &payload)
+            let server = if other_address { "2001:db8::200".parse().unwrap() } else { v6_server().ip() };
+            frame6(client, SocketAddr::new(server, port), &payload)
         };
         for _ in 0..rng.below(3) {
             match rng.below(6) {
@@ -595,7 +631,7 @@ fn xdp_agrees_with_the_handler_on_generated_frames() {
     println!("generated frames: {answered} answered by XDP, passed by reason {passed:?}");
     // The generator reaches both outcomes and the deeper checks, or it proves little.
     assert!(answered >= 300, "{answered} answered");
-    for reason in ["bad_checksum", "has_attributes", "length_mismatch", "too_short", "bad_fingerprint", "port"] {
+    for reason in ["bad_checksum", "has_attributes", "length_mismatch", "too_short", "bad_fingerprint", "destination"] {
         assert!(passed.get(reason).copied().unwrap_or(0) >= 10, "{reason}: {passed:?}");
     }
 }
