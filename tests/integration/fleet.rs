@@ -18,7 +18,11 @@ fn fleet_lab() -> Option<Value> {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = std::process::Command::new(format!("{root}/scripts/fleetlab.sh"))
         .args(["--bin", env!("CARGO_BIN_EXE_stunedge"), "--prometheus", "--"])
-        .args(["python3", &format!("{root}/tests/fleet/fleet_check.py"), &format!("{root}/grafana/stunedge-dashboard.json")])
+        .args([
+            "python3",
+            &format!("{root}/tests/fleet/fleet_check.py"),
+            &format!("{root}/grafana/stunedge-dashboard.json"),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
