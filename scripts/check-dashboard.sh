@@ -10,8 +10,8 @@
 # requests over the veth: root only (outside root, and where it cannot attach, that part is
 # skipped with a SKIPPED line; in CI, with CI set, that fails instead). Also: `promtool check
 # metrics` on /metrics, `promtool check config` on configs/prometheus.yml, `systemd-analyze
-# verify` on configs/stunedge.service (where systemd is available), and the Kubernetes YAML
-# parses. Stops every process it started, by PID, and deletes the namespace.
+# verify` on configs/stunedge.service and configs/stunedge-anycast-watch.service (where systemd
+# is available), `bird -p` on configs/bird-node.conf, and the Kubernetes YAML parses. Stops every process it started, by PID, and deletes the namespace.
 #
 # BIN_DIR: where stunedge and stunedge-bench are (default target/debug; built if missing).
 set -euo pipefail
@@ -53,8 +53,29 @@ if command -v systemd-analyze >/dev/null; then
   sed "s#/usr/local/bin/stunedge#$(realpath "$BIN/stunedge")#g" configs/stunedge.service > "$work/stunedge.service"
   systemd-analyze verify "$work/stunedge.service"
   echo "systemd-analyze verify: configs/stunedge.service ok"
+  # The fleet's health watcher unit binds to bird.service (Debian bird2), which verify needs.
+  if [[ -f /lib/systemd/system/bird.service || -f /etc/systemd/system/bird.service ]]; then
+    sed "s#/usr/local/bin/stunedge-anycast-watch#$(realpath configs/stunedge-anycast-watch)#g" \
+      configs/stunedge-anycast-watch.service > "$work/stunedge-anycast-watch.service"
+    systemd-analyze verify "$work/stunedge-anycast-watch.service"
+    echo "systemd-analyze verify: configs/stunedge-anycast-watch.service ok"
+  else
+    echo "SKIPPED systemd-analyze verify of configs/stunedge-anycast-watch.service: no bird.service (apt-get install bird2)"
+  fi
 else
   echo "SKIPPED systemd-analyze verify: systemd-analyze is not installed here"
+fi
+bash -n configs/stunedge-anycast-watch
+if command -v bird >/dev/null; then
+  # The node template, filled in with documentation values, must parse (bird -p: parse only).
+  sed -e 's/@ROUTER_ID@/192.0.2.2/; s/@UPLINK@/eth0/; s/@PEER4@/192.0.2.1/; s/@PEER6@/2001:db8::1/' \
+    -e 's/@LOCAL_AS@/64510/; s/@PEER_AS@/64500/; s/@ANYCAST4@/198.51.100.53/; s/@ANYCAST6@/2001:db8:53::53/' \
+    configs/bird-node.conf > "$work/bird-node.conf"
+  grep -v "^#" "$work/bird-node.conf" | grep -q "@[A-Z0-9_]*@" && { echo "configs/bird-node.conf: a placeholder is left over"; exit 1; }
+  bird -p -c "$work/bird-node.conf"
+  echo "bird -p: configs/bird-node.conf ok"
+else
+  echo "SKIPPED bird -p configs/bird-node.conf: bird is not installed (apt-get install bird2)"
 fi
 "$PY" -c '
 import sys, yaml

@@ -53,6 +53,10 @@ need libbpf-dev test -f /usr/include/bpf/bpf_helpers.h
 need ethtool has ethtool
 need bpftool has bpftool
 need util-linux has nsenter
+# The fleet lab (scripts/fleetlab.sh, tests/integration/fleet.rs): BIRD 2 on its router and
+# nodes (bird, birdc), nft (above) for a silent node, Prometheus (above) for the fleet view.
+need bird2 has bird
+need bird2 has birdc
 # The reflection lab (scripts/reflect-lab.sh, tests/integration/reflection.rs) needs the same
 # namespaces and nftables counters, curl for /metrics and python3 for its JSON: all above.
 
@@ -70,6 +74,12 @@ if [[ $install == yes && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1
   apt-get update -qq
   # shellcheck disable=SC2086 # one word per package
   apt-get install -y -qq --no-install-recommends ${missing[*]}
+  # bird2 enables its own bird.service (/etc/bird/bird.conf, /run/bird/bird.ctl) on install.
+  # The fleet lab runs its own BIRDs, one per namespace with their own -c/-s/-P, and needs
+  # none on the host: disable the one this just installed (never a BIRD that was here before).
+  if [[ " ${missing[*]} " == *" bird2 "* && -d /run/systemd/system ]]; then
+    systemctl disable --now bird.service >/dev/null 2>&1 || true
+  fi
   exit 0
 fi
 {

@@ -8,6 +8,7 @@ mod amplification;
 mod auth;
 mod browser;
 mod cli;
+mod fleet;
 mod iana;
 mod loopback;
 mod natlab;
