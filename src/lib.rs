@@ -12,6 +12,7 @@ pub mod io;
 pub mod lb;
 pub mod limit;
 pub mod metrics;
+pub mod stream;
 pub mod stun;
 pub mod worker;
 pub mod xdp;

@@ -118,6 +118,70 @@ enum Source {
     /// Read from the XDP fast path at scrape time; none without [`Exporter::with_xdp`] or when
     /// it is not running.
     Xdp(XdpSeries),
+    /// Read from the stream plane at scrape time; none without [`Exporter::with_stream`].
+    Stream(StreamSeries),
+}
+
+/// What a [`Source::Stream`] row reads from the stream plane's [`StreamView`].
+#[derive(Debug, Clone, Copy)]
+enum StreamSeries {
+    /// Per transport: open connections.
+    Open,
+    /// TLS handshakes in progress.
+    Handshaking,
+    /// Per transport: connections accepted (admitted).
+    Accepted,
+    /// Per transport and reason: connections refused at once.
+    Refused,
+    /// Per transport and reason: connections closed.
+    Closed,
+    /// Per transport: whole STUN messages read.
+    Messages,
+    /// Per transport: answers written.
+    Answers,
+    /// Per transport: ChannelData messages skipped.
+    ChannelData,
+    /// Per TLS version: handshakes completed.
+    TlsHandshakes,
+    /// Per reason: handshakes that failed.
+    TlsFailures,
+}
+
+/// The stream plane's counters (src/stream/ fills this at scrape time: the plane sits above
+/// this room, so the type lives here).
+#[derive(Debug, Clone, Default)]
+pub struct StreamView {
+    /// Per transport (`tcp`, `tls`) with a listener.
+    pub transports: Vec<TransportCounts>,
+    /// TLS handshakes in progress.
+    pub handshaking: u64,
+    /// Completed handshakes by version label (`1.3`, `1.2`).
+    pub tls_handshakes: Vec<(&'static str, u64)>,
+    /// Failed handshakes by reason.
+    pub tls_failures: Vec<(&'static str, u64)>,
+    /// Each stream thread's handler counters, labelled like a worker (`stream0`, ...).
+    pub stats: Vec<(String, Stats)>,
+}
+
+/// One transport's connection counters in a [`StreamView`].
+#[derive(Debug, Clone, Default)]
+pub struct TransportCounts {
+    /// `tcp` or `tls`.
+    pub transport: &'static str,
+    /// Open now.
+    pub open: u64,
+    /// Admitted.
+    pub accepted: u64,
+    /// Whole messages read.
+    pub messages: u64,
+    /// Answers written.
+    pub answers: u64,
+    /// ChannelData skipped.
+    pub channel_data: u64,
+    /// Refused by reason (every reason, zeros included).
+    pub refused: Vec<(&'static str, u64)>,
+    /// Closed by reason (every reason, zeros included).
+    pub closed: Vec<(&'static str, u64)>,
 }
 
 /// What a [`Source::Xdp`] row reads from the fast path.
@@ -174,7 +238,8 @@ impl Source {
             | Source::LastReloadOk
             | Source::Limiter(_)
             | Source::Turn(TurnSeries::Up | TurnSeries::State | TurnSeries::Backends)
-            | Source::Xdp(XdpSeries::Attached) => Kind::Gauge,
+            | Source::Xdp(XdpSeries::Attached)
+            | Source::Stream(StreamSeries::Open | StreamSeries::Handshaking) => Kind::Gauge,
             Source::BatchSizes | Source::BatchDurations | Source::Turn(TurnSeries::ProbeDurations) => Kind::Histogram,
             Source::Counter(_)
             | Source::Counters(_)
@@ -186,7 +251,8 @@ impl Source {
             | Source::LimitBytes
             | Source::LimitTrimmed
             | Source::Turn(TurnSeries::Redirects | TurnSeries::Probes)
-            | Source::Xdp(XdpSeries::Packets) => Kind::Counter,
+            | Source::Xdp(XdpSeries::Packets)
+            | Source::Stream(_) => Kind::Counter,
         }
     }
 }
@@ -444,10 +510,76 @@ const METRICS: &[Row] = &[
         Source::Turn(TurnSeries::Backends),
     ),
     row(
+        "stunedge_stream_connections",
+        "Open STUN-over-TCP/TLS connections by transport.",
+        &["transport"],
+        Source::Stream(StreamSeries::Open),
+    ),
+    row(
+        "stunedge_stream_tls_handshakes_in_progress",
+        "TLS handshakes in progress on the stream listeners.",
+        &[],
+        Source::Stream(StreamSeries::Handshaking),
+    ),
+    row(
+        "stunedge_stream_accepted_total",
+        "Stream connections admitted, by transport.",
+        &["transport"],
+        Source::Stream(StreamSeries::Accepted),
+    ),
+    row(
+        "stunedge_stream_refused_total",
+        "Stream connections closed at once on accept, by transport and reason: global_cap \
+         (stream.max_connections), tls_cap (stream.max_tls_connections), prefix_cap \
+         (stream.max_connections_per_prefix), handshake_cap (stream.max_handshakes), fd_limit (out of file \
+         descriptors: accepting pauses).",
+        &["transport", "reason"],
+        Source::Stream(StreamSeries::Refused),
+    ),
+    row(
+        "stunedge_stream_closed_total",
+        "Stream connections closed, by transport and reason: client (it closed or reset), idle, \
+         handshake_timeout, first_message_timeout, not_stun, bad_header, too_large (framing: the stream cannot \
+         go on), tls_error, write_stall (it does not read its answers), io_error, stopped (the server stopped).",
+        &["transport", "reason"],
+        Source::Stream(StreamSeries::Closed),
+    ),
+    row(
+        "stunedge_stream_messages_total",
+        "Whole STUN messages read from stream connections, by transport.",
+        &["transport"],
+        Source::Stream(StreamSeries::Messages),
+    ),
+    row(
+        "stunedge_stream_answers_total",
+        "Answers written to stream connections, by transport.",
+        &["transport"],
+        Source::Stream(StreamSeries::Answers),
+    ),
+    row(
+        "stunedge_stream_channel_data_total",
+        "TURN ChannelData messages skipped on stream connections (the edge holds no channel), by transport.",
+        &["transport"],
+        Source::Stream(StreamSeries::ChannelData),
+    ),
+    row(
+        "stunedge_tls_handshakes_total",
+        "TLS handshakes completed on the stream listeners, by protocol version.",
+        &["version"],
+        Source::Stream(StreamSeries::TlsHandshakes),
+    ),
+    row(
+        "stunedge_tls_handshake_failures_total",
+        "TLS handshakes that failed, by reason: protocol (a TLS error or alert), timeout \
+         (stream.handshake_timeout), closed (the client went away).",
+        &["reason"],
+        Source::Stream(StreamSeries::TlsFailures),
+    ),
+    row(
         "stunedge_xdp_packets_total",
         "Frames the XDP fast path saw, by family (ipv4, ipv6, none: not IP) and reason: answered (sent back \
          by the program with XDP_TX, never reaching the workers), or why it passed the frame to the kernel and \
-         so to the workers (port: not a fast-pathed port; has_attributes, not_binding_request: the workers \
+         so to the workers (destination: not a fast-pathed listen address and port; has_attributes, not_binding_request: the workers \
          answer; limited, listed: over its rate-limit budget or in an allow or deny list, the workers' limiter \
          decides; bad_checksum, too_short, ...: the kernel or the workers drop it).",
         &["family", "reason"],
@@ -477,6 +609,7 @@ pub struct Exporter {
     turn: Option<CurrentTurn>,
     /// The XDP fast path's counters and attachments (read once per scrape: a drain detaches it).
     xdp: Option<CurrentXdp>,
+    stream: Option<CurrentStream>,
     descs: Vec<Desc>,
 }
 
@@ -501,6 +634,15 @@ impl std::fmt::Debug for CurrentTurn {
 
 /// Where the exporter finds the XDP fast path: `None` while it is not running.
 struct CurrentXdp(Box<dyn Fn() -> Option<XdpView> + Send + Sync>);
+
+/// Reads the stream plane's counters.
+struct CurrentStream(Box<dyn Fn() -> StreamView + Send + Sync>);
+
+impl std::fmt::Debug for CurrentStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CurrentStream")
+    }
+}
 
 impl std::fmt::Debug for CurrentXdp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -651,6 +793,31 @@ fn xdp_samples(row: &Row, series: XdpSeries, view: &XdpView) -> Vec<proto::Metri
     }
 }
 
+/// The samples of a [`Source::Stream`] row from `view`.
+fn stream_samples(row: &Row, series: StreamSeries, view: &StreamView) -> Vec<proto::Metric> {
+    let per = |f: fn(&TransportCounts) -> u64| {
+        view.transports.iter().map(|t| sample(row, &[t.transport], f(t) as f64)).collect::<Vec<_>>()
+    };
+    let by_reason = |f: fn(&TransportCounts) -> &[(&'static str, u64)]| {
+        view.transports
+            .iter()
+            .flat_map(|t| f(t).iter().map(move |(reason, n)| sample(row, &[t.transport, reason], *n as f64)))
+            .collect::<Vec<_>>()
+    };
+    match series {
+        StreamSeries::Open => per(|t| t.open),
+        StreamSeries::Handshaking => vec![sample(row, &[], view.handshaking as f64)],
+        StreamSeries::Accepted => per(|t| t.accepted),
+        StreamSeries::Refused => by_reason(|t| &t.refused),
+        StreamSeries::Closed => by_reason(|t| &t.closed),
+        StreamSeries::Messages => per(|t| t.messages),
+        StreamSeries::Answers => per(|t| t.answers),
+        StreamSeries::ChannelData => per(|t| t.channel_data),
+        StreamSeries::TlsHandshakes => view.tls_handshakes.iter().map(|(v, n)| sample(row, &[v], *n as f64)).collect(),
+        StreamSeries::TlsFailures => view.tls_failures.iter().map(|(r, n)| sample(row, &[r], *n as f64)).collect(),
+    }
+}
+
 /// The kernel's drop counter of every UDP socket, by inode (/proc/net/udp and udp6: the last
 /// column). Missing files give an empty map.
 fn kernel_drops() -> HashMap<u64, u64> {
@@ -686,7 +853,7 @@ impl Exporter {
                     .unwrap_or_else(|e| unreachable!("metric table row {} is valid: {e}", row.name))
             })
             .collect();
-        Exporter { slots, cpus, backend, sockets, reloads, limit: None, turn: None, xdp: None, descs }
+        Exporter { slots, cpus, backend, sockets, reloads, limit: None, turn: None, xdp: None, stream: None, descs }
     }
 
     /// Also exports the rate limiter's table and settings (`stunedge_limit_table_*`,
@@ -713,12 +880,22 @@ impl Exporter {
         Exporter { xdp: Some(CurrentXdp(Box::new(current))), ..self }
     }
 
+    /// Also exports the stream plane's counters (`stunedge_stream_*`, `stunedge_tls_*`) and its
+    /// threads' handler counters (as workers `stream0`, ...): `current` gives them at scrape time.
+    pub fn with_stream(self, current: impl Fn() -> StreamView + Send + Sync + 'static) -> Exporter {
+        Exporter { stream: Some(CurrentStream(Box::new(current))), ..self }
+    }
+
     /// Every metric family with samples, read now. A row without samples (the limiter's,
     /// without [`Exporter::with_limit`]; the balancer's, without a balancer; the fast path's,
     /// while it is not running) is left out: the text format has no empty family.
     pub fn families(&self) -> Vec<MetricFamily> {
-        let per_worker: Vec<(String, Stats)> =
+        let mut per_worker: Vec<(String, Stats)> =
             self.cpus.iter().zip(self.slots.iter()).map(|(cpu, slot)| (cpu.to_string(), slot.read())).collect();
+        let stream = self.stream.as_ref().map(|current| (current.0)());
+        if let Some(view) = &stream {
+            per_worker.extend(view.stats.iter().cloned());
+        }
         // Once per scrape, so that every TURN row describes the same pool across a reload.
         let turn = self.turn.as_ref().and_then(|current| (current.0)());
         // Once per scrape too: one read of the per-CPU counter map for both rows.
@@ -734,7 +911,10 @@ impl Exporter {
                     Kind::Gauge => MetricType::GAUGE,
                     Kind::Histogram => MetricType::HISTOGRAM,
                 });
-                f.set_metric(self.samples(row, &per_worker, turn.as_deref(), xdp.as_ref()));
+                f.set_metric(match row.source {
+                    Source::Stream(series) => stream.as_ref().map(|v| stream_samples(row, series, v)).unwrap_or_default(),
+                    _ => self.samples(row, &per_worker, turn.as_deref(), xdp.as_ref()),
+                });
                 f
             })
             .filter(|f| !f.get_metric().is_empty())
@@ -835,6 +1015,7 @@ impl Exporter {
             }
             Source::Turn(series) => turn.map(|b| turn_samples(row, series, b)).unwrap_or_default(),
             Source::Xdp(series) => xdp.map(|v| xdp_samples(row, series, v)).unwrap_or_default(),
+            Source::Stream(_) => Vec::new(), // read in `families`, once per scrape
         }
     }
 
@@ -901,6 +1082,7 @@ mod tests {
             addr: addr.parse().unwrap(),
             weight: 1,
             drain,
+            stream: [None; 2],
         });
         let b = lb::Balancer::new(
             &backends,

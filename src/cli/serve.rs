@@ -22,6 +22,7 @@ use super::{EXIT_CONFIG, allowed_cpus, fail, load};
 use crate::admin::{Admin, Health};
 use crate::config::{Config, Settings};
 use crate::metrics::ReloadStats;
+use crate::stream::Plane;
 use crate::worker::{Server, unix_now};
 
 /// How often counters are logged at debug level.
@@ -110,12 +111,24 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
         Ok(server) => server,
         Err(e) => return fail(EXIT_CONFIG, format_args!("stunedge: {e}")),
     };
+    let stream = match Plane::start(&settings.stream) {
+        Ok(plane) => plane,
+        Err(e) => {
+            server.stop();
+            server.join();
+            return fail(EXIT_CONFIG, format_args!("stunedge: {e}"));
+        }
+    };
     let reloads = Arc::new(ReloadStats::new(unix_now()));
     let health = Arc::new(Health::default());
+    let exporter = match &stream {
+        Some(plane) => server.exporter(reloads.clone()).with_stream(plane.viewer()),
+        None => server.exporter(reloads.clone()),
+    };
     let admin = match settings.admin_listen {
         Some(addr) => match Admin::start_with_token(
             addr,
-            server.exporter(reloads.clone()),
+            exporter,
             health.clone(),
             settings.metrics_token.clone(),
         ) {
@@ -127,7 +140,10 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
         },
         None => None,
     };
-    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let mut addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    if let Some(plane) = &stream {
+        addrs.extend(plane.local_addrs().iter().map(|(a, t)| format!("{}://{a}", t.label())));
+    }
     tracing::info!(
         listen = addrs.join(", "),
         workers = server.cpus().len(),
@@ -166,7 +182,7 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
             break;
         }
         if reload.swap(false, Ordering::Relaxed) {
-            let ok = reload_config(&server, admin.as_ref(), path.as_deref(), &mut settings, &levels);
+            let ok = reload_config(&server, stream.as_ref(), admin.as_ref(), path.as_deref(), &mut settings, &levels);
             reloads.record(ok, unix_now());
         }
         if last_stats.elapsed() >= STATS_EVERY {
@@ -180,6 +196,9 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
         tracing::warn!("a second stop signal: stopping now (a third exits at once)");
     }
     server.stop();
+    if let Some(plane) = stream {
+        plane.stop();
+    }
     let panicked = server.join();
     tracing::info!("stopped; totals: {}", server.stats());
     // Status 1 also for a stop a second signal hurried (the drain cut short), even one that came
@@ -193,6 +212,7 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
 /// changed `log.level` (recorded in `running`). Anything wrong keeps the running configuration.
 fn reload_config(
     server: &Server,
+    stream: Option<&Plane>,
     admin: Option<&Admin>,
     path: Option<&Path>,
     running: &mut Settings,
@@ -233,6 +253,9 @@ fn reload_config(
     match server.reload(new.handlers) {
         Ok(()) => {
             server.reload_xdp(&new.xdp, new.limit.rules.params());
+            if let Some(plane) = stream {
+                plane.reload(&new.stream);
+            }
             running.log_level = new.log_level;
             if let Some(admin) = admin {
                 admin.set_metrics_token(new.metrics_token);

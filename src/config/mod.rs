@@ -23,6 +23,7 @@ mod limit;
 mod print;
 mod reload;
 mod schema;
+mod stream;
 mod turn_lb;
 mod validate;
 mod xdp;
@@ -31,7 +32,7 @@ pub use error::ConfigError;
 pub use reload::{RefusedReload, ReloadPlan};
 pub use schema::{
     Admin, Auth, BackendChoice, Io, LbAuth, Limit, ListenerAuthConfig, Log, LogLevel, ProbeName, Rfc5780, Server,
-    TurnBackend, TurnLb, Xdp, XdpMode,
+    Stream, TurnBackend, TurnLb, Xdp, XdpMode,
 };
 
 use error::invalid;
@@ -54,6 +55,8 @@ pub struct Config {
     pub turn_lb: TurnLb,
     /// `[xdp]`
     pub xdp: Xdp,
+    /// `[stream]`
+    pub stream: Stream,
     /// `[admin]`
     pub admin: Admin,
     /// `[log]`
@@ -101,6 +104,8 @@ pub struct Settings {
     pub drain: std::time::Duration,
     /// The XDP fast path: where and how to attach, and the listen addresses it may answer.
     pub xdp: XdpPlan,
+    /// STUN over TCP and TLS (`[stream]`).
+    pub stream: StreamPlan,
     /// Things worth a warning that are not errors (world-readable secrets, a random nonce
     /// secret), logged once logging is up.
     pub warnings: Vec<String>,
@@ -117,6 +122,57 @@ pub struct XdpPlan {
     /// request with the bare success: the only destinations the program may answer (in
     /// `server.listen` order, without duplicates).
     pub listen: Vec<SocketAddr>,
+}
+
+/// The stream plane (`[stream]`): its listeners, their answer settings, its limits and the
+/// TLS identity.
+#[derive(Debug, Clone, Default)]
+pub struct StreamPlan {
+    /// Every stream listener: its address and transport (TCP or TLS), TCP ones first.
+    pub listeners: Vec<(SocketAddr, crate::lb::Transport)>,
+    /// Each listener's answer settings, in `listeners` order (no reflection limits, no RFC
+    /// 5780 mode; the transport set).
+    pub handlers: Vec<HandlerConfig>,
+    /// Threads.
+    pub threads: usize,
+    /// Caps and timeouts.
+    pub limits: StreamLimits,
+    /// The certificate and key, when there are TLS listeners.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// The stream plane's caps and timeouts (`[stream]`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StreamLimits {
+    /// Open connections at most (TCP and TLS).
+    pub max_connections: usize,
+    /// Open TLS connections at most.
+    pub max_tls_connections: usize,
+    /// Open connections per source /32 or /64 (loopback exempt).
+    pub max_per_prefix: usize,
+    /// TLS handshakes in progress per thread.
+    pub max_handshakes: usize,
+    /// A TLS handshake's time.
+    pub handshake_timeout: std::time::Duration,
+    /// From the connection (TLS: its handshake's end) to the first whole message.
+    pub first_message_timeout: std::time::Duration,
+    /// Without a whole message.
+    pub idle_timeout: std::time::Duration,
+    /// Messages per second per connection.
+    pub messages_per_second: u32,
+    /// Messages at once before the rate applies.
+    pub message_burst: u32,
+    /// The largest message in bytes.
+    pub max_message: usize,
+}
+
+/// A TLS certificate chain and its key, checked to match, and where they were read from.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    /// The chain and the signing key.
+    pub key: std::sync::Arc<rustls::sign::CertifiedKey>,
+    /// The certificate file.
+    pub certificate: PathBuf,
 }
 
 /// One RFC 5780 group as configured: a primary listen address and its alternate IP and port.

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::Config;
-use super::schema::{Admin, Auth, Io, Limit, Log, Rfc5780, Server, TurnLb, Xdp};
+use super::schema::{Admin, Auth, Io, Limit, Log, Rfc5780, Server, Stream, TurnLb, Xdp};
 
 impl Config {
     /// The commented TOML that `stunedge --print-config` prints: every field with its doc
@@ -23,6 +23,7 @@ impl Config {
             (Limit::KEY, Limit::DOC, self.limit.fields()),
             (TurnLb::KEY, TurnLb::DOC, self.turn_lb.fields()),
             (Xdp::KEY, Xdp::DOC, self.xdp.fields()),
+            (Stream::KEY, Stream::DOC, self.stream.fields()),
             (Admin::KEY, Admin::DOC, self.admin.fields()),
             (Log::KEY, Log::DOC, self.log.fields()),
         ];

@@ -65,6 +65,12 @@ impl Settings {
             ("admin.drain_seconds", new.drain != self.drain),
             ("limit.table_size", new.limit.rules.params().table_size != self.limit.rules.params().table_size),
             ("xdp", new.xdp.interfaces != self.xdp.interfaces || new.xdp.mode != self.xdp.mode),
+            (
+                "stream (listeners, threads, limits)",
+                new.stream.listeners != self.stream.listeners
+                    || new.stream.threads != self.stream.threads
+                    || new.stream.limits != self.stream.limits,
+            ),
         ];
         Ok(ReloadPlan {
             log_level: (new.log_level != self.log_level).then_some(new.log_level),

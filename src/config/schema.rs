@@ -294,6 +294,15 @@ pub struct TurnBackend {
     /// probed, and chosen for clients of its family, on its own.
     #[serde(deserialize_with = "listen_addrs")]
     pub udp: Vec<SocketAddr>,
+    /// Its TURN-over-TCP addresses (`turn:…?transport=tcp`; stream.tcp listeners redirect
+    /// there): at most one per family of `udp`. Empty: no TCP clients are sent to it.
+    #[serde(default, deserialize_with = "listen_addrs")]
+    pub tcp: Vec<SocketAddr>,
+    /// Its TURN-over-TLS addresses (`turns:`; stream.tls listeners redirect there), as `tcp`.
+    /// Browsers drop the name after a redirect: its certificate must carry this IP address
+    /// as a subject alternative name (docs/stream.md).
+    #[serde(default, deserialize_with = "listen_addrs")]
+    pub tls: Vec<SocketAddr>,
     /// Its share of the clients relative to the others (1..=1000).
     #[serde(default = "one")]
     pub weight: u32,
@@ -424,6 +433,56 @@ section! {
         /// says why and the workers answer everything), "native" or "generic" (that hook or a
         /// start-up error, exit 2).
         mode: XdpMode = XdpMode::Auto,
+    }
+}
+
+section! {
+    /// STUN over TCP and TLS (RFC 8489 §6.2.2–6.2.3; docs/stream.md): the same answers as UDP,
+    /// one per message on the client's connection, TURN Allocates redirected to each backend's
+    /// `tcp` or `tls` address. Served by their own threads (never one per connection, never the
+    /// UDP workers'), with every connection bounded: the caps and timeouts below, each refusal
+    /// and close counted by reason. The reflection limits do not apply (a connection's source
+    /// cannot be spoofed); the caps per source prefix do. Listeners, threads and limits need a
+    /// restart; the certificate is re-read on SIGHUP (a bad one keeps the running one).
+    Stream "stream" {
+        /// TCP listeners, `"IP:port"` (e.g. `["0.0.0.0:3478", "[::]:3478"]`); empty: none.
+        /// Authentication and TURN balancing follow the `server.listen` entry of the same address
+        /// if there is one (auth.listeners and turn_lb.listeners may name these addresses too).
+        #[serde(deserialize_with = "listen_addrs")]
+        tcp: Vec<SocketAddr> = Vec::new(),
+        /// TLS listeners, `"IP:port"` (e.g. `["0.0.0.0:5349", "[::]:5349"]`); empty: none.
+        /// TLS 1.3 and 1.2; ALPN `stun.turn` / `stun.nat-discovery` echoed when offered, never
+        /// required.
+        #[serde(deserialize_with = "listen_addrs")]
+        tls: Vec<SocketAddr> = Vec::new(),
+        /// PEM certificate chain for `tls` (relative to this file's directory), leaf first.
+        certificate: String = String::new(),
+        /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `certificate`; mode 0600 in production.
+        private_key: String = String::new(),
+        /// Threads serving every stream listener (1 to 64).
+        threads: usize = 1,
+        /// Open connections at most, TCP and TLS together; more are closed at once (refused,
+        /// `global_cap`). Each costs ~5 KB of kernel memory, plus up to 4 KB of buffers here.
+        max_connections: usize = 20_000,
+        /// Of `max_connections`, TLS ones at most (each up to ~25 KB more with its session).
+        max_tls_connections: usize = 8_000,
+        /// Open connections per source /32 (IPv4) or /64 (IPv6); loopback is exempt.
+        max_connections_per_prefix: usize = 64,
+        /// TLS handshakes in progress per thread at most (each ~100 µs of CPU to finish).
+        max_handshakes: usize = 256,
+        /// Seconds a TLS handshake may take.
+        handshake_timeout: f64 = 5.0,
+        /// Seconds from the connection (TLS: the handshake's end) to the first whole message.
+        first_message_timeout: f64 = 5.0,
+        /// Seconds without a whole message after which a connection is closed.
+        idle_timeout: f64 = 60.0,
+        /// Messages per second per connection; past `message_burst` the connection is not read
+        /// until it may go on (TCP pushes back; nothing is lost).
+        messages_per_second: u32 = 20,
+        /// Messages a connection may send at once before `messages_per_second` applies.
+        message_burst: u32 = 64,
+        /// The largest message in bytes (64 to 2048); a longer one closes the connection.
+        max_message_size: usize = 2048,
     }
 }
 

@@ -103,8 +103,35 @@ impl Config {
                         ),
                     ));
                 }
-                addrs.push(BackendAddr { name: b.name.clone(), addr, weight: b.weight, drain: b.drain });
+                let mut stream = [None; 2];
+                for (k, list) in [&b.tcp, &b.tls].into_iter().enumerate() {
+                    stream[k] = list.iter().find(|a| a.is_ipv4() == addr.is_ipv4()).copied();
+                }
+                addrs.push(BackendAddr { name: b.name.clone(), addr, weight: b.weight, drain: b.drain, stream });
                 fields.push(field);
+            }
+            for (kind, list) in [("tcp", &b.tcp), ("tls", &b.tls)] {
+                let shown = || format!("{:?}", list.iter().map(ToString::to_string).collect::<Vec<_>>());
+                let families_ok = list.iter().enumerate().all(|(j, a)| {
+                    list[..j].iter().all(|o| o.is_ipv4() != a.is_ipv4()) && b.udp.iter().any(|u| u.is_ipv4() == a.is_ipv4())
+                });
+                if !families_ok {
+                    return Err(invalid(
+                        format!("{field}.{kind}"),
+                        shown(),
+                        "must be at most one address per family, each of a family `udp` has (its health is that address's)",
+                    ));
+                }
+                for (j, a) in list.iter().enumerate() {
+                    let ip = a.ip();
+                    if a.port() == 0 || ip.is_unspecified() || ip.is_multicast() {
+                        return Err(invalid(
+                            format!("{field}.{kind}[{j}]"),
+                            format!("\"{a}\""),
+                            "must be a unicast address and a port, not 0",
+                        ));
+                    }
+                }
             }
         }
         if addrs.len() > MAX_BACKEND_ADDRS {

@@ -91,11 +91,14 @@ impl Config {
             }
         }
         let lb_long_term = self.turn_lb.enabled && self.turn_lb.auth == LbAuth::LongTerm;
-        let (auth, authenticator) = self.validate_auth(listen, lb_long_term, &mut warnings)?;
+        // Answer settings for every address at once: `server.listen`, then the stream listeners
+        // on other addresses (auth.listeners and turn_lb.listeners may name either).
+        let all: Vec<SocketAddr> = listen.iter().copied().chain(self.stream_only_addrs(listen)).collect();
+        let (auth, authenticator) = self.validate_auth(&all, lb_long_term, &mut warnings)?;
         let rfc5780 = self.validate_rfc5780(listen)?;
-        let limit = self.validate_limit(listen, &rfc5780, &auth, &mut warnings)?;
-        let turn = self.validate_turn_lb(listen, &rfc5780, authenticator, &mut warnings)?;
-        let handlers: Vec<HandlerConfig> = auth
+        let limit = self.validate_limit(listen, &rfc5780, &auth[..listen.len()], &mut warnings)?;
+        let turn = self.validate_turn_lb(&all, &rfc5780, authenticator, &mut warnings)?;
+        let mut handlers: Vec<HandlerConfig> = auth
             .into_iter()
             .enumerate()
             .map(|(i, auth)| HandlerConfig {
@@ -106,8 +109,11 @@ impl Config {
                 rfc5780: None,
                 limit: limit.clone(),
                 turn: turn.as_ref().filter(|(_, on)| on[i]).map(|(balancer, _)| balancer.clone()),
+                transport: crate::lb::Transport::Udp,
             })
             .collect();
+        let stream = self.validate_stream(&all, &handlers)?;
+        handlers.truncate(listen.len());
         let xdp = self.validate_xdp(listen, &handlers, &rfc5780, &mut warnings)?;
         Ok(Settings {
             listen: listen.clone(),
@@ -127,6 +133,7 @@ impl Config {
             metrics_token,
             drain: std::time::Duration::from_secs(self.admin.drain_seconds),
             xdp,
+            stream,
             warnings,
         })
     }

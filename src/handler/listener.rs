@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::{Authenticator, Mechanism, Policy};
-use crate::lb::Balancer;
+use crate::lb::{Balancer, Transport};
 use crate::limit::Limit;
 
 /// How one listener answers: what goes into answers and whether credentials are checked.
@@ -31,6 +31,10 @@ pub struct HandlerConfig {
     /// TURN load balancing: Allocates are redirected to a backend with 300, other TURN
     /// requests get 437; `None`: TURN requests get 400 (`[turn_lb]`).
     pub turn: Option<Arc<Balancer>>,
+    /// The transport the listener serves: a TURN redirect names the backend's address for it.
+    /// Stream listeners (TCP, TLS) answer back on their connection only and carry no reflection
+    /// limits (`limit` off: a connection's source cannot be spoofed).
+    pub transport: Transport,
 }
 
 /// A listener's authentication: policy, mechanism and the shared credentials.

@@ -88,6 +88,7 @@ fn fingerprint_software_and_origin() {
         rfc5780: None,
         limit: Default::default(),
         turn: None,
+        transport: Default::default(),
     };
     let m = meta("198.51.100.7:4000");
     let Action::Reply { len, .. } = run(&mut buf, n, &m, &config).0 else { panic!("no reply") };

@@ -7,6 +7,7 @@
 //! IPV6_RECVPKTINFO (both long before). Linux only.
 #![allow(unsafe_code)]
 
+pub mod epoll;
 pub mod ifaddrs;
 pub mod mmsg;
 mod msg;

@@ -41,6 +41,43 @@ pub struct BackendAddr {
     pub weight: u32,
     /// Set to drain: no new clients.
     pub drain: bool,
+    /// The same backend's address of this family for TURN over TCP and over TLS (RFC 8656
+    /// §3.1), indexed by [`Transport::stream_index`]; `None`: it takes no clients over that
+    /// transport.
+    pub stream: [Option<SocketAddr>; 2],
+}
+
+/// The transport an Allocate came over: a redirect names the backend's address for the same
+/// one (RFC 8489 §10: the client retries "using the same transport protocol").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// UDP (and the default).
+    #[default]
+    Udp,
+    /// TCP (RFC 8489 §6.2.2).
+    Tcp,
+    /// TLS over TCP (RFC 8489 §6.2.3).
+    Tls,
+}
+
+impl Transport {
+    /// The index of a stream transport in [`BackendAddr::stream`]; `None` for UDP.
+    pub const fn stream_index(self) -> Option<usize> {
+        match self {
+            Transport::Udp => None,
+            Transport::Tcp => Some(0),
+            Transport::Tls => Some(1),
+        }
+    }
+
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 /// Where one Allocate is sent.
@@ -72,6 +109,8 @@ pub struct Balancer {
     pub other_family: bool,
     /// Per entry: the index of the same backend's address of the other family.
     sibling: Box<[Option<usize>]>,
+    /// Per entry: its TCP and TLS addresses ([`BackendAddr::stream`]).
+    stream: Box<[[Option<SocketAddr>; 2]]>,
 }
 
 impl Balancer {
@@ -95,7 +134,8 @@ impl Balancer {
             .map(|&(name, addr)| named.iter().position(|&(n, a)| n == name && a.is_ipv4() != addr.is_ipv4()))
             .collect();
         let state = Arc::new(State::new(&named, probe, previous));
-        Ok(Balancer { pool, state, auth: None, on_no_backend: NoBackend::Reject, other_family: true, sibling })
+        let stream = backends.iter().map(|b| b.stream).collect();
+        Ok(Balancer { pool, state, auth: None, on_no_backend: NoBackend::Reject, other_family: true, sibling, stream })
     }
 
     /// This balancer with the live health and counters of `previous` (a reload): the entries
@@ -103,7 +143,14 @@ impl Balancer {
     pub fn rebased(&self, previous: &State) -> Balancer {
         let named: Vec<(&str, SocketAddr)> = self.state.entries.iter().map(|e| (e.name.as_str(), e.addr)).collect();
         let state = Arc::new(State::new(&named, self.state.probe.clone(), Some(previous)));
-        Balancer { pool: self.pool.clone(), state, auth: self.auth.clone(), sibling: self.sibling.clone(), ..*self }
+        Balancer {
+            pool: self.pool.clone(),
+            state,
+            auth: self.auth.clone(),
+            sibling: self.sibling.clone(),
+            stream: self.stream.clone(),
+            ..*self
+        }
     }
 
     /// Where `client`'s Allocate goes: its backend among those of its family that accept new
@@ -121,6 +168,25 @@ impl Balancer {
         };
         Some(Redirect { addr: choice.addr, other, index: choice.index })
     }
+
+    /// [`Balancer::redirect`] for an Allocate that came over `transport`: over TCP or TLS, the
+    /// client's backend among those that accept new clients *and* have an address for that
+    /// transport (the same rendezvous order, so a client whose backend serves every transport
+    /// goes to the same one whatever it uses), redirected to that address, and the sibling's
+    /// address for the transport as the second. Health is the UDP address's (its probes).
+    #[inline]
+    pub fn redirect_over(&self, client: SocketAddr, transport: Transport) -> Option<Redirect> {
+        let Some(t) = transport.stream_index() else { return self.redirect(client) };
+        let state = &*self.state;
+        let has = |i: usize| self.stream.get(i).and_then(|s| s[t]);
+        let choice = self.pool.choose_by(client, |i| state.accepts(i) && has(i).is_some())?;
+        let addr = has(choice.index)?;
+        let other = match self.sibling.get(choice.index) {
+            Some(&Some(i)) if self.other_family && state.accepts(i) && !self.pool.backends()[i].drain => has(i),
+            _ => None,
+        };
+        Some(Redirect { addr, other, index: choice.index })
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +194,7 @@ mod tests {
     use super::*;
 
     fn addr(name: &str, a: &str) -> BackendAddr {
-        BackendAddr { name: name.into(), addr: a.parse().unwrap(), weight: 1, drain: false }
+        BackendAddr { name: name.into(), addr: a.parse().unwrap(), weight: 1, drain: false, stream: [None; 2] }
     }
 
     fn balancer() -> Balancer {

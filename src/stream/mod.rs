@@ -1,0 +1,875 @@
+//! STUN over TCP and TLS (RFC 8489 §6.2.2–6.2.3; docs/stream.md): the stream plane. A fixed
+//! number of threads (`stream.threads`), separate from the UDP workers, each with its own epoll
+//! instance and its own SO_REUSEPORT socket per listener, serve every connection; never a
+//! thread per connection. Each whole message ([`frame`]) goes to the same `handler::handle` as a
+//! datagram, and the answer goes back on its connection.
+//!
+//! Bounded: open connections at most `max_connections` (TLS ones `max_tls_connections`), per
+//! source /32 or /64 `max_connections_per_prefix` (loopback exempt), TLS handshakes in progress
+//! per thread `max_handshakes` — each excess connection is closed at once and counted by
+//! reason; a handshake must end within `handshake_timeout`, the first message arrive within
+//! `first_message_timeout`, and a connection without a whole message for `idle_timeout` is
+//! closed; past `message_burst` messages a connection is read at `messages_per_second`
+//! (TCP pushes back on the client; nothing is lost); a message longer than `max_message_size`,
+//! or bytes that are not STUN, close it (there is no way to find the next message); a client
+//! that does not read its answers is not read either, and closed after [`WRITE_STALL`].
+//! Memory per connection: the kernel's socket (~5 KB idle), at most `2 × max_message_size`
+//! of unprocessed input and [`MAX_PENDING`] of unsent answers here, and a TLS session's buffers
+//! (~7–20 KB): fixed bounds times the caps.
+
+pub mod frame;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use rustls::server::{Acceptor, ServerConnection};
+
+use crate::config::{StreamLimits, StreamPlan};
+use crate::counters::{Stats, WorkerSlot};
+use crate::handler::{Action, HandlerConfig, Meta, handle};
+use crate::io::BUFFER_SIZE;
+use crate::io::epoll::{Epoll, Event, HANGUP, READ, WRITE};
+use crate::lb::Transport;
+use crate::metrics::{StreamView, TransportCounts};
+use frame::Frame;
+use tls::TlsConfigs;
+
+/// Answers not yet sent on one connection at most; past it the connection is not read.
+pub const MAX_PENDING: usize = 16 * 1024;
+/// A connection whose unsent answers make no progress this long is closed (`write_stall`).
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
+/// How often a thread looks at its connections' timers and paused reads.
+const SWEEP: Duration = Duration::from_millis(50);
+/// Connections accepted per listener per wakeup at most.
+const ACCEPT_BATCH: usize = 64;
+/// The listen backlog.
+const BACKLOG: i32 = 1024;
+/// A token's top bit marks a listener; otherwise the low 32 bits are a connection's slot and
+/// the next 31 its generation (a slot reused within one wait cannot take the old one's event).
+const LISTENER: u64 = 1 << 63;
+
+/// Why a connection was closed at once on accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    GlobalCap,
+    TlsCap,
+    PrefixCap,
+    HandshakeCap,
+    FdLimit,
+}
+
+const REFUSED: [(Refused, &str); 5] = [
+    (Refused::GlobalCap, "global_cap"),
+    (Refused::TlsCap, "tls_cap"),
+    (Refused::PrefixCap, "prefix_cap"),
+    (Refused::HandshakeCap, "handshake_cap"),
+    (Refused::FdLimit, "fd_limit"),
+];
+
+/// Why a connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    Client,
+    Idle,
+    HandshakeTimeout,
+    FirstMessageTimeout,
+    NotStun,
+    BadHeader,
+    TooLarge,
+    TlsError,
+    WriteStall,
+    IoError,
+    Stopped,
+}
+
+const CLOSED: [(Closed, &str); 11] = [
+    (Closed::Client, "client"),
+    (Closed::Idle, "idle"),
+    (Closed::HandshakeTimeout, "handshake_timeout"),
+    (Closed::FirstMessageTimeout, "first_message_timeout"),
+    (Closed::NotStun, "not_stun"),
+    (Closed::BadHeader, "bad_header"),
+    (Closed::TooLarge, "too_large"),
+    (Closed::TlsError, "tls_error"),
+    (Closed::WriteStall, "write_stall"),
+    (Closed::IoError, "io_error"),
+    (Closed::Stopped, "stopped"),
+];
+
+impl From<frame::FrameError> for Closed {
+    fn from(e: frame::FrameError) -> Closed {
+        match e {
+            frame::FrameError::NotStun => Closed::NotStun,
+            frame::FrameError::BadHeader => Closed::BadHeader,
+            frame::FrameError::TooLarge => Closed::TooLarge,
+        }
+    }
+}
+
+/// Why a TLS handshake failed.
+const TLS_FAILURES: [&str; 3] = ["protocol", "timeout", "closed"];
+
+/// One thread's counters for one transport (relaxed atomics; only the thread writes).
+#[derive(Debug, Default)]
+struct TransportCounters {
+    accepted: AtomicU64,
+    closed_total: AtomicU64,
+    messages: AtomicU64,
+    answers: AtomicU64,
+    channel_data: AtomicU64,
+    refused: [AtomicU64; REFUSED.len()],
+    closed: [AtomicU64; CLOSED.len()],
+}
+
+/// One thread's counters.
+#[derive(Debug, Default)]
+struct Counters {
+    /// TCP, TLS.
+    transport: [TransportCounters; 2],
+    handshaking: AtomicU64,
+    /// TLS 1.3, TLS 1.2.
+    tls_handshakes: [AtomicU64; 2],
+    tls_failures: [AtomicU64; TLS_FAILURES.len()],
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+/// What every thread reads: the answer settings and the TLS configurations (swapped whole on
+/// reload), the limits, the shared counts.
+struct Shared {
+    stop: AtomicBool,
+    generation: AtomicU64,
+    current: Mutex<Arc<Snapshot>>,
+    limits: StreamLimits,
+    /// Open connections, and open TLS ones, over every thread.
+    open: AtomicUsize,
+    open_tls: AtomicUsize,
+    /// Open connections per source prefix (loopback not counted). Locked once per accept and
+    /// per close, never per message; entries exist only for open connections, so it holds at
+    /// most `max_connections` of them.
+    prefixes: Mutex<HashMap<u128, usize>>,
+    counters: Box<[CachePadded<Counters>]>,
+    slots: Box<[WorkerSlot]>,
+}
+
+/// The reloadable part.
+struct Snapshot {
+    /// Per listener.
+    handlers: Vec<HandlerConfig>,
+    tls: Option<TlsConfigs>,
+}
+
+fn snapshot(plan: &StreamPlan) -> Result<Snapshot, rustls::Error> {
+    let tls = plan.tls.as_ref().map(|identity| TlsConfigs::new(&identity.key)).transpose()?;
+    Ok(Snapshot { handlers: plan.handlers.clone(), tls })
+}
+
+/// The running stream plane.
+pub struct Plane {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local: Vec<(SocketAddr, Transport)>,
+}
+
+impl std::fmt::Debug for Plane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plane").field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+/// A listening socket with SO_REUSEPORT (each thread binds its own), non-blocking.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+impl Plane {
+    /// Binds every listener on every thread and starts the threads; `None` without listeners.
+    /// A port 0 is chosen by the first bind and kept for the other threads.
+    pub fn start(plan: &StreamPlan) -> io::Result<Option<Plane>> {
+        if plan.listeners.is_empty() {
+            return Ok(None);
+        }
+        let current = snapshot(plan).map_err(|e| io::Error::other(format!("TLS configuration: {e}")))?;
+        let mut per_thread: Vec<Vec<(TcpListener, SocketAddr, usize, Transport)>> =
+            (0..plan.threads).map(|_| Vec::new()).collect();
+        let mut local = Vec::new();
+        for (i, &(addr, transport)) in plan.listeners.iter().enumerate() {
+            let first = bind(addr).map_err(|e| io::Error::new(e.kind(), format!("stream listener {addr}: {e}")))?;
+            let bound = first.local_addr()?;
+            local.push((bound, transport));
+            per_thread[0].push((first, bound, i, transport));
+            for thread in per_thread.iter_mut().skip(1) {
+                let l = bind(bound).map_err(|e| io::Error::new(e.kind(), format!("stream listener {bound}: {e}")))?;
+                thread.push((l, bound, i, transport));
+            }
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            current: Mutex::new(Arc::new(current)),
+            limits: plan.limits,
+            open: AtomicUsize::new(0),
+            open_tls: AtomicUsize::new(0),
+            prefixes: Mutex::new(HashMap::with_capacity(plan.limits.max_connections.min(1 << 16))),
+            counters: (0..plan.threads).map(|_| CachePadded::new(Counters::default())).collect(),
+            slots: (0..plan.threads).map(|_| WorkerSlot::default()).collect(),
+        });
+        let mut threads = Vec::new();
+        for (index, listeners) in per_thread.into_iter().enumerate() {
+            let shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("stunedge-stream{index}"))
+                .spawn(move || {
+                    let mut worker = match Thread::new(shared, index, listeners) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            tracing::error!("stream thread {index} cannot start: {e}");
+                            return;
+                        }
+                    };
+                    worker.run();
+                })?;
+            threads.push(thread);
+        }
+        Ok(Some(Plane { shared, threads, local }))
+    }
+
+    /// The listeners' bound addresses (a port 0 resolved) and transports.
+    pub fn local_addrs(&self) -> &[(SocketAddr, Transport)] {
+        &self.local
+    }
+
+    /// A reload: the listeners' new answer settings and the TLS certificate. New connections
+    /// take the new certificate; established ones keep their session. A certificate rustls
+    /// refuses keeps the running configuration (logged).
+    pub fn reload(&self, plan: &StreamPlan) {
+        match snapshot(plan) {
+            Ok(next) if next.handlers.len() == self.local.len() => {
+                *self.shared.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+                self.shared.generation.fetch_add(1, Relaxed);
+            }
+            Ok(_) => tracing::error!("stream listeners changed: restart to apply; keeping the running ones"),
+            Err(e) => tracing::error!("stream TLS configuration refused ({e}): keeping the running certificate"),
+        }
+    }
+
+    /// The counters, for the exporter.
+    pub fn view(&self) -> StreamView {
+        view(&self.shared, &self.local)
+    }
+
+    /// A function that reads the counters (for the exporter, which outlives nothing here).
+    pub fn viewer(&self) -> impl Fn() -> StreamView + Send + Sync + 'static {
+        let (shared, local) = (self.shared.clone(), self.local.clone());
+        move || view(&shared, &local)
+    }
+
+    /// Stops the threads (each closes its connections) and waits for them.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Relaxed);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn view(shared: &Shared, local: &[(SocketAddr, Transport)]) -> StreamView {
+    let sum = |f: &dyn Fn(&Counters) -> u64| shared.counters.iter().map(|c| f(c)).sum::<u64>();
+    let mut out = StreamView {
+        handshaking: sum(&|c| c.handshaking.load(Relaxed)),
+        tls_handshakes: vec![
+            ("1.3", sum(&|c| c.tls_handshakes[0].load(Relaxed))),
+            ("1.2", sum(&|c| c.tls_handshakes[1].load(Relaxed))),
+        ],
+        tls_failures: TLS_FAILURES
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (*r, sum(&|c| c.tls_failures[i].load(Relaxed))))
+            .collect(),
+        stats: shared.slots.iter().enumerate().map(|(i, s)| (format!("stream{i}"), s.read())).collect(),
+        ..StreamView::default()
+    };
+    for (t, transport) in [Transport::Tcp, Transport::Tls].into_iter().enumerate() {
+        if !local.iter().any(|(_, x)| *x == transport) {
+            continue;
+        }
+        let get = |f: &dyn Fn(&TransportCounters) -> &AtomicU64| sum(&|c| f(&c.transport[t]).load(Relaxed));
+        let accepted = get(&|c| &c.accepted);
+        let closed_total = get(&|c| &c.closed_total);
+        out.transports.push(TransportCounts {
+            transport: transport.label(),
+            open: accepted.saturating_sub(closed_total),
+            accepted,
+            messages: get(&|c| &c.messages),
+            answers: get(&|c| &c.answers),
+            channel_data: get(&|c| &c.channel_data),
+            refused: REFUSED.iter().enumerate().map(|(i, (_, l))| (*l, get(&|c| &c.refused[i]))).collect(),
+            closed: CLOSED.iter().enumerate().map(|(i, (_, l))| (*l, get(&|c| &c.closed[i]))).collect(),
+        });
+    }
+    out
+}
+
+/// A connection's TLS state.
+enum Tls {
+    /// Plain TCP.
+    None,
+    /// Reading the ClientHello.
+    Accepting(Box<Acceptor>),
+    /// The session (handshaking, then open).
+    Session(Box<ServerConnection>),
+}
+
+/// One connection.
+struct Conn {
+    sock: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: usize,
+    transport: Transport,
+    tls: Tls,
+    /// Plaintext read and not yet processed (at most one partial message, or the rest of a
+    /// read while the connection is paused).
+    input: Vec<u8>,
+    /// Answers not yet handed to the socket (TLS: to the session).
+    output: Vec<u8>,
+    accepted: Instant,
+    /// When the connection could first carry a message (TCP: accepted; TLS: handshake done).
+    ready: Option<Instant>,
+    last_message: Option<Instant>,
+    /// Since when unsent answers have made no progress.
+    stalled: Option<Instant>,
+    tokens: f64,
+    refilled: Instant,
+    /// Not read: over its message rate.
+    paused: bool,
+    /// The events it is registered for.
+    interest: u32,
+    /// Its source prefix, when counted (not loopback).
+    prefix: Option<u128>,
+    generation: u32,
+}
+
+impl Conn {
+    fn handshaking(&self) -> bool {
+        match &self.tls {
+            Tls::None => false,
+            Tls::Accepting(_) => true,
+            Tls::Session(s) => s.is_handshaking(),
+        }
+    }
+}
+
+/// The source prefix a connection counts against: IPv4 /32, IPv6 /64 (IPv4-mapped as IPv4).
+fn prefix_of(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)) | 1 << 127,
+        IpAddr::V6(v6) => u128::from(v6) & !((1u128 << 64) - 1),
+    }
+}
+
+/// One stream thread.
+struct Thread {
+    shared: Arc<Shared>,
+    index: usize,
+    epoll: Epoll,
+    listeners: Vec<(TcpListener, SocketAddr, usize, Transport)>,
+    /// Listeners not polled until then (out of file descriptors).
+    listeners_paused: Option<Instant>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    generations: Vec<u32>,
+    /// TLS handshakes in progress here.
+    handshaking: usize,
+    current: Arc<Snapshot>,
+    seen: u64,
+    stats: Stats,
+    scratch: Vec<u8>,
+    message: Vec<u8>,
+}
+
+impl Thread {
+    fn new(
+        shared: Arc<Shared>,
+        index: usize,
+        listeners: Vec<(TcpListener, SocketAddr, usize, Transport)>,
+    ) -> io::Result<Thread> {
+        let epoll = Epoll::new(256)?;
+        for (i, (l, ..)) in listeners.iter().enumerate() {
+            epoll.add(l, LISTENER | i as u64, READ)?;
+        }
+        let current = shared.current.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let seen = shared.generation.load(Relaxed);
+        let max = shared.limits.max_message;
+        Ok(Thread {
+            shared,
+            index,
+            epoll,
+            listeners,
+            listeners_paused: None,
+            conns: Vec::new(),
+            free: Vec::new(),
+            generations: Vec::new(),
+            handshaking: 0,
+            current,
+            seen,
+            stats: Stats::default(),
+            scratch: vec![0; 2 * max],
+            message: vec![0; BUFFER_SIZE],
+        })
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters[self.index]
+    }
+
+    fn run(&mut self) {
+        let mut events: Vec<Event> = Vec::with_capacity(256);
+        let mut last_sweep = Instant::now();
+        while !self.shared.stop.load(Relaxed) {
+            if let Err(e) = self.epoll.wait(&mut events, SWEEP.as_millis() as i32) {
+                tracing::error!("stream thread {}: epoll_wait: {e}", self.index);
+                break;
+            }
+            for &Event { token, events: ready } in &events {
+                if token & LISTENER != 0 {
+                    self.accept((token & !LISTENER) as usize);
+                } else {
+                    self.ready(token, ready);
+                }
+            }
+            if last_sweep.elapsed() >= SWEEP {
+                last_sweep = Instant::now();
+                self.sweep();
+            }
+        }
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].is_some() {
+                self.close(slot, Closed::Stopped);
+            }
+        }
+        self.shared.slots[self.index].publish(&self.stats);
+    }
+
+    /// Timers, paused reads, the listeners' pause, the configuration, the published counters.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let generation = self.shared.generation.load(Relaxed);
+        if generation != self.seen {
+            self.seen = generation;
+            self.current = self.shared.current.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        }
+        if self.listeners_paused.is_some_and(|until| now >= until) {
+            self.listeners_paused = None;
+            for (i, (l, ..)) in self.listeners.iter().enumerate() {
+                let _ = self.epoll.modify(l, LISTENER | i as u64, READ);
+            }
+        }
+        let limits = self.shared.limits;
+        for slot in 0..self.conns.len() {
+            let Some(c) = &self.conns[slot] else { continue };
+            let why = if c.handshaking() {
+                (now - c.accepted >= limits.handshake_timeout).then_some(Closed::HandshakeTimeout)
+            } else if let Some(t) = c.last_message {
+                (now - t >= limits.idle_timeout).then_some(Closed::Idle)
+            } else {
+                c.ready.filter(|t| now - *t >= limits.first_message_timeout).map(|_| Closed::FirstMessageTimeout)
+            };
+            let why = why.or_else(|| c.stalled.filter(|t| now - *t >= WRITE_STALL).map(|_| Closed::WriteStall));
+            let paused = c.paused;
+            if let Some(why) = why {
+                self.close(slot, why);
+            } else if paused {
+                self.pump(slot, false);
+            }
+        }
+        self.counters().handshaking.store(self.handshaking as u64, Relaxed);
+        self.shared.slots[self.index].publish(&self.stats);
+    }
+
+    fn accept(&mut self, l: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some((listener, _, index, transport)) = self.listeners.get(l) else { return };
+            let (index, transport) = (*index, *transport);
+            match listener.accept() {
+                Ok((sock, peer)) => self.admit(sock, peer, index, transport),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of descriptors: stop polling the listeners for a moment (the kernel's
+                    // backlog holds the rest) instead of spinning on an error.
+                    bump(&self.counters().transport[transport.stream_index().unwrap_or(0)].refused[4]);
+                    for (l, ..) in &self.listeners {
+                        let _ = self.epoll.modify(l, LISTENER, 0);
+                    }
+                    self.listeners_paused = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn admit(&mut self, sock: TcpStream, peer: SocketAddr, listener: usize, transport: Transport) {
+        let t = transport.stream_index().unwrap_or(0);
+        let limits = self.shared.limits;
+        let tls = transport == Transport::Tls;
+        let refuse = |me: &Self, why: Refused| {
+            let i = REFUSED.iter().position(|(r, _)| *r == why).unwrap_or(0);
+            bump(&me.counters().transport[t].refused[i]);
+        };
+        if self.shared.open.fetch_add(1, Relaxed) >= limits.max_connections {
+            self.shared.open.fetch_sub(1, Relaxed);
+            return refuse(self, Refused::GlobalCap);
+        }
+        if tls {
+            if self.handshaking >= limits.max_handshakes {
+                self.shared.open.fetch_sub(1, Relaxed);
+                return refuse(self, Refused::HandshakeCap);
+            }
+            if self.shared.open_tls.fetch_add(1, Relaxed) >= limits.max_tls_connections {
+                self.shared.open_tls.fetch_sub(1, Relaxed);
+                self.shared.open.fetch_sub(1, Relaxed);
+                return refuse(self, Refused::TlsCap);
+            }
+        }
+        let prefix = (!peer.ip().to_canonical().is_loopback()).then(|| prefix_of(peer.ip()));
+        if let Some(p) = prefix {
+            let mut prefixes = self.shared.prefixes.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = prefixes.entry(p).or_insert(0);
+            if *n >= limits.max_per_prefix {
+                drop(prefixes);
+                self.release_counts(tls, None);
+                return refuse(self, Refused::PrefixCap);
+            }
+            *n += 1;
+        }
+        let local = sock.local_addr().unwrap_or(self.listeners[0].1);
+        let setup = sock.set_nonblocking(true).and_then(|()| sock.set_nodelay(true));
+        if setup.is_err() {
+            self.release_counts(tls, prefix);
+            return;
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.generations.push(0);
+            self.conns.len() - 1
+        });
+        self.generations[slot] = self.generations[slot].wrapping_add(1) & 0x7FFF_FFFF;
+        let generation = self.generations[slot];
+        if self.epoll.add(&sock, token(slot, generation), READ).is_err() {
+            self.free.push(slot);
+            self.release_counts(tls, prefix);
+            return;
+        }
+        let now = Instant::now();
+        if tls {
+            self.handshaking += 1;
+        }
+        bump(&self.counters().transport[t].accepted);
+        self.conns[slot] = Some(Conn {
+            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            local: SocketAddr::new(local.ip().to_canonical(), local.port()),
+            sock,
+            listener,
+            transport,
+            tls: if tls { Tls::Accepting(Box::default()) } else { Tls::None },
+            input: Vec::new(),
+            output: Vec::new(),
+            accepted: now,
+            ready: (!tls).then_some(now),
+            last_message: None,
+            stalled: None,
+            tokens: f64::from(limits.message_burst),
+            refilled: now,
+            paused: false,
+            interest: READ,
+            prefix,
+            generation,
+        });
+    }
+
+    /// Undoes an admitted connection's share of the shared counts.
+    fn release_counts(&self, tls: bool, prefix: Option<u128>) {
+        self.shared.open.fetch_sub(1, Relaxed);
+        if tls {
+            self.shared.open_tls.fetch_sub(1, Relaxed);
+        }
+        if let Some(p) = prefix {
+            let mut prefixes = self.shared.prefixes.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = prefixes.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    prefixes.remove(&p);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize, why: Closed) {
+        let Some(c) = self.conns[slot].take() else { return };
+        let _ = self.epoll.delete(&c.sock);
+        let tls = c.transport == Transport::Tls;
+        if c.handshaking() {
+            self.handshaking -= 1;
+            let failure = match why {
+                Closed::TlsError => Some(0),
+                Closed::HandshakeTimeout => Some(1),
+                Closed::Client | Closed::IoError => Some(2),
+                _ => None,
+            };
+            if let Some(i) = failure {
+                bump(&self.counters().tls_failures[i]);
+            }
+        }
+        self.release_counts(tls, c.prefix);
+        let counters = &self.counters().transport[c.transport.stream_index().unwrap_or(0)];
+        bump(&counters.closed_total);
+        bump(&counters.closed[CLOSED.iter().position(|(r, _)| *r == why).unwrap_or(0)]);
+        self.free.push(slot);
+    }
+
+    fn ready(&mut self, token: u64, events: u32) {
+        let slot = (token & 0xFFFF_FFFF) as usize;
+        let generation = (token >> 32) as u32;
+        match self.conns.get(slot) {
+            Some(Some(c)) if c.generation == generation => {}
+            _ => return,
+        }
+        if events & (READ | WRITE | HANGUP) != 0 {
+            self.pump(slot, events & (READ | HANGUP) != 0);
+        }
+    }
+
+    /// Moves a connection on: reads when `readable` and it may, processes whole messages
+    /// within its rate, sends what it can, and registers for what it waits on.
+    fn pump(&mut self, slot: usize, readable: bool) {
+        if let Err(why) = self.pump_inner(slot, readable) {
+            self.close(slot, why);
+        }
+    }
+
+    fn pump_inner(&mut self, slot: usize, readable: bool) -> Result<(), Closed> {
+        let limits = self.shared.limits;
+        let now = Instant::now();
+        let Some(c) = self.conns[slot].as_mut() else { return Ok(()) };
+        // Refill the message budget.
+        let elapsed = (now - c.refilled).as_secs_f64();
+        c.refilled = now;
+        c.tokens = (c.tokens + elapsed * f64::from(limits.messages_per_second)).min(f64::from(limits.message_burst));
+        let may_read = c.output.len() < MAX_PENDING && c.tokens >= 1.0;
+        if readable && may_read {
+            let was_handshaking = c.handshaking();
+            read(c, &mut self.scratch, limits.max_message, self.current.tls.as_ref())?;
+            if was_handshaking && !c.handshaking() {
+                self.handshaking -= 1;
+                c.ready = Some(now);
+                let version = match &c.tls {
+                    Tls::Session(s) if s.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2) => 1,
+                    _ => 0,
+                };
+                bump(&self.shared.counters[self.index].tls_handshakes[version]);
+            }
+        }
+        // Whole messages, within the rate.
+        let (unix, clock_ms) = (crate::worker::unix_now(), crate::worker::clock_ms());
+        let handlers = &self.current.handlers;
+        let counters = &self.shared.counters[self.index].transport[c.transport.stream_index().unwrap_or(0)];
+        let mut at = 0;
+        while c.tokens >= 1.0 && c.output.len() < MAX_PENDING {
+            match frame::next(&c.input[at..], limits.max_message).map_err(Closed::from)? {
+                None => break,
+                Some(Frame::ChannelData(len)) => {
+                    bump(&counters.channel_data);
+                    at += len;
+                }
+                Some(Frame::Stun(len)) => {
+                    c.tokens -= 1.0;
+                    c.last_message = Some(now);
+                    bump(&counters.messages);
+                    self.message[..len].copy_from_slice(&c.input[at..at + len]);
+                    at += len;
+                    let meta = Meta { src: c.peer, local: c.local, now: unix, clock_ms };
+                    let Some(config) = handlers.get(c.listener) else { continue };
+                    if let Action::Reply { len, .. } = handle(&mut self.message, len, &meta, config, &mut self.stats) {
+                        c.output.extend_from_slice(&self.message[..len]);
+                        bump(&counters.answers);
+                    }
+                }
+            }
+        }
+        c.input.drain(..at);
+        c.paused = c.tokens < 1.0;
+        flush(c, now)?;
+        // Register for what it waits on: reading unless paused or backed up; writing while
+        // answers are waiting.
+        let wants_write = !c.output.is_empty() || matches!(&c.tls, Tls::Session(s) if s.wants_write());
+        let interest = if !c.paused && c.output.len() < MAX_PENDING { READ } else { 0 }
+            | if wants_write { WRITE } else { 0 };
+        if interest != c.interest {
+            c.interest = interest;
+            let _ = self.epoll.modify(&c.sock, token(slot, c.generation), interest);
+        }
+        Ok(())
+    }
+}
+
+fn token(slot: usize, generation: u32) -> u64 {
+    u64::from(generation) << 32 | slot as u64
+}
+
+/// Reads what the socket has (TLS: through the session, `configs` choosing a new one's) into
+/// `c.input`.
+fn read(c: &mut Conn, scratch: &mut [u8], max_message: usize, configs: Option<&TlsConfigs>) -> Result<(), Closed> {
+    match &mut c.tls {
+        Tls::None => {
+            // At most two messages' worth beyond what is waiting: the input stays bounded.
+            let room = (2 * max_message).saturating_sub(c.input.len()).min(scratch.len());
+            if room == 0 {
+                return Ok(());
+            }
+            match c.sock.read(&mut scratch[..room]) {
+                Ok(0) => Err(Closed::Client),
+                Ok(n) => {
+                    c.input.extend_from_slice(&scratch[..n]);
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) if is_reset(&e) => Err(Closed::Client),
+                Err(_) => Err(Closed::IoError),
+            }
+        }
+        Tls::Accepting(acceptor) => {
+            match acceptor.read_tls(&mut c.sock) {
+                Ok(0) => return Err(Closed::Client),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if is_reset(&e) => return Err(Closed::Client),
+                Err(_) => return Err(Closed::IoError),
+            }
+            match acceptor.accept() {
+                Ok(None) => Ok(()),
+                Ok(Some(accepted)) => {
+                    // A TLS listener has a configuration (checked when loaded).
+                    let Some(configs) = configs else { return Err(Closed::TlsError) };
+                    let config = configs.choose(accepted.client_hello().alpn());
+                    match accepted.into_connection(config) {
+                        Ok(session) => {
+                            c.tls = Tls::Session(Box::new(session));
+                            // The ClientHello may have come with more: go on with the session.
+                            tls_progress(c, scratch, max_message)
+                        }
+                        Err((_, mut alert)) => {
+                            let _ = alert.write_all(&mut c.sock);
+                            Err(Closed::TlsError)
+                        }
+                    }
+                }
+                Err((_, mut alert)) => {
+                    let _ = alert.write_all(&mut c.sock);
+                    Err(Closed::TlsError)
+                }
+            }
+        }
+        Tls::Session(session) => {
+            match session.read_tls(&mut c.sock) {
+                Ok(0) => return Err(Closed::Client),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if is_reset(&e) => return Err(Closed::Client),
+                Err(_) => return Err(Closed::IoError),
+            }
+            tls_progress(c, scratch, max_message)
+        }
+    }
+}
+
+/// Processes the TLS records read so far and moves the plaintext into `c.input`.
+fn tls_progress(c: &mut Conn, scratch: &mut [u8], max_message: usize) -> Result<(), Closed> {
+    let Tls::Session(session) = &mut c.tls else { return Ok(()) };
+    if session.process_new_packets().is_err() {
+        // The alert rustls queued goes out before the close.
+        let _ = session.write_tls(&mut c.sock);
+        return Err(Closed::TlsError);
+    }
+    loop {
+        let room = (2 * max_message).saturating_sub(c.input.len()).min(scratch.len());
+        if room == 0 {
+            return Ok(());
+        }
+        match session.reader().read(&mut scratch[..room]) {
+            Ok(0) => return Err(Closed::Client), // close_notify
+            Ok(n) => c.input.extend_from_slice(&scratch[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(_) => return Err(Closed::Client), // closed without close_notify
+        }
+    }
+}
+
+/// Sends what is waiting: plain answers to the socket, or through the session.
+fn flush(c: &mut Conn, now: Instant) -> Result<(), Closed> {
+    let before = c.output.len() + usize::from(matches!(&c.tls, Tls::Session(s) if s.wants_write()));
+    match &mut c.tls {
+        Tls::None => {
+            while !c.output.is_empty() {
+                match c.sock.write(&c.output) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        c.output.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if is_reset(&e) => return Err(Closed::Client),
+                    Err(_) => return Err(Closed::IoError),
+                }
+            }
+        }
+        Tls::Accepting(_) => {}
+        Tls::Session(session) => {
+            if !c.output.is_empty() && !session.is_handshaking() {
+                match session.writer().write(&c.output) {
+                    Ok(n) => {
+                        c.output.drain(..n);
+                    }
+                    Err(_) => return Err(Closed::TlsError),
+                }
+            }
+            while session.wants_write() {
+                match session.write_tls(&mut c.sock) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if is_reset(&e) => return Err(Closed::Client),
+                    Err(_) => return Err(Closed::IoError),
+                }
+            }
+        }
+    }
+    let after = c.output.len() + usize::from(matches!(&c.tls, Tls::Session(s) if s.wants_write()));
+    c.stalled = match (after, before) {
+        (0, _) => None,
+        (a, b) if a < b => Some(now),
+        _ => c.stalled.or(Some(now)),
+    };
+    Ok(())
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
+}
