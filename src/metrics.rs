@@ -912,7 +912,9 @@ impl Exporter {
                     Kind::Histogram => MetricType::HISTOGRAM,
                 });
                 f.set_metric(match row.source {
-                    Source::Stream(series) => stream.as_ref().map(|v| stream_samples(row, series, v)).unwrap_or_default(),
+                    Source::Stream(series) => {
+                        stream.as_ref().map(|v| stream_samples(row, series, v)).unwrap_or_default()
+                    }
                     _ => self.samples(row, &per_worker, turn.as_deref(), xdp.as_ref()),
                 });
                 f

@@ -126,12 +126,7 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
         None => server.exporter(reloads.clone()),
     };
     let admin = match settings.admin_listen {
-        Some(addr) => match Admin::start_with_token(
-            addr,
-            exporter,
-            health.clone(),
-            settings.metrics_token.clone(),
-        ) {
+        Some(addr) => match Admin::start_with_token(addr, exporter, health.clone(), settings.metrics_token.clone()) {
             Ok(admin) => {
                 tracing::info!(listen = %admin.local_addr(), "admin endpoint: /metrics /healthz /readyz");
                 Some(admin)

@@ -464,7 +464,8 @@ section! {
         /// Open connections at most, TCP and TLS together; more are closed at once (refused,
         /// `global_cap`). Each costs ~5 KB of kernel memory, plus up to 4 KB of buffers here.
         max_connections: usize = 20_000,
-        /// Of `max_connections`, TLS ones at most (each up to ~25 KB more with its session).
+        /// Of `max_connections`, TLS ones at most (each up to ~25 KB more with its session);
+        /// above `max_connections` it is `max_connections`.
         max_tls_connections: usize = 8_000,
         /// Open connections per source /32 (IPv4) or /64 (IPv6); loopback is exempt.
         max_connections_per_prefix: usize = 64,

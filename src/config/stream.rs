@@ -44,7 +44,8 @@ impl Config {
         for (kind, list, transport) in [("tcp", &s.tcp, Transport::Tcp), ("tls", &s.tls, Transport::Tls)] {
             for (i, addr) in list.iter().enumerate() {
                 let field = format!("stream.{kind}[{i}]");
-                if listeners.iter().any(|(a, _)| a == addr) {
+                // Port 0 (a free port each, tests) is never the same listener twice.
+                if addr.port() != 0 && listeners.iter().any(|(a, _)| a == addr) {
                     return Err(invalid(field, format!("\"{addr}\""), "listed twice (in stream.tcp or stream.tls)"));
                 }
                 listeners.push((*addr, transport));
@@ -67,8 +68,11 @@ impl Config {
         let max_connections = positive("max_connections", s.max_connections, 1_000_000)?;
         let limits = StreamLimits {
             max_connections,
-            max_tls_connections: positive("max_tls_connections", s.max_tls_connections, max_connections)?,
-            max_per_prefix: positive("max_connections_per_prefix", s.max_connections_per_prefix, max_connections)?,
+            // Caps above max_connections are max_connections.
+            max_tls_connections: positive("max_tls_connections", s.max_tls_connections, 1_000_000)?
+                .min(max_connections),
+            max_per_prefix: positive("max_connections_per_prefix", s.max_connections_per_prefix, 1_000_000)?
+                .min(max_connections),
             max_handshakes: positive("max_handshakes", s.max_handshakes, 100_000)?,
             handshake_timeout: seconds("handshake_timeout", s.handshake_timeout)?,
             first_message_timeout: seconds("first_message_timeout", s.first_message_timeout)?,
@@ -115,19 +119,20 @@ impl Config {
         let cert_path = resolve("certificate", &s.certificate)?;
         let key_path = resolve("private_key", &s.private_key)?;
         let read = |field: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| invalid(format!("stream.{field}"), format!("{path:?}"), format!("cannot read: {e}")))
+            std::fs::read(path)
+                .map_err(|e| invalid(format!("stream.{field}"), format!("{path:?}"), format!("cannot read: {e}")))
         };
         let (cert_pem, key_pem) = (read("certificate", &cert_path)?, read("private_key", &key_path)?);
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| invalid("stream.certificate", format!("{cert_path:?}"), format!("not PEM certificates: {e}")))?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<_, _>>().map_err(|e| {
+                invalid("stream.certificate", format!("{cert_path:?}"), format!("not PEM certificates: {e}"))
+            })?;
         if chain.is_empty() {
             return Err(invalid("stream.certificate", format!("{cert_path:?}"), "holds no CERTIFICATE block"));
         }
         // Never echo the key's bytes: only the file and what is wrong.
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            invalid("stream.private_key", format!("{key_path:?}"), format!("no PEM private key: {e}"))
-        })?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| invalid("stream.private_key", format!("{key_path:?}"), format!("no PEM private key: {e}")))?;
         let provider = rustls::crypto::ring::default_provider();
         let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
             invalid(
@@ -176,13 +181,16 @@ mod tests {
             ("tls = [\"192.0.2.1:5349\"]\n", "stream.certificate = \"\": stream.tls is set"),
             ("tcp = [\"192.0.2.1:1\"]\ntls = [\"192.0.2.1:1\"]\n", "stream.tls[0] = \"192.0.2.1:1\": listed twice"),
             ("threads = 0\n", "stream.threads = 0: must be between 1 and 64"),
-            ("max_tls_connections = 30000\n", "stream.max_tls_connections = 30000: must be between 1 and 20000"),
+            ("max_tls_connections = 0\n", "stream.max_tls_connections = 0: must be between 1 and 1000000"),
             ("idle_timeout = 0.0\n", "stream.idle_timeout = 0: must be between 0.1 and 3600 seconds"),
             ("max_message_size = 4096\n", "stream.max_message_size = 4096: must be between 64 and 2048 bytes"),
-            ("tls = [\"192.0.2.1:5349\"]\ncertificate = \"/nonexistent/c.pem\"\nprivate_key = \"/nonexistent/k.pem\"\n",
-             "stream.certificate = \"/nonexistent/c.pem\": cannot read"),
+            (
+                "tls = [\"192.0.2.1:5349\"]\ncertificate = \"/nonexistent/c.pem\"\nprivate_key = \"/nonexistent/k.pem\"\n",
+                "stream.certificate = \"/nonexistent/c.pem\": cannot read",
+            ),
         ] {
-            let e = check(&format!("[server]\nlisten = [\"192.0.2.1:3478\"]\n[stream]\n{text}")).unwrap_err().to_string();
+            let e =
+                check(&format!("[server]\nlisten = [\"192.0.2.1:3478\"]\n[stream]\n{text}")).unwrap_err().to_string();
             assert!(e.contains(expected), "{text:?}: {e}");
         }
     }

@@ -113,7 +113,8 @@ impl Config {
             for (kind, list) in [("tcp", &b.tcp), ("tls", &b.tls)] {
                 let shown = || format!("{:?}", list.iter().map(ToString::to_string).collect::<Vec<_>>());
                 let families_ok = list.iter().enumerate().all(|(j, a)| {
-                    list[..j].iter().all(|o| o.is_ipv4() != a.is_ipv4()) && b.udp.iter().any(|u| u.is_ipv4() == a.is_ipv4())
+                    list[..j].iter().all(|o| o.is_ipv4() != a.is_ipv4())
+                        && b.udp.iter().any(|u| u.is_ipv4() == a.is_ipv4())
                 });
                 if !families_ok {
                     return Err(invalid(

@@ -20,8 +20,8 @@ pub enum Frame {
 /// Why the stream cannot go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    /// The first byte starts neither STUN (top bits 00) nor ChannelData (0x40–0x4F): TLS on a
-    /// plain TCP port, HTTP, garbage.
+    /// The first byte starts neither STUN (0–3) nor ChannelData (0x40–0x4F; RFC 7983): TLS on
+    /// a plain TCP port, HTTP, garbage.
     NotStun,
     /// A STUN header without the magic cookie (RFC 3489 classic messages have no stream
     /// framing) or with a length that is not a multiple of four.
@@ -46,8 +46,9 @@ impl FrameError {
 /// says so.
 pub fn next(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
     let Some(&first) = buf.first() else { return Ok(None) };
+    // RFC 7983's first-byte ranges: 0–3 STUN, 64–79 TURN channels (20–63 would be TLS).
     let channel_data = (0x40..=0x4F).contains(&first);
-    if first & 0xC0 != 0 && !channel_data {
+    if first > 3 && !channel_data {
         return Err(FrameError::NotStun);
     }
     let Some(field) = buf.get(2..4) else { return Ok(None) };
@@ -130,7 +131,10 @@ mod tests {
     #[test]
     fn garbage_tls_http_and_classic_stun_end_the_stream() {
         assert_eq!(next(&[0x16, 3, 1, 0, 200], MAX), Err(FrameError::NotStun), "a TLS ClientHello");
-        assert_eq!(next(b"GET / HTTP/1.1\r\n", MAX), Err(FrameError::NotStun));
+        assert_eq!(next(b"POST / HTTP/1.1\r\n", MAX), Err(FrameError::NotStun));
+        // "GE" reads as a ChannelData header (0x47 is in RFC 7983's 64–79) of 0x5420 bytes.
+        assert_eq!(next(b"GET / HTTP/1.1\r\n", MAX), Err(FrameError::TooLarge));
+        assert_eq!(next(&[0x04], MAX), Err(FrameError::NotStun), "past STUN's 0–3");
         assert_eq!(next(&[0x50, 0, 0, 4], MAX), Err(FrameError::NotStun), "reserved channel");
         assert_eq!(next(&[0xFF], MAX), Err(FrameError::NotStun));
         let mut classic = binding(&[]);

@@ -235,18 +235,16 @@ impl Plane {
         let mut threads = Vec::new();
         for (index, listeners) in per_thread.into_iter().enumerate() {
             let shared = shared.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("stunedge-stream{index}"))
-                .spawn(move || {
-                    let mut worker = match Thread::new(shared, index, listeners) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            tracing::error!("stream thread {index} cannot start: {e}");
-                            return;
-                        }
-                    };
-                    worker.run();
-                })?;
+            let thread = std::thread::Builder::new().name(format!("stunedge-stream{index}")).spawn(move || {
+                let mut worker = match Thread::new(shared, index, listeners) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::error!("stream thread {index} cannot start: {e}");
+                        return;
+                    }
+                };
+                worker.run();
+            })?;
             threads.push(thread);
         }
         Ok(Some(Plane { shared, threads, local }))
@@ -721,8 +719,8 @@ impl Thread {
         // Register for what it waits on: reading unless paused or backed up; writing while
         // answers are waiting.
         let wants_write = !c.output.is_empty() || matches!(&c.tls, Tls::Session(s) if s.wants_write());
-        let interest = if !c.paused && c.output.len() < MAX_PENDING { READ } else { 0 }
-            | if wants_write { WRITE } else { 0 };
+        let interest =
+            if !c.paused && c.output.len() < MAX_PENDING { READ } else { 0 } | if wants_write { WRITE } else { 0 };
         if interest != c.interest {
             c.interest = interest;
             let _ = self.epoll.modify(&c.sock, token(slot, c.generation), interest);

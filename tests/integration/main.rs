@@ -17,6 +17,7 @@ mod real_clients;
 mod reflection;
 mod rfc5769;
 mod rfc5780;
+mod stream;
 mod support;
 mod turn_lb;
 mod xdp;
