@@ -13,9 +13,12 @@
 //! - edges: IPv6, 437 for other TURN methods, 508 with no backend up, a config that lists the
 //!   balancer itself refused;
 //! - the authenticated health probe against coturn: up with the right password, down with a
-//!   wrong one.
+//!   wrong one;
+//! - over TCP and TLS (stunedge's stream listeners): uclient `-t` and `-t -S` redirected to the
+//!   backend's TCP and TLS ports, relaying every packet.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,17 @@ struct Backend {
 }
 
 fn backend(ip: &str, port: u16) -> Backend {
+    backend_with(ip, port, &["--no-tls", "--no-tcp"])
+}
+
+/// [`backend`] with coturn's TCP and TLS listeners too: TCP on `port`, TLS on `tls_port` with
+/// the certificate and key files given.
+fn backend_with_streams(ip: &str, port: u16, tls_port: u16, cert: &Path, key: &Path) -> Backend {
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    backend_with(ip, port, &["--tls-listening-port", &tls_port.to_string(), "--cert", cert, "--pkey", key])
+}
+
+fn backend_with(ip: &str, port: u16, transports: &[&str]) -> Backend {
     let db = Scratch::new(&format!("coturn-{ip}-{port}.db"), "");
     let _ = std::fs::remove_file(&db);
     let relay_min = 20_000 + (port % 20) * 2_000;
@@ -58,7 +72,8 @@ fn backend(ip: &str, port: u16) -> Backend {
         .args(["-n", "--db"])
         .arg(&*db)
         .args(["-L", ip, "-E", ip, "-p", &port.to_string(), "--lt-cred-mech", "--user", "u:p", "-r", "test.realm"])
-        .args(["--allow-loopback-peers", "--no-cli", "--no-tls", "--no-dtls", "--no-tcp", "--log-file", "stdout"])
+        .args(["--allow-loopback-peers", "--no-cli", "--no-dtls", "--log-file", "stdout"])
+        .args(transports)
         .args(["--min-port", &relay_min.to_string(), "--max-port", &(relay_min + 1_999).to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -586,4 +601,47 @@ fn the_authenticated_probe_logs_in_to_coturn_and_a_wrong_password_takes_the_back
     );
     wait_for("the backend down on a wrong password", Duration::from_secs(5), || state(admin, "down") == 1.0);
     assert!(probes(admin, "unexpected") >= 1.0);
+}
+
+/// TURN over TCP and TLS (issue 19): uclient's Allocate on stunedge's TCP listener is
+/// redirected to the backend's TCP address, and on its TLS listener to the backend's TLS
+/// address; uclient follows each 300 over the same transport to coturn and relays every packet.
+#[test]
+fn uclient_over_tcp_and_tls_follows_the_redirect_to_the_backends_port_for_that_transport() {
+    if coturn_missing() || tool_missing("openssl") {
+        return;
+    }
+    let (cert, key) = crate::stream::certificate("turn-streams");
+    let (udp_port, tls_port) = (free_port(), free_tcp_port());
+    let b1 = backend_with_streams("127.0.26.2", udp_port, tls_port, &cert, &key);
+    let _peer = peer("127.0.26.4", 3480);
+    let lb: SocketAddr = format!("127.0.26.1:{}", free_port()).parse().unwrap();
+    let lb_tls: SocketAddr = format!("127.0.26.1:{}", free_tcp_port()).parse().unwrap();
+    let backend_tls = SocketAddr::new(b1.addr.ip(), tls_port);
+    let pool = format!(
+        "backends = [{{ name = \"b1\", udp = [\"{0}\"], tcp = [\"{0}\"], tls = [\"{backend_tls}\"] }}]\n",
+        b1.addr
+    );
+    let stream = format!(
+        "[stream]\ntcp = [\"{lb}\"]\ntls = [\"{lb_tls}\"]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let (server, admin) = balancer("lb-streams.toml", lb, &pool, &stream);
+    let _ = server;
+    let tcp = uclient(lb, "127.0.26.31", "127.0.26.4:3480".parse().unwrap(), 20, &["-t"]);
+    assert!(tcp.redirected, "{}", tcp.output);
+    assert_eq!(tcp.connected, Some(b1.addr), "TCP follows to the backend's TCP address: {}", tcp.output);
+    assert_eq!((tcp.sent, tcp.received), (20, 20), "every packet relayed: {}", tcp.output);
+    let tls = uclient(lb_tls, "127.0.26.32", "127.0.26.4:3480".parse().unwrap(), 20, &["-t", "-S"]);
+    assert!(tls.redirected, "{}", tls.output);
+    assert_eq!(tls.connected, Some(backend_tls), "TLS follows to the backend's TLS address: {}", tls.output);
+    assert_eq!((tls.sent, tls.received), (20, 20), "every packet relayed: {}", tls.output);
+    let m = http_get(admin, "/metrics").unwrap().1;
+    for t in ["tcp", "tls"] {
+        let answers = crate::support::metric_sum(&m, "stunedge_stream_answers_total", &[&format!("transport=\"{t}\"")]);
+        assert!(answers >= 1.0, "{t}: {m}");
+    }
+    let series = format!("stunedge_turn_redirects_total{{backend=\"b1\",address=\"{}\"}}", b1.addr);
+    assert!(metric(admin, &series) >= 2.0, "both redirects counted for the backend: {m}");
 }
