@@ -540,7 +540,8 @@ const METRICS: &[Row] = &[
         "stunedge_stream_closed_total",
         "Stream connections closed, by transport and reason: client (it closed or reset), idle, \
          handshake_timeout, first_message_timeout, not_stun, bad_header, too_large (framing: the stream cannot \
-         go on), tls_error, write_stall (it does not read its answers), io_error, stopped (the server stopped).",
+         go on), tls_error, write_stall (it does not read its answers), io_error, stopped (the server stopped), \
+         evicted (at stream.max_connections, the oldest connection without a whole message made room).",
         &["transport", "reason"],
         Source::Stream(StreamSeries::Closed),
     ),

@@ -57,3 +57,23 @@ pub struct Reply {
     /// Send to this port of the sender's IP address (RFC 5780 RESPONSE-PORT).
     pub port: Option<u16>,
 }
+
+/// Raises this process's soft limit on open files (RLIMIT_NOFILE) to `want`, or to the hard
+/// limit when that is lower; the soft limit now in force. Never lowers it.
+pub fn raise_open_files(want: u64) -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit structure, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let target = want.min(limit.rlim_max);
+    if target > limit.rlim_cur {
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one rlimit structure, which `raised` is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        return Ok(target);
+    }
+    Ok(limit.rlim_cur)
+}

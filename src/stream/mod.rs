@@ -7,7 +7,9 @@
 //! Bounded: open connections at most `max_connections` (TLS ones `max_tls_connections`), per
 //! source /32 or /64 `max_connections_per_prefix` (loopback exempt), TLS handshakes in progress
 //! per thread `max_handshakes` — each excess connection is closed at once and counted by
-//! reason; a handshake must end within `handshake_timeout`, the first message arrive within
+//! reason, except that at the global cap the oldest connection that has not sent a whole
+//! message yet is closed instead (`evicted`), so a flood of silent connections cannot lock
+//! out clients that speak; a handshake must end within `handshake_timeout`, the first message arrive within
 //! `first_message_timeout`, and a connection without a whole message for `idle_timeout` is
 //! closed; past `message_burst` messages a connection is read at `messages_per_second`
 //! (TCP pushes back on the client; nothing is lost); a message longer than `max_message_size`,
@@ -87,9 +89,10 @@ enum Closed {
     WriteStall,
     IoError,
     Stopped,
+    Evicted,
 }
 
-const CLOSED: [(Closed, &str); 11] = [
+const CLOSED: [(Closed, &str); 12] = [
     (Closed::Client, "client"),
     (Closed::Idle, "idle"),
     (Closed::HandshakeTimeout, "handshake_timeout"),
@@ -101,6 +104,7 @@ const CLOSED: [(Closed, &str); 11] = [
     (Closed::WriteStall, "write_stall"),
     (Closed::IoError, "io_error"),
     (Closed::Stopped, "stopped"),
+    (Closed::Evicted, "evicted"),
 ];
 
 impl From<frame::FrameError> for Closed {
@@ -208,6 +212,16 @@ impl Plane {
             return Ok(None);
         }
         let current = snapshot(plan).map_err(|e| io::Error::other(format!("TLS configuration: {e}")))?;
+        // Every connection is a descriptor: room for the cap and the rest of the process.
+        let want = plan.limits.max_connections as u64 + 1024;
+        match crate::io::raise_open_files(want) {
+            Ok(have) if have < want => tracing::warn!(
+                "the open-file limit is {have} (hard limit), under stream.max_connections + 1024 = {want}: \
+                 connections past it are refused (fd_limit)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
+        }
         let mut per_thread: Vec<Vec<(TcpListener, SocketAddr, usize, Transport)>> =
             (0..plan.threads).map(|_| Vec::new()).collect();
         let mut local = Vec::new();
@@ -393,6 +407,10 @@ struct Thread {
     /// Listeners not polled until then (out of file descriptors).
     listeners_paused: Option<Instant>,
     conns: Vec<Option<Conn>>,
+    /// Connections that had sent no whole message yet, oldest first (slot, generation): the
+    /// first to go when the global cap is full (entries of connections that have since sent
+    /// one, or closed, are skipped when met).
+    silent: std::collections::VecDeque<(usize, u32)>,
     free: Vec<usize>,
     generations: Vec<u32>,
     /// TLS handshakes in progress here.
@@ -424,6 +442,7 @@ impl Thread {
             listeners,
             listeners_paused: None,
             conns: Vec::new(),
+            silent: std::collections::VecDeque::new(),
             free: Vec::new(),
             generations: Vec::new(),
             handshaking: 0,
@@ -481,6 +500,17 @@ impl Thread {
                 let _ = self.epoll.modify(l, LISTENER | i as u64, READ);
             }
         }
+        // Forget the front of the eviction queue as far as its connections have spoken or gone:
+        // a silent one is closed by its timeout, so the queue holds at most the connections
+        // accepted within the handshake and first-message timeouts.
+        while let Some(&(slot, generation)) = self.silent.front() {
+            match &self.conns[slot] {
+                Some(c) if c.generation == generation && c.last_message.is_none() => break,
+                _ => {
+                    self.silent.pop_front();
+                }
+            }
+        }
         let limits = self.shared.limits;
         for slot in 0..self.conns.len() {
             let Some(c) = &self.conns[slot] else { continue };
@@ -535,7 +565,12 @@ impl Thread {
         };
         if self.shared.open.fetch_add(1, Relaxed) >= limits.max_connections {
             self.shared.open.fetch_sub(1, Relaxed);
-            return refuse(self, Refused::GlobalCap);
+            // Full: the oldest connection here that has not sent a whole message yet (a flood's,
+            // a slowloris') makes room; without one the new connection is refused.
+            if !self.evict_silent() {
+                return refuse(self, Refused::GlobalCap);
+            }
+            self.shared.open.fetch_add(1, Relaxed);
         }
         if tls {
             if self.handshaking >= limits.max_handshakes {
@@ -581,6 +616,7 @@ impl Thread {
         if tls {
             self.handshaking += 1;
         }
+        self.silent.push_back((slot, generation));
         bump(&self.counters().transport[t].accepted);
         self.conns[slot] = Some(Conn {
             peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
@@ -602,6 +638,19 @@ impl Thread {
             prefix,
             generation,
         });
+    }
+
+    /// Closes the oldest connection of this thread that has sent no whole message (reason
+    /// `evicted`); whether there was one.
+    fn evict_silent(&mut self) -> bool {
+        while let Some((slot, generation)) = self.silent.pop_front() {
+            let silent = matches!(&self.conns[slot], Some(c) if c.generation == generation && c.last_message.is_none());
+            if silent {
+                self.close(slot, Closed::Evicted);
+                return true;
+            }
+        }
+        false
     }
 
     /// Undoes an admitted connection's share of the shared counts.

@@ -347,3 +347,49 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A flood of silent connections (1,500 held open against a cap of 1,000, from loopback, which
+/// the per-prefix cap exempts): the cap holds, the oldest silent ones make room (`evicted`), a
+/// client that speaks is still answered over TCP and TLS during the flood, the server's
+/// resident memory stays within the documented bound, and once the first-message timeout has
+/// closed the flood nothing is left open.
+#[test]
+fn a_flood_of_silent_connections_is_capped_and_clients_that_speak_are_still_answered() {
+    if !ready("stream::a_flood_of_silent_connections_is_capped_and_clients_that_speak_are_still_answered") {
+        return;
+    }
+    let limits = "max_connections = 1000\nfirst_message_timeout = 3.0\nhandshake_timeout = 3.0\n";
+    let s = Server::start("flood", limits);
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.running.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.trim().parse().ok()).unwrap()
+    };
+    let before = rss();
+    let (tcp, client) = (s.tcp, CLIENT);
+    let flood = std::thread::spawn(move || {
+        let out = Command::new("python3")
+            .args([client, "keep", &tcp.to_string(), "--count", "1500", "--hold", "2.0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    });
+    wait_until(|| s.closed("tcp", "evicted") >= 400.0, "the flood to pass the cap");
+    let open = metric_sum(&s.metrics(), "stunedge_stream_connections", &[]);
+    assert!(open <= 1000.0, "{open} open over a cap of 1000");
+    let during = rss();
+    for addr in [s.tcp, s.tls] {
+        let speak = s.client("pipelined", addr, &[]);
+        assert_eq!(speak["ok"], serde_json::json!([true, true, true]), "answered during the flood: {speak}");
+    }
+    let flood = flood.join().unwrap();
+    assert_eq!(flood["opened"], 1500, "{flood}");
+    // 1,000 connections × (4 KB of buffers at most, plus bookkeeping) over what it had.
+    assert!(during.saturating_sub(before) < 16 * 1024, "VmRSS {before} → {during} kB during the flood");
+    wait_until(|| metric_sum(&s.metrics(), "stunedge_stream_connections", &[]) == 0.0, "the flood closed");
+    let m = s.metrics();
+    let closed = metric_sum(&m, "stunedge_stream_closed_total", &["transport=\"tcp\""]);
+    let accepted = metric_sum(&m, "stunedge_stream_accepted_total", &["transport=\"tcp\""]);
+    assert_eq!(closed, accepted, "{m}");
+    assert!(s.closed("tcp", "evicted") >= 500.0, "{m}");
+}
