@@ -30,7 +30,6 @@ use crate::support::{Scratch, metric_sum, skip, tool_missing};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stream/client.py");
 
-
 /// A self-signed certificate for `stun.test` and 127.0.0.1 (P-256), and its key.
 pub(crate) fn certificate(tag: &str) -> (Scratch, Scratch) {
     let (cert, key) = (Scratch::new(&format!("{tag}-cert.pem"), ""), Scratch::new(&format!("{tag}-key.pem"), ""));
@@ -392,4 +391,30 @@ fn a_flood_of_silent_connections_is_capped_and_clients_that_speak_are_still_answ
     let accepted = metric_sum(&m, "stunedge_stream_accepted_total", &["transport=\"tcp\""]);
     assert_eq!(closed, accepted, "{m}");
     assert!(s.closed("tcp", "evicted") >= 500.0, "{m}");
+}
+
+/// `configs/stream.toml` passes `check-config` once certificate files are where it names them
+/// (the example's paths rewritten to test certificates: no key is committed).
+#[test]
+fn the_committed_example_checks_with_a_certificate_in_place() {
+    if !ready("stream::the_committed_example_checks_with_a_certificate_in_place") {
+        return;
+    }
+    let (cert, key) = certificate("example");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/stream.toml")).unwrap();
+    assert!(text.contains("/etc/stunedge/tls/fullchain.pem") && text.contains("/etc/stunedge/tls/privkey.pem"));
+    let text = text
+        .replace("/etc/stunedge/tls/fullchain.pem", cert.to_str().unwrap())
+        .replace("/etc/stunedge/tls/privkey.pem", key.to_str().unwrap());
+    let config = Scratch::new("stream-example.toml", &text);
+    let out = Command::new(env!("CARGO_BIN_EXE_stunedge")).arg("check-config").arg(&*config).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // The key of another certificate is refused, naming the field.
+    let (_, other_key) = certificate("example-other");
+    let mismatched =
+        Scratch::new("stream-example-bad.toml", &text.replace(key.to_str().unwrap(), other_key.to_str().unwrap()));
+    let out = Command::new(env!("CARGO_BIN_EXE_stunedge")).arg("check-config").arg(&*mismatched).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("stream.private_key") && err.contains("does not go with stream.certificate"), "{err}");
 }
