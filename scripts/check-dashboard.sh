@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Grafana dashboard against a real Prometheus: starts stunedge (admin endpoint on loopback)
-# under a short mixed load (requests with and without credentials, junk; TURN requests to its
-# [turn_lb] balancer, whose backends are a fake TURN server answering 401, an address nothing
+# under a short mixed load (requests with and without credentials, junk; Bindings over its TCP
+# and TLS stream listeners; TURN requests to its [turn_lb] balancer, whose backends are a fake TURN server answering 401, an address nothing
 # answers on and a drained one), starts Prometheus
 # (Debian package `prometheus`) on loopback scraping it every second, then sends every query of
 # grafana/stunedge-dashboard.json to Prometheus's HTTP API and requires each to parse and return
@@ -19,8 +19,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN_DIR:-target/debug}
 PY=/usr/bin/python3
 
-for tool in prometheus promtool curl; do
-  command -v "$tool" >/dev/null || { echo "check-dashboard.sh: $tool is missing (apt-get install prometheus curl)" >&2; exit 2; }
+for tool in prometheus promtool curl openssl; do
+  command -v "$tool" >/dev/null || { echo "check-dashboard.sh: $tool is missing (apt-get install prometheus curl openssl)" >&2; exit 2; }
 done
 [[ -x $BIN/stunedge && -x $BIN/stunedge-bench ]] || cargo build --locked -p stunedge -p stunedge-bench
 
@@ -162,9 +162,17 @@ backend_port=$(cat "$work/backend.port")
 echo "fake TURN backend on 127.0.0.1:$backend_port"
 
 echo "== stunedge with the admin endpoint on 127.0.0.1:$admin_port"
+# A test certificate for its TLS listener (stream panels).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=stun.test \
+  -addext "subjectAltName=DNS:stun.test,IP:127.0.0.1" -keyout "$work/tls-key.pem" -out "$work/tls-cert.pem" 2>/dev/null
 cat > "$work/stunedge.toml" <<TOML
 [server]
 listen = ["127.0.0.1:0"]
+[stream]
+tcp = ["127.0.0.1:0"]
+tls = ["127.0.0.1:0"]
+certificate = "$work/tls-cert.pem"
+private_key = "$work/tls-key.pem"
 [admin]
 listen = "127.0.0.1:$admin_port"
 [auth]
@@ -201,6 +209,21 @@ done
 started+=($!)
 "$PY" "$work/turn.py" client "$port" once
 "$PY" "$work/turn.py" client "$port" 40 &
+started+=($!)
+# Stream traffic for the stream panels: Bindings over TCP and TLS, and a connection closed for
+# not speaking STUN, every half second for the whole check (tests/stream/client.py).
+tcp_addr=$(sed -n 's/.*tcp:\/\/\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$work/stunedge.log")
+tls_addr=$(sed -n 's/.*tls:\/\/\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$work/stunedge.log")
+(
+  end=$((SECONDS + 40))
+  while ((SECONDS < end)); do
+    "$PY" tests/stream/client.py pipelined "$tcp_addr" >/dev/null 2>&1 || true
+    "$PY" tests/stream/client.py pipelined "$tls_addr" --tls --ca "$work/tls-cert.pem" --name stun.test \
+      --alpn stun.turn >/dev/null 2>&1 || true
+    "$PY" tests/stream/client.py garbage "$tcp_addr" --bytes 504f5354 --wait 1 >/dev/null 2>&1 || true
+    sleep 0.5
+  done
+) &
 started+=($!)
 
 curl -sf "http://127.0.0.1:$admin_port/metrics" > "$work/metrics.txt"

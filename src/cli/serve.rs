@@ -135,9 +135,10 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
         },
         None => None,
     };
-    let mut addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
     if let Some(plane) = &stream {
-        addrs.extend(plane.local_addrs().iter().map(|(a, t)| format!("{}://{a}", t.label())));
+        let streams: Vec<String> = plane.local_addrs().iter().map(|(a, t)| format!("{}://{a}", t.label())).collect();
+        tracing::info!(listen = streams.join(", "), "stream listeners (TCP, TLS)");
     }
     tracing::info!(
         listen = addrs.join(", "),
