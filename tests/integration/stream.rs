@@ -3,8 +3,9 @@
 //! made by `openssl req`:
 //!
 //! - Binding over TCP and TLS: two messages in one write, one sent byte by byte, each answer's
-//!   XOR-MAPPED-ADDRESS the connection's source; TLS 1.3 with ALPN `stun.turn` echoed when
-//!   offered, none when not, a client offering only `h2` still served;
+//!   XOR-MAPPED-ADDRESS the connection's source; TLS 1.3 and 1.2, ALPN `stun.turn` echoed when
+//!   offered, none when not, a client offering only `h2` still served; `openssl s_client`
+//!   carrying a raw Binding;
 //! - framing edges: garbage and HTTP first bytes, a huge length, close the connection (counted
 //!   by reason); a burst of 10,000 messages all answered in order; past the message rate a
 //!   connection is read slowly, nothing lost;
@@ -132,15 +133,33 @@ fn binding_over_tcp_and_tls_names_the_connections_address() {
     assert_eq!(alpn["version"], "TLSv1.3", "{alpn}");
     let none = s.client("pipelined", s.tls, &[]);
     assert_eq!(none["alpn"], Value::Null, "{none}");
+    let tls12 = s.client("pipelined", s.tls, &["--tls12", "--alpn", "stun.nat-discovery"]);
+    assert_eq!(tls12["ok"], serde_json::json!([true, true, true]), "{tls12}");
+    assert_eq!((tls12["version"].as_str(), tls12["alpn"].as_str()), (Some("TLSv1.2"), Some("stun.nat-discovery")));
     let h2 = s.client("pipelined", s.tls, &["--alpn", "h2"]);
     assert_eq!((h2["alpn"].clone(), h2["ok"][2].clone()), (Value::Null, Value::Bool(true)), "never required: {h2}");
+    // OpenSSL's own client carries a raw Binding (ALPN stun.nat-discovery, SNI, the CA checked).
+    let tid = [0x5A; 12];
+    let request = Scratch::new("s_client-request.bin", "");
+    std::fs::write(&*request, crate::support::binding_request(tid, &[])).unwrap();
+    let out = Command::new("timeout")
+        .args(["3", "openssl", "s_client", "-quiet", "-ign_eof", "-alpn", "stun.nat-discovery"])
+        .args(["-servername", "stun.test", "-verify_return_error", "-CAfile"])
+        .arg(&*s.cert)
+        .args(["-connect", &s.tls.to_string()])
+        .stdin(std::fs::File::open(&*request).unwrap())
+        .output()
+        .unwrap();
+    let answer = &out.stdout;
+    assert!(answer.len() >= 32 && answer[..2] == [0x01, 0x01] && answer[8..20] == tid, "s_client got {answer:02x?}");
     let m = s.metrics();
     assert_eq!(metric_sum(&m, "stunedge_stream_answers_total", &["transport=\"tcp\""]), 3.0, "{m}");
-    assert_eq!(metric_sum(&m, "stunedge_stream_answers_total", &["transport=\"tls\""]), 9.0, "{m}");
-    assert_eq!(metric_sum(&m, "stunedge_tls_handshakes_total", &["version=\"1.3\""]), 3.0, "{m}");
+    assert_eq!(metric_sum(&m, "stunedge_stream_answers_total", &["transport=\"tls\""]), 13.0, "{m}");
+    assert_eq!(metric_sum(&m, "stunedge_tls_handshakes_total", &["version=\"1.3\""]), 4.0, "{m}");
+    assert_eq!(metric_sum(&m, "stunedge_tls_handshakes_total", &["version=\"1.2\""]), 1.0, "{m}");
     // The stream threads' handler counters are exported like a worker's (published every 50 ms).
     let requests = || metric_sum(&s.metrics(), "stunedge_requests_total", &["worker=\"stream0\""]);
-    wait_until(|| requests() == 12.0, "the stream thread's request counter");
+    wait_until(|| requests() == 16.0, "the stream thread's request counter");
 }
 
 #[test]

@@ -94,6 +94,8 @@ def connect(args, source=None):
     if not args.tls:
         return sock
     ctx = ssl.create_default_context(cafile=args.ca)
+    if args.tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if args.alpn:
         ctx.set_alpn_protocols(args.alpn.split(","))
     return ctx.wrap_socket(sock, server_hostname=args.name)
@@ -124,6 +126,7 @@ def main():
     p.add_argument("--ca")
     p.add_argument("--name")
     p.add_argument("--alpn")
+    p.add_argument("--tls12", action="store_true", help="offer TLS 1.2 only")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--wait", type=float, default=1.0)
     p.add_argument("--hold", type=float, default=1.0)
