@@ -5,12 +5,13 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Readable (EPOLLIN).
-pub const READ: u32 = libc::EPOLLIN as u32;
+/// Readable, or the peer shut down its sending side (EPOLLIN | EPOLLRDHUP): a read says which.
+pub const READ: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 /// Writable (EPOLLOUT).
 pub const WRITE: u32 = libc::EPOLLOUT as u32;
-/// The peer hung up or the socket failed (EPOLLHUP | EPOLLERR | EPOLLRDHUP): always reported.
-pub const HANGUP: u32 = (libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32;
+/// Both directions closed, or the socket failed (EPOLLHUP | EPOLLERR): always reported, whatever
+/// the interest.
+pub const HANGUP: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 /// One readiness report: the token registered with the descriptor and its ready events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ impl Epoll {
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        let mut event = libc::epoll_event { events: events | HANGUP, u64: token };
+        let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: `self.fd` is a live epoll descriptor; `event` is a valid epoll_event that
         // outlives the call (the kernel copies it); `fd` is the caller's descriptor, and a
         // wrong one only makes the call fail.
@@ -51,7 +52,8 @@ impl Epoll {
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
-    /// Watches `fd` for `events` ([`READ`], [`WRITE`]; [`HANGUP`] always), reported with `token`.
+    /// Watches `fd` for `events` ([`READ`], [`WRITE`]; the kernel reports [`HANGUP`] always),
+    /// reported with `token`.
     pub fn add(&self, fd: &impl AsRawFd, token: u64, events: u32) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd.as_raw_fd(), token, events)
     }
@@ -107,7 +109,14 @@ mod tests {
         epoll.modify(&server, 42, 0).unwrap();
         epoll.wait(&mut events, 0).unwrap();
         assert!(events.is_empty(), "{events:?}");
+        // The peer's close is a read event (EPOLLRDHUP) for a reader; both sides shut is HANGUP
+        // whatever the interest.
+        epoll.modify(&server, 42, READ).unwrap();
         drop(client);
+        epoll.wait(&mut events, 1000).unwrap();
+        assert_ne!(events[0].events & libc::EPOLLRDHUP as u32, 0, "{events:?}");
+        epoll.modify(&server, 42, 0).unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
         epoll.wait(&mut events, 1000).unwrap();
         assert_ne!(events[0].events & HANGUP, 0, "{events:?}");
         epoll.delete(&server).unwrap();

@@ -373,6 +373,9 @@ struct Conn {
     refilled: Instant,
     /// Not read: over its message rate.
     paused: bool,
+    /// The client shut down its sending side: what it sent is answered, then the connection
+    /// closes (RFC 8489 §6.2.2: not before every request read has its response).
+    eof: bool,
     /// The events it is registered for.
     interest: u32,
     /// Its source prefix, when counted (not loopback).
@@ -634,6 +637,7 @@ impl Thread {
             tokens: f64::from(limits.message_burst),
             refilled: now,
             paused: false,
+            eof: false,
             interest: READ,
             prefix,
             generation,
@@ -700,8 +704,11 @@ impl Thread {
             Some(Some(c)) if c.generation == generation => {}
             _ => return,
         }
-        if events & (READ | WRITE | HANGUP) != 0 {
-            self.pump(slot, events & (READ | HANGUP) != 0);
+        if events & HANGUP != 0 {
+            // Both directions closed or the socket failed: nothing can be sent any more.
+            self.close(slot, Closed::Client);
+        } else if events & (READ | WRITE) != 0 {
+            self.pump(slot, events & READ != 0);
         }
     }
 
@@ -721,7 +728,7 @@ impl Thread {
         let elapsed = (now - c.refilled).as_secs_f64();
         c.refilled = now;
         c.tokens = (c.tokens + elapsed * f64::from(limits.messages_per_second)).min(f64::from(limits.message_burst));
-        let may_read = c.output.len() < MAX_PENDING && c.tokens >= 1.0;
+        let may_read = !c.eof && c.output.len() < MAX_PENDING && c.tokens >= 1.0;
         if readable && may_read {
             let was_handshaking = c.handshaking();
             read(c, &mut self.scratch, limits.max_message, self.current.tls.as_ref())?;
@@ -765,11 +772,15 @@ impl Thread {
         c.input.drain(..at);
         c.paused = c.tokens < 1.0;
         flush(c, now)?;
-        // Register for what it waits on: reading unless paused or backed up; writing while
-        // answers are waiting.
         let wants_write = !c.output.is_empty() || matches!(&c.tls, Tls::Session(s) if s.wants_write());
-        let interest =
-            if !c.paused && c.output.len() < MAX_PENDING { READ } else { 0 } | if wants_write { WRITE } else { 0 };
+        if c.eof && !wants_write && !matches!(frame::next(&c.input, limits.max_message), Ok(Some(_))) {
+            // Everything it sent before closing is answered (a partial message never will be).
+            return Err(Closed::Client);
+        }
+        // Register for what it waits on: reading unless paused, backed up or at its end;
+        // writing while answers are waiting.
+        let reading = !c.paused && !c.eof && c.output.len() < MAX_PENDING;
+        let interest = if reading { READ } else { 0 } | if wants_write { WRITE } else { 0 };
         if interest != c.interest {
             c.interest = interest;
             let _ = self.epoll.modify(&c.sock, token(slot, c.generation), interest);
@@ -793,7 +804,10 @@ fn read(c: &mut Conn, scratch: &mut [u8], max_message: usize, configs: Option<&T
                 return Ok(());
             }
             match c.sock.read(&mut scratch[..room]) {
-                Ok(0) => Err(Closed::Client),
+                Ok(0) => {
+                    c.eof = true;
+                    Ok(())
+                }
                 Ok(n) => {
                     c.input.extend_from_slice(&scratch[..n]);
                     Ok(())
@@ -837,7 +851,7 @@ fn read(c: &mut Conn, scratch: &mut [u8], max_message: usize, configs: Option<&T
         }
         Tls::Session(session) => {
             match session.read_tls(&mut c.sock) {
-                Ok(0) => return Err(Closed::Client),
+                Ok(0) => c.eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if is_reset(&e) => return Err(Closed::Client),
@@ -862,7 +876,11 @@ fn tls_progress(c: &mut Conn, scratch: &mut [u8], max_message: usize) -> Result<
             return Ok(());
         }
         match session.reader().read(&mut scratch[..room]) {
-            Ok(0) => return Err(Closed::Client), // close_notify
+            Ok(0) => {
+                // close_notify: answer what came before it, then close.
+                c.eof = true;
+                return Ok(());
+            }
             Ok(n) => c.input.extend_from_slice(&scratch[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(_) => return Err(Closed::Client), // closed without close_notify

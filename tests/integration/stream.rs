@@ -183,6 +183,21 @@ fn bytes_that_are_not_stun_or_too_long_close_the_connection() {
     }
 }
 
+/// RFC 8489 §6.2.2: the server does not close before every request it read has its answer —
+/// a client that sends three requests and shuts its sending side (`printf … | nc`) gets all
+/// three, then the close.
+#[test]
+fn a_half_closed_connection_gets_every_answer_before_the_close() {
+    if !ready("stream::a_half_closed_connection_gets_every_answer_before_the_close") {
+        return;
+    }
+    let s = Server::start("half-close", "");
+    let out = s.client("half-close", s.tcp, &["--count", "3", "--wait", "3"]);
+    assert_eq!(out["answered"], 3, "{out}");
+    assert!(out["closed_after"].as_f64().is_some_and(|t| t < 1.0), "{out}");
+    wait_until(|| s.closed("tcp", "client") == 1.0, "the close counted");
+}
+
 #[test]
 fn a_burst_is_answered_in_order_and_a_fast_client_is_read_at_its_rate() {
     if !ready("stream::a_burst_is_answered_in_order_and_a_fast_client_is_read_at_its_rate") {

@@ -8,6 +8,7 @@ Prints one JSON object. Scenarios:
   pipelined ADDR [--tls --ca FILE --name NAME --alpn a,b]  two Bindings in one write, then one
                                          sent byte by byte; every answer checked
   burst ADDR --count N                   N Bindings in one burst; answers counted for --wait s
+  half-close ADDR --count N               N Bindings, then shutdown(SHUT_WR): answers, then the close
   garbage ADDR --bytes HEX               sends the bytes; reports whether the server closed
   silent ADDR [--send HEX] --wait S      connects (sends HEX), waits; reports when it closed
   idle-after-one ADDR --wait S           one Binding, then silence; reports when it closed
@@ -167,6 +168,20 @@ def main():
             in_order = in_order and check(msg, tids[got], sock)
             got += 1
         out.update(answered=got, in_order=in_order, seconds=round(time.monotonic() - start, 3))
+    elif args.scenario == "half-close":
+        # Requests, then the sending side shut (as `printf … | nc` does): every one answered,
+        # then the server closes.
+        sock = connect(args)
+        tids = [os.urandom(12) for _ in range(args.count)]
+        sock.sendall(b"".join(request(t) for t in tids))
+        if args.tls:
+            sock = sock.unwrap()  # close_notify, then the TCP half-close below
+        sock.shutdown(socket.SHUT_WR)
+        if args.tls:
+            out["answered"] = None  # the TLS layer is gone after unwrap; TCP only below
+        else:
+            out["answered"] = sum(check(read_message(sock), t, sock) for t in tids)
+        out["closed_after"] = closed_within(sock, args.wait)
     elif args.scenario == "garbage":
         sock = connect(args)
         sock.sendall(bytes.fromhex(args.bytes))
