@@ -60,7 +60,7 @@ if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify "$work/stunedge-anycast-watch.service"
     echo "systemd-analyze verify: configs/stunedge-anycast-watch.service ok"
   else
-    echo "SKIPPED systemd-analyze verify of configs/stunedge-anycast-watch.service: no bird.service (apt-get install bird2)"
+    skip "systemd-analyze verify of configs/stunedge-anycast-watch.service (no bird.service: apt-get install bird2)"
   fi
 else
   echo "SKIPPED systemd-analyze verify: systemd-analyze is not installed here"
@@ -75,7 +75,7 @@ if command -v bird >/dev/null; then
   bird -p -c "$work/bird-node.conf"
   echo "bird -p: configs/bird-node.conf ok"
 else
-  echo "SKIPPED bird -p configs/bird-node.conf: bird is not installed (apt-get install bird2)"
+  skip "bird -p configs/bird-node.conf (bird is not installed: apt-get install bird2)"
 fi
 "$PY" -c '
 import sys, yaml

@@ -40,12 +40,15 @@
 #   ANYCAST4=198.51.100.53  ANYCAST6=2001:db8:53::53   PORT=3478  AUTH_PORT=3479
 #   RELAYS4="198.51.100.201:3478 ..."   RELAYS6="[2001:db8:201::1]:3478 ..."
 #   STUNEDGE=<path>  DRAIN=<seconds>  WATCH_INTERVAL=0.2  WATCH_RISE=3  PROM=http://127.0.0.1:9090
-# ctl ACTIONs (by PID, as recorded in $LAB/pids): start (stunedge), term (SIGTERM: drain), kill
-# (SIGKILL stunedge), kill-node (SIGKILL stunedge, its watcher and its BIRD), revive (BIRD and
-# the watcher again), maint-on / maint-off (the watcher's maintenance file: withdraw while it
-# exists), isolate / unisolate (drop everything on the node's uplink: a silent death), pid.
-# Exits with COMMAND's status. Needs root, iproute2, bird2, curl, python3 (prometheus for
-# --prometheus, nft for isolate).
+# ctl ACTIONs (by PID, as recorded in $LAB/pids, and only while that PID still lives in one of
+# this lab's namespaces): start (stunedge), term (SIGTERM: drain; the time it was sent goes to
+# $LAB/term$NODE.at as `date +%s.%N`), kill (SIGKILL stunedge), kill-node (SIGKILL stunedge, its
+# watcher and its BIRD), revive (BIRD and the watcher again), maint-on / maint-off (the
+# watcher's maintenance file: withdraw while it exists), isolate / unisolate (drop everything
+# on the node's uplink: a silent death), pid.
+# Exits with COMMAND's status. Needs root, iproute2, procps (sysctl), bird2, curl, python3
+# (prometheus for --prometheus, nft for isolate). Teardown stops what the lab started, kills
+# whatever is still left in the lab's namespaces, and deletes only the namespaces this run made.
 set -euo pipefail
 self=$(realpath "$0")
 root=$(cd "$(dirname "$self")/.." && pwd)
@@ -55,6 +58,15 @@ anycast6=2001:db8:53::53
 watch_interval=0.2
 watch_rise=3
 
+# in_lab PID: whether PID is a live process in one of this lab's namespaces (LAB_NS); a
+# recorded PID whose process is gone may belong to someone else by now.
+in_lab() {
+  local ns want
+  ns=$(ip netns identify "$1" 2>/dev/null) || return 1
+  for want in "${LAB_NS[@]}"; do grep -qxF -- "$want" <<<"$ns" && return 0; done
+  return 1
+}
+
 # ---- ctl: actions on one node of a running lab, from COMMAND ----------------------------------
 if [[ ${1:-} == ctl ]]; then
   lab=$2 action=$3 n=$4
@@ -62,7 +74,15 @@ if [[ ${1:-} == ctl ]]; then
   source "$lab/env"
   node_ns=${NODE_NS[$n]}
   pidof_() { cat "$lab/pids/$1" 2>/dev/null || true; }
-  signal() { local pid; pid=$(pidof_ "$2"); [[ -z $pid ]] || kill "-$1" "$pid" 2>/dev/null || true; }
+  # signal SIG NAME: signals NAME's recorded PID if it still lives in one of the lab's namespaces
+  # (a PID of a process that exited may have been reused); succeeds only if it was sent.
+  signal() {
+    local pid
+    pid=$(pidof_ "$2")
+    [[ -n $pid ]] && in_lab "$pid" && kill "-$1" "$pid" 2>/dev/null
+  }
+  # After SIGKILL the PID is dead (or soon is): forget it, so that nothing signals it again.
+  kill_() { signal KILL "$1" || true; rm -f "$lab/pids/$1"; }
   start_watcher() {
     ip netns exec "$node_ns" "$root/configs/stunedge-anycast-watch" --socket "$lab/node$n.ctl" \
       --url "http://192.0.2.$((4 * n - 2)):9478/readyz" --interval "$watch_interval" --rise "$watch_rise" \
@@ -73,9 +93,12 @@ if [[ ${1:-} == ctl ]]; then
     start)
       ip netns exec "$node_ns" "$STUNEDGE" serve -c "$lab/node$n.toml" >>"$lab/node$n.log" 2>&1 &
       echo $! >"$lab/pids/stunedge$n" ;;
-    term) signal TERM "stunedge$n" ;;
-    kill) signal KILL "stunedge$n" ;;
-    kill-node) for p in stunedge watch bird; do signal KILL "$p$n"; done ;;
+    term)
+      # The time right after the signal went (never before it), so that the exit time measured
+      # from it is never longer than the real one.
+      signal TERM "stunedge$n" && date +%s.%N >"$lab/term$n.at" ;;
+    kill) kill_ "stunedge$n" ;;
+    kill-node) for p in stunedge watch bird; do kill_ "$p$n"; done ;;
     revive)
       rm -f "$lab/node$n.ctl"
       ip netns exec "$node_ns" bird -c "$lab/node$n.conf" -s "$lab/node$n.ctl" -P "$lab/node$n.pid" \
@@ -112,7 +135,7 @@ while [[ $# -gt 0 ]]; do
     --bin) bin=$2; shift 2 ;;
     --drain) drain=$2; shift 2 ;;
     --prometheus) prometheus=yes; shift ;;
-    -h|--help) sed -n '2,52p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$self"; exit 0 ;;
     --) shift; break ;;
     *) echo "fleetlab: unknown option $1" >&2; exit 2 ;;
   esac
@@ -120,38 +143,52 @@ done
 [[ $# -ge 1 ]] || { echo "usage: $0 [--bin PATH] [--drain SECONDS] [--prometheus] -- COMMAND [ARGS...]" >&2; exit 2; }
 [[ -x $bin ]] || { echo "fleetlab: no stunedge binary at $bin (build it, or pass --bin)" >&2; exit 2; }
 bin=$(realpath "$bin")
-tools=(ip bird birdc curl python3)
+tools=(ip sysctl bird birdc curl python3)
 [[ -n $prometheus ]] && tools+=(prometheus)
 for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || { echo "fleetlab: '$tool' is not installed (scripts/install-test-deps.sh names its package)" >&2; exit 2; }
 done
 
-# Names unique to this run, so labs can run side by side.
-id=$(( $$ % 100000 ))
-router=fl-rtr-$id
-nodes=("" "fl-n1-$id" "fl-n2-$id" "fl-n3-$id")
-clients=("" "fl-c1-$id" "fl-c2-$id" "fl-c3-$id")
+# Names unique to this run, so labs can run side by side: the random part of the lab's
+# directory, which no other lab has while this one exists (its namespaces go before it does).
+# Should a name be taken anyway, `ip netns add` fails and the lab stops; it never deletes a
+# namespace it did not create.
 lab=$(mktemp -d /tmp/fleetlab.XXXXXX)
 chmod 755 "$lab"
 mkdir "$lab/pids"
+id=${lab##*.}
+router=fl-rtr-$id
+nodes=("" "fl-n1-$id" "fl-n2-$id" "fl-n3-$id")
+clients=("" "fl-c1-$id" "fl-c2-$id" "fl-c3-$id")
+LAB_NS=("$router" "${nodes[@]:1}" "${clients[@]:1}")
+created=()
 teardown() {
-  local f pid sig
-  # Every process this lab started, by the PID it recorded, before the namespaces go (a process
-  # inside keeps a deleted namespace's veths alive).
+  local f pid sig ns left
+  # Every process this lab started, by the PID it recorded (and only while that PID still lives
+  # in one of the lab's namespaces), before the namespaces go: a process inside keeps a deleted
+  # namespace's veths alive, and `ip netns del` kills nothing.
   for f in "$lab"/pids/*; do
     [[ -f $f ]] || continue
     pid=$(cat "$f")
     # stunedge stops at once on SIGINT (SIGTERM would drain); the others on SIGTERM.
     sig=TERM
     [[ $f == */stunedge* || $f == */relays ]] && sig=INT
-    [[ -n $pid ]] && kill "-$sig" "$pid" 2>/dev/null || true
+    if [[ -n $pid ]] && in_lab "$pid"; then kill "-$sig" "$pid" 2>/dev/null || true; fi
   done
-  for f in "$lab"/pids/*; do
-    [[ -f $f ]] || continue
-    pid=$(cat "$f")
-    [[ -n $pid ]] && wait "$pid" 2>/dev/null || true
+  # Up to 3 s for them to stop (most started from ctl, not this shell's children: polled, not
+  # waited for), then SIGKILL whatever is still in a namespace of this run (clients of a failed
+  # COMMAND too).
+  for _ in $(seq 30); do
+    left=""
+    for ns in "${created[@]}"; do [[ -z $(ip netns pids "$ns" 2>/dev/null) ]] || left=yes; done
+    [[ -n $left ]] || break
+    sleep 0.1
   done
-  for ns in "$router" "${nodes[@]:1}" "${clients[@]:1}"; do ip netns del "$ns" 2>/dev/null || true; done
+  for ns in "${created[@]}"; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  for ns in "${created[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   if [[ -n ${FLEETLAB_KEEP:-} ]]; then echo "fleetlab: kept $lab" >&2; else rm -rf "$lab"; fi
 }
 trap teardown EXIT
@@ -161,10 +198,12 @@ trap 'exit 143' TERM
 {
   printf 'STUNEDGE=%q\n' "$bin"
   printf 'NODE_NS=("" %q %q %q)\n' "${nodes[@]:1}"
+  printf 'LAB_NS=(%s)\n' "$(printf '%q ' "${LAB_NS[@]}")"
 } >"$lab/env"
 
-for ns in "$router" "${nodes[@]:1}" "${clients[@]:1}"; do
-  ip netns add "$ns"
+for ns in "${LAB_NS[@]}"; do
+  ip netns add "$ns" || { echo "fleetlab: cannot create the namespace $ns" >&2; exit 1; }
+  created+=("$ns")
   ip -n "$ns" link set lo up
   # A new namespace resets IPv6's conf (devconf_inherit_init_net) but copies IPv4's from the
   # host: set every value the lab relies on. keep_addr_on_down: an uplink that flaps keeps its

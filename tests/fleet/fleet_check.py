@@ -7,12 +7,15 @@ here):
            retransmission of the same client answered by another node
   turn     Allocates from 33 IPv4 addresses and one IPv6 /64, 4 source ports each: the
            ALTERNATE-SERVER per client address and the nodes that gave it
-  drain    SIGTERM to node 1 under load: withdrawal time (router FIB), exit time, transactions
-           lost, then node 1 restarted and its re-announcement time
+  drain    SIGTERM to node 1 under load: withdrawal time (router FIB), exit time (from the
+           moment the signal was sent), transactions lost, then node 1 restarted and its
+           re-announcement time; wall-clock times of the signal, the exit and the restart
   crash    SIGKILL of node 2's stunedge under load: withdrawal time, losses; restarted
-  node_crash   SIGKILL of node 3's stunedge, watcher and BIRD under load
+  node_crash   SIGKILL of node 3's stunedge, watcher and BIRD under load; then the node revived
+           (BIRD, watcher, stunedge) and the time until the router has it again
   silent   node 2's uplink dropping everything (a hung or powered-off node) under load: BFD
-  prometheus   the dashboard's fleet-view queries over the run (with --prometheus)
+  prometheus   the dashboard's fleet-view queries over the run (with --prometheus): the node
+           state as [unix time, value] pairs from 2 s before the drain's SIGTERM to its restart
 Usage: fleet_check.py [DASHBOARD_JSON]
 """
 
@@ -164,15 +167,15 @@ def turn():
     return {"answers": len(answers), "lost": lost, "clients": clients}
 
 
-def under_load(event, settle_after, rate="500", flows="40"):
-    """Runs a v4 load from client 1 and a v6 load from client 3, fires event() 1 s in, keeps the
-    load on for settle_after s after event() returns; returns (event's result, loads)."""
+def under_load(event, settle_after, rate="500", flows="40", lead=1.0):
+    """Runs a v4 load from client 1 and a v6 load from client 3, fires event() `lead` s in, keeps
+    the load on for settle_after s after event() returns; returns (event's result, loads)."""
     stop = os.path.join(LAB, "stop-load")
     if os.path.exists(stop):
         os.remove(stop)
     procs = [client(1, "load", SERVER4, v4(1, 4), flows, rate, "60", stop),
              client(3, "load", SERVER6, v6(3, 4), flows, rate, "60", stop)]
-    time.sleep(1.0)
+    time.sleep(lead)
     t_event = time.time()
     got = event()
     time.sleep(settle_after)
@@ -184,7 +187,8 @@ def under_load(event, settle_after, rate="500", flows="40"):
 
 
 def withdrawal(n, action, timeout=10):
-    """Fires `action` on node n, returns the seconds until the router's FIB drops it (v4, v6)."""
+    """Fires `action` on node n, returns the seconds until the router's FIB drops it (v4, v6),
+    both counted from just before the action (so never shorter than they were)."""
     t0 = time.monotonic()
     ctl(action, n)
     w4 = wait_for(lambda: n not in nexthops(4), timeout)
@@ -201,15 +205,31 @@ def drain():
     def event():
         out["t_term"] = time.time()
         w = withdrawal(1, "term")
+        w.pop("t0_mono")
         out.update(w)
-        t0 = w.pop("t0_mono")
-        gone = wait_for(lambda: not pid_alive(pid), DRAIN + 10, poll=0.01)
-        out["exit_s"] = None if gone is None else round(time.monotonic() - t0, 3)
-        out["t_exit"] = time.time()
+        # `ctl term` wrote the time right after it sent SIGTERM: the exit is timed from there,
+        # and to the last poll that still saw the process (it was alive then), so exit_s is
+        # never longer than the real drain. t_exit: the first poll that saw it gone.
+        with open(os.path.join(LAB, "term1.at")) as f:
+            t_sig = float(f.read())
+        out["t_signal"] = t_sig
+        t_alive, t_gone = t_sig, None
+        while time.time() - t_sig < DRAIN + 10:
+            now = time.time()
+            if not pid_alive(pid):
+                t_gone = now
+                break
+            t_alive = now
+            time.sleep(0.01)
+        out["exit_s"] = None if t_gone is None else round(t_alive - t_sig, 3)
+        out["t_last_alive"] = t_alive
+        out["t_exit"] = t_gone
 
-    _, out["loads"] = under_load(event, 0.5)
-    # Down long enough for Prometheus (0.5 s scrapes) to see it, then back.
-    time.sleep(1.5)
+    # 1.5 s of load before the signal: Prometheus (0.5 s scrapes) sees the node serving first.
+    _, out["loads"] = under_load(event, 0.5, lead=1.5)
+    # Down until 3 s after the exit, so Prometheus scrapes it down several times, then back.
+    if out["t_exit"] is not None:
+        time.sleep(max(0.0, out["t_exit"] + 3.0 - time.time()))
     out["t_restart"] = time.time()
     ctl("start", 1)
     ra = wait_for(all_announced, 30)
@@ -241,6 +261,15 @@ def node_crash():
         out.update(w)
 
     _, out["loads"] = under_load(event, 1.0)
+    # The node comes back: stunedge, then BIRD and the watcher. BIRD's session to the router
+    # must be re-established (connect retry, error wait) before the watcher's announcement
+    # reaches it; timed until the router has all three nodes again.
+    t0 = time.monotonic()
+    ctl("start", 3)
+    ctl("revive", 3)
+    ra = wait_for(all_announced, 30)
+    out["revive_reannounce_s"] = None if ra is None else round(time.monotonic() - t0, 3)
+    log(f"node_crash: node 3 revived, back in the router's FIB after {out['revive_reannounce_s']} s")
     return out
 
 
@@ -280,7 +309,8 @@ def prometheus(dashboard, spread, drained):
                                     for s in r["data"]["result"]}
     if state:
         r = prom_query(fill(state), start=str(drained["t_term"] - 2), end=str(drained["t_restart"] + 0.5), step="0.5")
-        series = {s["metric"].get("instance"): [float(v) for _, v in s["values"]] for s in r["data"]["result"]}
+        series = {s["metric"].get("instance"): [[float(t), float(v)] for t, v in s["values"]]
+                  for s in r["data"]["result"]}
         out["state_during_drain"] = series
     return out
 
