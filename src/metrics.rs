@@ -532,7 +532,7 @@ const METRICS: &[Row] = &[
         "Stream connections closed at once on accept, by transport and reason: global_cap \
          (stream.max_connections), tls_cap (stream.max_tls_connections), prefix_cap \
          (stream.max_connections_per_prefix), handshake_cap (stream.max_handshakes), fd_limit (out of file \
-         descriptors: accepting pauses).",
+         descriptors: accepting pauses), error (the socket could not be set up).",
         &["transport", "reason"],
         Source::Stream(StreamSeries::Refused),
     ),
@@ -572,7 +572,7 @@ const METRICS: &[Row] = &[
     row(
         "stunedge_tls_handshake_failures_total",
         "TLS handshakes that failed, by reason: protocol (a TLS error or alert), timeout \
-         (stream.handshake_timeout), closed (the client went away).",
+         (stream.handshake_timeout), closed (the client went away), evicted (made room at stream.max_connections).",
         &["reason"],
         Source::Stream(StreamSeries::TlsFailures),
     ),

@@ -156,6 +156,12 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
         // The whole rate-limit table once a minute (1,200 turns of 50 ms).
         server.sweep_limit(1200);
         server.tick_xdp();
+        if stream.as_ref().is_some_and(Plane::any_exited) && !stop.load(Ordering::Relaxed) {
+            health.set_workers_running(false);
+            tracing::error!("a stream thread ended unexpectedly; stopping");
+            failed = true;
+            break;
+        }
         if server.any_worker_exited() && !stop.load(Ordering::Relaxed) {
             health.set_workers_running(false);
             tracing::error!("a worker thread ended unexpectedly; stopping");

@@ -461,8 +461,10 @@ section! {
         private_key: String = String::new(),
         /// Threads serving every stream listener (1 to 64).
         threads: usize = 1,
-        /// Open connections at most, TCP and TLS together; more are closed at once (refused,
-        /// `global_cap`). Each costs ~5 KB of kernel memory, plus up to 4 KB of buffers here.
+        /// Open connections at most, TCP and TLS together; at the cap the oldest connection that
+        /// has not sent a whole message yet makes room (`evicted`), else the new one is closed
+        /// at once (`global_cap`). Each costs ~5 KB of kernel memory, plus up to
+        /// 2 × `max_message_size` + 16 KiB of buffers here (TLS: its session's, up to ~20 KB more).
         max_connections: usize = 20_000,
         /// Of `max_connections`, TLS ones at most (each up to ~25 KB more with its session);
         /// above `max_connections` it is `max_connections`.

@@ -65,14 +65,16 @@ enum Refused {
     PrefixCap,
     HandshakeCap,
     FdLimit,
+    Error,
 }
 
-const REFUSED: [(Refused, &str); 5] = [
+const REFUSED: [(Refused, &str); 6] = [
     (Refused::GlobalCap, "global_cap"),
     (Refused::TlsCap, "tls_cap"),
     (Refused::PrefixCap, "prefix_cap"),
     (Refused::HandshakeCap, "handshake_cap"),
     (Refused::FdLimit, "fd_limit"),
+    (Refused::Error, "error"),
 ];
 
 /// Why a connection was closed.
@@ -118,7 +120,7 @@ impl From<frame::FrameError> for Closed {
 }
 
 /// Why a TLS handshake failed.
-const TLS_FAILURES: [&str; 3] = ["protocol", "timeout", "closed"];
+const TLS_FAILURES: [&str; 4] = ["protocol", "timeout", "closed", "evicted"];
 
 /// One thread's counters for one transport (relaxed atomics; only the thread writes).
 #[derive(Debug, Default)]
@@ -294,6 +296,12 @@ impl Plane {
         move || view(&shared, &local)
     }
 
+    /// Whether a thread has ended while the plane was not stopped (an error it logged, or a
+    /// panic): its listeners are gone.
+    pub fn any_exited(&self) -> bool {
+        !self.shared.stop.load(Relaxed) && self.threads.iter().any(JoinHandle::is_finished)
+    }
+
     /// Stops the threads (each closes its connections) and waits for them.
     pub fn stop(self) {
         self.shared.stop.store(true, Relaxed);
@@ -380,6 +388,8 @@ struct Conn {
     interest: u32,
     /// Its source prefix, when counted (not loopback).
     prefix: Option<u128>,
+    /// Counted in its thread's handshakes in progress (TLS, until the handshake ends).
+    counted: bool,
     generation: u32,
 }
 
@@ -566,42 +576,40 @@ impl Thread {
             let i = REFUSED.iter().position(|(r, _)| *r == why).unwrap_or(0);
             bump(&me.counters().transport[t].refused[i]);
         };
-        if self.shared.open.fetch_add(1, Relaxed) >= limits.max_connections {
-            self.shared.open.fetch_sub(1, Relaxed);
-            // Full: the oldest connection here that has not sent a whole message yet (a flood's,
-            // a slowloris') makes room; without one the new connection is refused.
-            if !self.evict_silent() {
-                return refuse(self, Refused::GlobalCap);
-            }
-            self.shared.open.fetch_add(1, Relaxed);
+        // The refusals that cost nothing first: a connection refused anyway must not evict
+        // anyone at the global cap.
+        if tls && self.handshaking >= limits.max_handshakes {
+            return refuse(self, Refused::HandshakeCap);
         }
-        if tls {
-            if self.handshaking >= limits.max_handshakes {
-                self.shared.open.fetch_sub(1, Relaxed);
-                return refuse(self, Refused::HandshakeCap);
-            }
-            if self.shared.open_tls.fetch_add(1, Relaxed) >= limits.max_tls_connections {
-                self.shared.open_tls.fetch_sub(1, Relaxed);
-                self.shared.open.fetch_sub(1, Relaxed);
-                return refuse(self, Refused::TlsCap);
-            }
+        if tls && self.shared.open_tls.load(Relaxed) >= limits.max_tls_connections {
+            return refuse(self, Refused::TlsCap);
         }
         let prefix = (!peer.ip().to_canonical().is_loopback()).then(|| prefix_of(peer.ip()));
         if let Some(p) = prefix {
             let mut prefixes = self.shared.prefixes.lock().unwrap_or_else(PoisonError::into_inner);
             let n = prefixes.entry(p).or_insert(0);
             if *n >= limits.max_per_prefix {
-                drop(prefixes);
-                self.release_counts(tls, None);
                 return refuse(self, Refused::PrefixCap);
             }
             *n += 1;
         }
+        if tls {
+            self.shared.open_tls.fetch_add(1, Relaxed);
+        }
+        if self.shared.open.fetch_add(1, Relaxed) >= limits.max_connections {
+            // Full: the oldest connection here that has not sent a whole message yet (a flood's,
+            // a slowloris', a handshake that never ends) makes room; without one the new
+            // connection is refused.
+            if !self.evict_silent() {
+                self.release(tls, prefix);
+                return refuse(self, Refused::GlobalCap);
+            }
+        }
         let local = sock.local_addr().unwrap_or(self.listeners[0].1);
         let setup = sock.set_nonblocking(true).and_then(|()| sock.set_nodelay(true));
         if setup.is_err() {
-            self.release_counts(tls, prefix);
-            return;
+            self.release(tls, prefix);
+            return refuse(self, Refused::Error);
         }
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
@@ -612,14 +620,14 @@ impl Thread {
         let generation = self.generations[slot];
         if self.epoll.add(&sock, token(slot, generation), READ).is_err() {
             self.free.push(slot);
-            self.release_counts(tls, prefix);
-            return;
+            self.release(tls, prefix);
+            return refuse(self, Refused::Error);
         }
         let now = Instant::now();
         if tls {
             self.handshaking += 1;
         }
-        self.silent.push_back((slot, generation));
+        self.remember_silent(slot, generation);
         bump(&self.counters().transport[t].accepted);
         self.conns[slot] = Some(Conn {
             peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
@@ -640,8 +648,22 @@ impl Thread {
             eof: false,
             interest: READ,
             prefix,
+            counted: tls,
             generation,
         });
+    }
+
+    /// Queues a new connection for eviction while it is silent. Entries of connections that
+    /// have since spoken or gone are dropped from the front by the sweep; should the queue still
+    /// outgrow twice the thread's connections (one long-silent connection holding the front),
+    /// it keeps only the silent ones.
+    fn remember_silent(&mut self, slot: usize, generation: u32) {
+        self.silent.push_back((slot, generation));
+        if self.silent.len() > 2 * self.conns.len() + 64 {
+            let conns = &self.conns;
+            self.silent.retain(|&(s, g)| matches!(&conns[s], Some(c) if c.generation == g && c.last_message.is_none()));
+            self.silent.shrink_to_fit();
+        }
     }
 
     /// Closes the oldest connection of this thread that has sent no whole message (reason
@@ -658,7 +680,7 @@ impl Thread {
     }
 
     /// Undoes an admitted connection's share of the shared counts.
-    fn release_counts(&self, tls: bool, prefix: Option<u128>) {
+    fn release(&self, tls: bool, prefix: Option<u128>) {
         self.shared.open.fetch_sub(1, Relaxed);
         if tls {
             self.shared.open_tls.fetch_sub(1, Relaxed);
@@ -678,19 +700,20 @@ impl Thread {
         let Some(c) = self.conns[slot].take() else { return };
         let _ = self.epoll.delete(&c.sock);
         let tls = c.transport == Transport::Tls;
-        if c.handshaking() {
+        if c.counted {
             self.handshaking -= 1;
             let failure = match why {
                 Closed::TlsError => Some(0),
                 Closed::HandshakeTimeout => Some(1),
                 Closed::Client | Closed::IoError => Some(2),
+                Closed::Evicted => Some(3),
                 _ => None,
             };
             if let Some(i) = failure {
                 bump(&self.counters().tls_failures[i]);
             }
         }
-        self.release_counts(tls, c.prefix);
+        self.release(tls, c.prefix);
         let counters = &self.counters().transport[c.transport.stream_index().unwrap_or(0)];
         bump(&counters.closed_total);
         bump(&counters.closed[CLOSED.iter().position(|(r, _)| *r == why).unwrap_or(0)]);
@@ -716,6 +739,10 @@ impl Thread {
     /// within its rate, sends what it can, and registers for what it waits on.
     fn pump(&mut self, slot: usize, readable: bool) {
         if let Err(why) = self.pump_inner(slot, readable) {
+            // Answers already built for earlier messages go out first (best effort).
+            if let Some(c) = self.conns[slot].as_mut() {
+                let _ = flush(c, Instant::now());
+            }
             self.close(slot, why);
         }
     }
@@ -728,58 +755,89 @@ impl Thread {
         let elapsed = (now - c.refilled).as_secs_f64();
         c.refilled = now;
         c.tokens = (c.tokens + elapsed * f64::from(limits.messages_per_second)).min(f64::from(limits.message_burst));
-        let may_read = !c.eof && c.output.len() < MAX_PENDING && c.tokens >= 1.0;
-        if readable && may_read {
-            let was_handshaking = c.handshaking();
-            read(c, &mut self.scratch, limits.max_message, self.current.tls.as_ref())?;
-            if was_handshaking && !c.handshaking() {
-                self.handshaking -= 1;
-                c.ready = Some(now);
-                let version = match &c.tls {
-                    Tls::Session(s) if s.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2) => 1,
-                    _ => 0,
-                };
-                bump(&self.shared.counters[self.index].tls_handshakes[version]);
-            }
-        }
-        // Whole messages, within the rate.
         let (unix, clock_ms) = (crate::worker::unix_now(), crate::worker::clock_ms());
-        let handlers = &self.current.handlers;
-        let counters = &self.shared.counters[self.index].transport[c.transport.stream_index().unwrap_or(0)];
-        let mut at = 0;
-        while c.tokens >= 1.0 && c.output.len() < MAX_PENDING {
-            match frame::next(&c.input[at..], limits.max_message).map_err(Closed::from)? {
-                None => break,
-                Some(Frame::ChannelData(len)) => {
-                    bump(&counters.channel_data);
-                    at += len;
+        let counters = &self.shared.counters[self.index];
+        let transport = &counters.transport[c.transport.stream_index().unwrap_or(0)];
+        // Alternate reading (the socket at most once per call, when it is readable; a TLS
+        // session's decrypted plaintext whenever there is room) and answering whole messages
+        // within the rate, until neither moves.
+        let mut socket_readable = readable;
+        loop {
+            loop {
+                let mut moved = false;
+                if c.output.len() < MAX_PENDING && c.tokens >= 1.0 {
+                    let got =
+                        read(c, &mut self.scratch, limits.max_message, self.current.tls.as_ref(), socket_readable);
+                    socket_readable = false;
+                    if c.counted && !c.handshaking() {
+                        // The handshake ended (even if the same read then failed): counted once.
+                        c.counted = false;
+                        self.handshaking -= 1;
+                        c.ready = Some(now);
+                        let version = match &c.tls {
+                            Tls::Session(s) if s.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2) => 1,
+                            _ => 0,
+                        };
+                        bump(&counters.tls_handshakes[version]);
+                    }
+                    moved |= got?;
                 }
-                Some(Frame::Stun(len)) => {
-                    c.tokens -= 1.0;
-                    c.last_message = Some(now);
-                    bump(&counters.messages);
-                    self.message[..len].copy_from_slice(&c.input[at..at + len]);
-                    at += len;
-                    let meta = Meta { src: c.peer, local: c.local, now: unix, clock_ms };
-                    let Some(config) = handlers.get(c.listener) else { continue };
-                    if let Action::Reply { len, .. } = handle(&mut self.message, len, &meta, config, &mut self.stats) {
-                        c.output.extend_from_slice(&self.message[..len]);
-                        bump(&counters.answers);
+                let mut at = 0;
+                while c.tokens >= 1.0 && c.output.len() < MAX_PENDING {
+                    match frame::next(&c.input[at..], limits.max_message).map_err(Closed::from)? {
+                        None => break,
+                        Some(Frame::ChannelData(len)) => {
+                            bump(&transport.channel_data);
+                            at += len;
+                        }
+                        Some(Frame::Stun(len)) => {
+                            c.tokens -= 1.0;
+                            c.last_message = Some(now);
+                            bump(&transport.messages);
+                            self.message[..len].copy_from_slice(&c.input[at..at + len]);
+                            at += len;
+                            let meta = Meta { src: c.peer, local: c.local, now: unix, clock_ms };
+                            let Some(config) = self.current.handlers.get(c.listener) else { continue };
+                            if let Action::Reply { len, .. } =
+                                handle(&mut self.message, len, &meta, config, &mut self.stats)
+                            {
+                                c.output.extend_from_slice(&self.message[..len]);
+                                bump(&transport.answers);
+                            }
+                        }
                     }
                 }
+                c.input.drain(..at);
+                moved |= at > 0;
+                if !moved {
+                    break;
+                }
+            }
+            flush(c, now)?;
+            // Answers went out and the session still holds requests: go on now (no socket event
+            // would come for them); a full socket leaves the answers waiting and WRITE registered.
+            let held = match &mut c.tls {
+                Tls::Session(s) => plaintext_held(s),
+                _ => false,
+            };
+            if !(held && c.output.len() < MAX_PENDING && c.tokens >= 1.0) {
+                break;
             }
         }
-        c.input.drain(..at);
         c.paused = c.tokens < 1.0;
-        flush(c, now)?;
+        let held = match &mut c.tls {
+            Tls::Session(s) => plaintext_held(s),
+            _ => false,
+        };
         let wants_write = !c.output.is_empty() || matches!(&c.tls, Tls::Session(s) if s.wants_write());
-        if c.eof && !wants_write && !matches!(frame::next(&c.input, limits.max_message), Ok(Some(_))) {
+        if c.eof && !wants_write && !held && !matches!(frame::next(&c.input, limits.max_message), Ok(Some(_))) {
             // Everything it sent before closing is answered (a partial message never will be).
             return Err(Closed::Client);
         }
-        // Register for what it waits on: reading unless paused, backed up or at its end;
-        // writing while answers are waiting.
-        let reading = !c.paused && !c.eof && c.output.len() < MAX_PENDING;
+        // Register for what it waits on: reading unless paused, backed up, at its end or with
+        // decrypted plaintext still to take (the sweep and the next answers take it); writing
+        // while answers are waiting.
+        let reading = !c.paused && !c.eof && !held && c.output.len() < MAX_PENDING;
         let interest = if reading { READ } else { 0 } | if wants_write { WRITE } else { 0 };
         if interest != c.interest {
             c.interest = interest;
@@ -793,49 +851,64 @@ fn token(slot: usize, generation: u32) -> u64 {
     u64::from(generation) << 32 | slot as u64
 }
 
-/// Reads what the socket has (TLS: through the session, `configs` choosing a new one's) into
-/// `c.input`.
-fn read(c: &mut Conn, scratch: &mut [u8], max_message: usize, configs: Option<&TlsConfigs>) -> Result<(), Closed> {
+/// Moves data into `c.input`: a TLS session's decrypted plaintext first (as room allows), then,
+/// when `readable`, the socket (TLS: only while the session holds no plaintext, so the two never
+/// pile up; a new session's configuration chosen by `configs`). Whether anything arrived or the
+/// connection's state moved.
+fn read(
+    c: &mut Conn,
+    scratch: &mut [u8],
+    max_message: usize,
+    configs: Option<&TlsConfigs>,
+    readable: bool,
+) -> Result<bool, Closed> {
+    // At most two messages' worth beyond what is waiting: the input stays bounded.
+    let room = (2 * max_message).saturating_sub(c.input.len()).min(scratch.len());
     match &mut c.tls {
         Tls::None => {
-            // At most two messages' worth beyond what is waiting: the input stays bounded.
-            let room = (2 * max_message).saturating_sub(c.input.len()).min(scratch.len());
-            if room == 0 {
-                return Ok(());
+            if !readable || c.eof || room == 0 {
+                return Ok(false);
             }
             match c.sock.read(&mut scratch[..room]) {
                 Ok(0) => {
                     c.eof = true;
-                    Ok(())
+                    Ok(true)
                 }
                 Ok(n) => {
                     c.input.extend_from_slice(&scratch[..n]);
-                    Ok(())
+                    Ok(true)
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
                 Err(e) if is_reset(&e) => Err(Closed::Client),
                 Err(_) => Err(Closed::IoError),
             }
         }
         Tls::Accepting(acceptor) => {
+            if !readable {
+                return Ok(false);
+            }
             match acceptor.read_tls(&mut c.sock) {
                 Ok(0) => return Err(Closed::Client),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if is_reset(&e) => return Err(Closed::Client),
                 Err(_) => return Err(Closed::IoError),
             }
             match acceptor.accept() {
-                Ok(None) => Ok(()),
+                Ok(None) => Ok(true),
                 Ok(Some(accepted)) => {
                     // A TLS listener has a configuration (checked when loaded).
                     let Some(configs) = configs else { return Err(Closed::TlsError) };
                     let config = configs.choose(accepted.client_hello().alpn());
                     match accepted.into_connection(config) {
-                        Ok(session) => {
+                        Ok(mut session) => {
+                            // Unsent answers are bounded here, not by rustls' 64 KiB default.
+                            session.set_buffer_limit(Some(MAX_PENDING));
                             c.tls = Tls::Session(Box::new(session));
                             // The ClientHello may have come with more: go on with the session.
-                            tls_progress(c, scratch, max_message)
+                            tls_process(c)?;
+                            drain_plaintext(c, scratch, max_message)?;
+                            Ok(true)
                         }
                         Err((_, mut alert)) => {
                             let _ = alert.write_all(&mut c.sock);
@@ -850,40 +923,62 @@ fn read(c: &mut Conn, scratch: &mut [u8], max_message: usize, configs: Option<&T
             }
         }
         Tls::Session(session) => {
-            match session.read_tls(&mut c.sock) {
-                Ok(0) => c.eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if is_reset(&e) => return Err(Closed::Client),
-                Err(_) => return Err(Closed::IoError),
+            let mut moved = false;
+            if readable && !c.eof && !plaintext_held(session) {
+                match session.read_tls(&mut c.sock) {
+                    Ok(0) => c.eof = true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if is_reset(&e) => return Err(Closed::Client),
+                    Err(_) => return Err(Closed::IoError),
+                }
+                tls_process(c)?;
+                moved = true;
             }
-            tls_progress(c, scratch, max_message)
+            Ok(drain_plaintext(c, scratch, max_message)? || moved)
         }
     }
 }
 
-/// Processes the TLS records read so far and moves the plaintext into `c.input`.
-fn tls_progress(c: &mut Conn, scratch: &mut [u8], max_message: usize) -> Result<(), Closed> {
+/// Whether the session holds decrypted plaintext not yet taken.
+fn plaintext_held(session: &mut ServerConnection) -> bool {
+    session.process_new_packets().is_ok_and(|state| state.plaintext_bytes_to_read() > 0)
+}
+
+/// Processes the TLS records read so far; a TLS error sends the session's alert and closes.
+fn tls_process(c: &mut Conn) -> Result<(), Closed> {
     let Tls::Session(session) = &mut c.tls else { return Ok(()) };
     if session.process_new_packets().is_err() {
         // The alert rustls queued goes out before the close.
         let _ = session.write_tls(&mut c.sock);
         return Err(Closed::TlsError);
     }
+    Ok(())
+}
+
+/// Moves a session's decrypted plaintext into `c.input` while there is room; whether any came.
+fn drain_plaintext(c: &mut Conn, scratch: &mut [u8], max_message: usize) -> Result<bool, Closed> {
+    let Tls::Session(session) = &mut c.tls else { return Ok(false) };
+    let mut got = false;
     loop {
         let room = (2 * max_message).saturating_sub(c.input.len()).min(scratch.len());
         if room == 0 {
-            return Ok(());
+            return Ok(got);
         }
         match session.reader().read(&mut scratch[..room]) {
-            Ok(0) => {
-                // close_notify: answer what came before it, then close.
-                c.eof = true;
-                return Ok(());
+            // close_notify (or the TCP close after everything was read): answer what came
+            // before it, then close.
+            // (Progress only the first time it is seen.)
+            Ok(0) => return Ok(got || !std::mem::replace(&mut c.eof, true)),
+            Ok(n) => {
+                c.input.extend_from_slice(&scratch[..n]);
+                got = true;
             }
-            Ok(n) => c.input.extend_from_slice(&scratch[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(_) => return Err(Closed::Client), // closed without close_notify
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(got),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Ok(got || !std::mem::replace(&mut c.eof, true));
+            }
+            Err(_) => return Err(Closed::TlsError),
         }
     }
 }

@@ -567,7 +567,7 @@ fn answers_after_authentication_are_signed_even_when_errors() {
 // ------------------------------------------------------------------- through the real server
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cli::{Running, free_port, write_config};
 use crate::support::{client_for, exchange, tool_missing};
@@ -678,12 +678,8 @@ fn rest_credentials_computed_by_openssl() {
 
 /// Polls until `check` holds (SIGHUP is handled within ~50 ms; workers pick the new
 /// configuration up at their next loop turn).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    crate::support::wait_for(what, Duration::from_secs(5), check);
 }
 
 #[test]

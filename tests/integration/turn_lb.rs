@@ -28,7 +28,7 @@ use stunedge::stun::registry::{ATTR_ALTERNATE_SERVER, ATTR_MESSAGE_INTEGRITY, AT
 use stunedge::stun::{Message, MessageType, MessageWriter};
 
 use crate::cli::{Running, free_port, write_config};
-use crate::support::{Scratch, tool_missing};
+use crate::support::{Scratch, tool_missing, wait_for};
 
 /// A process this test started, killed (by its PID, through `Child`) when dropped.
 struct Spawned(Child);
@@ -139,14 +139,6 @@ fn fake_backend(addr: SocketAddr) -> Fake {
         }
     });
     Fake(stop)
-}
-
-fn wait_for(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// What one turnutils_uclient run did.

@@ -9,6 +9,8 @@ Prints one JSON object. Scenarios:
                                          sent byte by byte; every answer checked
   burst ADDR --count N                   N Bindings in one burst; answers counted for --wait s
   half-close ADDR --count N               N Bindings, then shutdown(SHUT_WR): answers, then the close
+  bad-after-finished ADDR --count N      N TLS 1.3 handshakes whose Finished comes with a bad
+                                         record; how many the server closed
   garbage ADDR --bytes HEX               sends the bytes; reports whether the server closed
   silent ADDR [--send HEX] --wait S      connects (sends HEX), waits; reports when it closed
   idle-after-one ADDR --wait S           one Binding, then silence; reports when it closed
@@ -171,17 +173,36 @@ def main():
     elif args.scenario == "half-close":
         # Requests, then the sending side shut (as `printf … | nc` does): every one answered,
         # then the server closes.
-        sock = connect(args)
+        sock = connect(args)  # plain TCP (a TLS socket cannot half-close)
         tids = [os.urandom(12) for _ in range(args.count)]
         sock.sendall(b"".join(request(t) for t in tids))
-        if args.tls:
-            sock = sock.unwrap()  # close_notify, then the TCP half-close below
         sock.shutdown(socket.SHUT_WR)
-        if args.tls:
-            out["answered"] = None  # the TLS layer is gone after unwrap; TCP only below
-        else:
-            out["answered"] = sum(check(read_message(sock), t, sock) for t in tids)
+        out["answered"] = sum(check(read_message(sock), t, sock) for t in tids)
         out["closed_after"] = closed_within(sock, args.wait)
+    elif args.scenario == "bad-after-finished":
+        # A TLS 1.3 handshake whose client Finished goes out in one segment with an
+        # undecryptable record: the server ends the handshake and fails the same read.
+        host, port = args.address.rsplit(":", 1)
+        ctx = ssl.create_default_context(cafile=args.ca)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        closed = 0
+        for _ in range(args.count):
+            sock = socket.create_connection((host, int(port)), timeout=3)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ctx.wrap_bio(incoming, outgoing, server_hostname=args.name)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    data = outgoing.read()
+                    if data:
+                        sock.sendall(data)
+                    incoming.write(sock.recv(65536))
+            sock.sendall(outgoing.read() + bytes([0x17, 3, 3, 0, 32]) + b"\0" * 32)
+            closed += closed_within(sock, 3) is not None
+            sock.close()
+        out["closed"] = closed
     elif args.scenario == "garbage":
         sock = connect(args)
         sock.sendall(bytes.fromhex(args.bytes))
