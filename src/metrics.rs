@@ -1058,12 +1058,13 @@ mod tests {
 
     /// The names of the rows, without the limiter's unless `limiter`, without the TURN
     /// balancer's unless `turn`, without the XDP fast path's unless `xdp`.
-    fn declared(limiter: bool, turn: bool, xdp: bool) -> Vec<String> {
+    fn declared(limiter: bool, turn: bool, xdp: bool, stream: bool) -> Vec<String> {
         METRICS
             .iter()
             .filter(|row| limiter || !matches!(row.source, Source::Limiter(_)))
             .filter(|row| turn || !matches!(row.source, Source::Turn(_)))
             .filter(|row| xdp || !matches!(row.source, Source::Xdp(_)))
+            .filter(|row| stream || !matches!(row.source, Source::Stream(_)))
             .map(|row| row.name.to_string())
             .collect()
     }
@@ -1150,23 +1151,26 @@ mod tests {
         a.dropped(DropReason::NotStun);
         let e = exporter(&a);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(false, false, false), "the optional rows are left out without their sources");
+        assert_eq!(names, declared(false, false, false, false), "the optional rows are left out without their sources");
         let e = e.with_limit(fixed(limit()), || 1000);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true, false, false));
+        assert_eq!(names, declared(true, false, false, false));
         let e = e.with_turn_lb(|| None);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true, false, false), "no listener balances: no TURN rows");
+        assert_eq!(names, declared(true, false, false, false), "no listener balances: no TURN rows");
         let lb = balancer();
         let e = e.with_turn_lb(move || Some(lb.clone()));
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true, true, false));
+        assert_eq!(names, declared(true, true, false, false));
         let e = e.with_xdp(|| None);
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true, true, false), "the fast path is not running: no XDP rows");
+        assert_eq!(names, declared(true, true, false, false), "the fast path is not running: no XDP rows");
         let e = e.with_xdp(|| Some(xdp_view()));
         let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
-        assert_eq!(names, declared(true, true, true));
+        assert_eq!(names, declared(true, true, true, false));
+        let e = e.with_stream(stream_view);
+        let names: Vec<String> = e.families().iter().map(|f| f.get_name().to_string()).collect();
+        assert_eq!(names, declared(true, true, true, true));
         let registry = prometheus::Registry::new();
         registry.register(Box::new(e)).unwrap();
         let gathered = registry.gather();
@@ -1181,6 +1185,33 @@ mod tests {
         assert!(text.contains("stunedge_batch_duration_seconds_bucket{worker=\"3\",le=\"0.000005\"} 1"), "{text}");
         assert!(text.contains("stunedge_io_backend_info{backend=\"mmsg\"} 1"), "{text}");
         assert!(text.contains("stunedge_config_last_reload_success_timestamp_seconds 100"), "{text}");
+        assert!(text.contains("stunedge_stream_connections{transport=\"tls\"} 3"), "{text}");
+        assert!(text.contains("stunedge_stream_refused_total{transport=\"tcp\",reason=\"prefix_cap\"} 2"), "{text}");
+        assert!(text.contains("stunedge_tls_handshake_failures_total{reason=\"timeout\"} 4"), "{text}");
+        // The stream threads' handler counters are a worker's series.
+        assert!(text.contains("stunedge_received_datagrams_total{worker=\"stream0\"} 5"), "{text}");
+    }
+
+    /// A stream plane with a TCP listener (2 refused for their prefix) and a TLS one (3 open,
+    /// 4 handshakes timed out), one thread whose handler counted 5 messages.
+    fn stream_view() -> StreamView {
+        let mut stats = Stats::default();
+        stats.record(&crate::counters::Tally { received_datagrams: 5, ..Default::default() }, 1_000);
+        StreamView {
+            transports: vec![
+                TransportCounts {
+                    transport: "tcp",
+                    refused: vec![("prefix_cap", 2)],
+                    closed: vec![("client", 1)],
+                    ..TransportCounts::default()
+                },
+                TransportCounts { transport: "tls", open: 3, accepted: 3, ..TransportCounts::default() },
+            ],
+            handshaking: 1,
+            tls_handshakes: vec![("1.3", 3)],
+            tls_failures: vec![("timeout", 4)],
+            stats: vec![("stream0".into(), stats)],
+        }
     }
 
     /// The per-class limit rows: every worker × family × class × action, level or direction,
