@@ -9,7 +9,7 @@ exec python3 - "$@" <<'PY'
 import pathlib, re, sys
 
 # Top to bottom, as in docs/architecture.md ("a room may use the rooms below it").
-ROOMS = ["main", "cli", "client", "admin", "worker", "metrics", "config", "handler", "lb", "limit", "xdp", "io", "auth",
+ROOMS = ["main", "cli", "client", "admin", "stream", "worker", "metrics", "config", "handler", "lb", "limit", "xdp", "io", "auth",
          "stun", "counters"]
 # The wire format's files, top to bottom: `header` is the leaf the others share.
 STUN = ["mod", "writer", "integrity", "message", "attr", "header", "registry", "crc32"]
