@@ -198,23 +198,43 @@ struct Sock {
     in_flight: usize,
 }
 
-/// What one thread counted.
-struct Tally {
-    sent: u64,
-    received: u64,
-    valid: u64,
-    invalid: [u64; Invalid::ALL.len()],
-    lost: u64,
-    late: u64,
-    send_errors: u64,
-    not_sent: u64,
-    junk_sent: u64,
-    histogram: Histogram<u64>,
-    idle_ns: u64,
-    busy_ns: u64,
+/// What one thread counted (also the TCP mode's, [`crate::stream`]).
+pub(crate) struct Tally {
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) valid: u64,
+    pub(crate) invalid: [u64; Invalid::ALL.len()],
+    pub(crate) lost: u64,
+    pub(crate) late: u64,
+    pub(crate) send_errors: u64,
+    pub(crate) not_sent: u64,
+    pub(crate) junk_sent: u64,
+    pub(crate) histogram: Histogram<u64>,
+    pub(crate) idle_ns: u64,
+    pub(crate) busy_ns: u64,
 }
 
-fn new_histogram() -> Histogram<u64> {
+impl Tally {
+    /// Nothing counted yet.
+    pub(crate) fn new() -> Tally {
+        Tally {
+            sent: 0,
+            received: 0,
+            valid: 0,
+            invalid: [0; Invalid::ALL.len()],
+            lost: 0,
+            late: 0,
+            send_errors: 0,
+            not_sent: 0,
+            junk_sent: 0,
+            histogram: new_histogram(),
+            idle_ns: 0,
+            busy_ns: 0,
+        }
+    }
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -225,6 +245,19 @@ fn route_source(server: SocketAddr) -> std::io::Result<IpAddr> {
     let probe = std::net::UdpSocket::bind(any)?;
     probe.connect(server)?;
     Ok(probe.local_addr()?.ip())
+}
+
+/// The source address of the `index`-th socket (over all threads): 127.0.0.1, .2, … up to
+/// `config.sources` for a loopback IPv4 server, ::1 for a loopback IPv6 one, else the address
+/// the kernel picks for the route to the server.
+pub(crate) fn source_ip(config: &Config, index: usize) -> std::io::Result<IpAddr> {
+    Ok(match config.server.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + (index % config.sources.max(1)) as u32))
+        }
+        IpAddr::V6(v6) if v6.is_loopback() => "::1".parse().expect("::1"),
+        _ => route_source(config.server)?,
+    })
 }
 
 /// Runs the load; `progress` gets one slot per thread (for the caller's progress line).
@@ -240,13 +273,7 @@ pub fn run(config: &Config, progress: &[Arc<Progress>]) -> std::io::Result<Repor
             let index = t * config.sockets + s;
             // A loopback server is loaded from 127.0.0.1, .2, … (--sources); any other from the
             // address the kernel picks for the route to it (a lab's veth).
-            let ip = match config.server.ip() {
-                IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::from(
-                    u32::from(Ipv4Addr::new(127, 0, 0, 1)) + (index % config.sources.max(1)) as u32,
-                )),
-                IpAddr::V6(v6) if v6.is_loopback() => "::1".parse().expect("::1"),
-                _ => route_source(config.server)?,
-            };
+            let ip = source_ip(config, index)?;
             let listener = socket::bind(SocketAddr::new(ip, 0), &options)?;
             socks.push(Sock {
                 listener,
@@ -280,7 +307,8 @@ pub fn run(config: &Config, progress: &[Arc<Progress>]) -> std::io::Result<Repor
     Ok(report(config, &tallies))
 }
 
-fn report(config: &Config, tallies: &[Tally]) -> Report {
+/// Sums the threads' tallies into the report (also the TCP mode's).
+pub(crate) fn report(config: &Config, tallies: &[Tally]) -> Report {
     let mut histogram = new_histogram();
     let mut r = Report {
         server: config.server.to_string(),
@@ -381,20 +409,7 @@ impl Worker {
             // Room for the junk interleaved with a full batch of requests.
             send: MmsgBatch::new(config.batch * (100 + config.junk_percent as usize).div_ceil(100)),
             recv: MmsgBatch::new(config.batch),
-            tally: Tally {
-                sent: 0,
-                received: 0,
-                valid: 0,
-                invalid: [0; Invalid::ALL.len()],
-                lost: 0,
-                late: 0,
-                send_errors: 0,
-                not_sent: 0,
-                junk_sent: 0,
-                histogram: new_histogram(),
-                idle_ns: 0,
-                busy_ns: 0,
-            },
+            tally: Tally::new(),
             scheduled: 0,
             next_socket: 0,
             interval: new_histogram(),

@@ -1,5 +1,6 @@
 //! `stunedge-bench`: the load generator. Drives a STUN server with Binding requests from many
-//! sockets on pinned threads, checks every answer, and reports rate, loss and latency. Exit
+//! sockets on pinned threads (UDP, or with `--tcp` long-lived TCP connections carrying
+//! pipelined requests), checks every answer, and reports rate, loss and latency. Exit
 //! status: 0 when every answer was valid, 1 when any was invalid, 2 on bad arguments or when
 //! the server never answered.
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use stunedge_bench::load::{self, Config, Progress, Report};
+use stunedge_bench::stream::{self, StreamReport};
 use stunedge_bench::{Credentials, Kind};
 
 #[derive(Parser, Debug)]
@@ -31,7 +33,7 @@ struct Args {
     /// CPUs to pin threads to, e.g. "1" or "8-15" or "1,3". Threads wrap around the list.
     #[arg(long)]
     cpus: Option<String>,
-    /// Sockets per thread (distinct source ports).
+    /// Sockets per thread (distinct source ports); with --tcp, connections per thread.
     #[arg(long, default_value_t = 64)]
     sockets: usize,
     /// Distinct IPv4 source addresses (127.0.0.1, .2, …) the sockets are spread over.
@@ -43,12 +45,22 @@ struct Args {
     /// Offered load in requests/s over all threads (open loop, paced); 0 = closed loop.
     #[arg(long, short, default_value_t = 0)]
     rate: u64,
-    /// Closed loop: requests outstanding per socket.
+    /// Closed loop: requests outstanding per socket. With --tcp: requests in flight per
+    /// connection (pipelined), in both loops.
     #[arg(long, default_value_t = 4)]
     window: usize,
-    /// Datagrams per sendmmsg / recvmmsg.
+    /// Datagrams per sendmmsg / recvmmsg (UDP only).
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// STUN over TCP (RFC 8489 §6.2.2): long-lived connections, requests written back to
+    /// back, answers cut from the stream by their header; every answer checked as over UDP
+    /// (XOR-MAPPED-ADDRESS = the connection's local address). Latency from the write.
+    #[arg(long)]
+    tcp: bool,
+    /// With --tcp: open a connection again when the server closes it (coturn resets STUN-only
+    /// TCP connections a few seconds after they open); its requests in flight count as lost.
+    #[arg(long, requires = "tcp")]
+    reconnect: bool,
     /// Request mix, "kind=weight,…"; kinds: plain, fingerprint, software, integrity, ice, classic.
     #[arg(long, default_value = "plain")]
     mix: String,
@@ -135,6 +147,12 @@ fn config(args: &Args) -> Result<Config, String> {
     if args.sources > 1 && args.server.is_ipv6() {
         return Err("--sources: several source addresses need an IPv4 server (127.0.0.0/8)".into());
     }
+    if args.tcp && args.junk > 0 {
+        return Err("--junk: not with --tcp (junk ends a stream: there is no next message to find)".into());
+    }
+    if args.tcp && args.window > 4096 {
+        return Err(format!("--window {}: at most 4096 with --tcp", args.window));
+    }
     if args.junk > 1000 {
         return Err(format!("--junk {}: at most 1000 junk datagrams per 100 requests", args.junk));
     }
@@ -168,16 +186,29 @@ fn config(args: &Args) -> Result<Config, String> {
     })
 }
 
-fn print_table(r: &Report) {
+fn print_table(r: &Report, stream: Option<&StreamReport>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "server          {} ({} loop{})",
+        "server          {} ({}{} loop{})",
         r.server,
+        if stream.is_some() { "TCP, " } else { "" },
         r.mode,
         if r.mode == "open" { format!(", {} req/s offered", r.target_rate) } else { String::new() }
     );
-    let _ = writeln!(out, "load            {} threads, {} sockets, {:.1} s", r.threads, r.sockets, r.duration_s);
+    match stream {
+        Some(s) => {
+            let _ = writeln!(
+                out,
+                "load            {} threads, {} connections × window {}, {:.1} s",
+                r.threads, r.sockets, s.window, r.duration_s
+            );
+        }
+        None => {
+            let _ =
+                writeln!(out, "load            {} threads, {} sockets, {:.1} s", r.threads, r.sockets, r.duration_s);
+        }
+    }
     let _ = writeln!(out, "sent            {}", r.sent);
     let _ = writeln!(out, "received        {}", r.received);
     let _ = writeln!(out, "valid           {}  ({:.0} /s)", r.valid, r.rate);
@@ -208,6 +239,13 @@ fn print_table(r: &Report) {
         l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
     );
     let _ = writeln!(out, "generator idle  {:.1} %", 100.0 * r.generator_idle);
+    if let Some(s) = stream {
+        let _ = writeln!(out, "closed by server {}", s.closed_by_server);
+        let _ = writeln!(out, "framing errors  {}", s.framing_errors);
+        if s.reconnects > 0 {
+            let _ = writeln!(out, "reconnects      {}", s.reconnects);
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -244,18 +282,27 @@ fn main() -> ExitCode {
             }
         })
     });
-    let report = match load::run(&config, &progress) {
+    let outcome = if args.tcp {
+        stream::run(&config, args.reconnect, &progress).map(|s| (s.report.clone(), Some(s)))
+    } else {
+        load::run(&config, &progress).map(|r| (r, None))
+    };
+    let (report, stream) = match outcome {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("stunedge-bench: cannot set up sockets: {e}");
+            eprintln!("stunedge-bench: cannot set up {}: {e}", if args.tcp { "connections" } else { "sockets" });
             return ExitCode::from(2);
         }
     };
     drop(watcher);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+        let json = match &stream {
+            Some(s) => serde_json::to_string_pretty(s),
+            None => serde_json::to_string_pretty(&report),
+        };
+        println!("{}", json.expect("report serialises"));
     } else {
-        print_table(&report);
+        print_table(&report, stream.as_ref());
     }
     if report.received == 0 {
         eprintln!("stunedge-bench: no answer at all from {} — is a STUN server listening there?", config.server);

@@ -10,10 +10,17 @@
 //! stunedge-flood random --server 10.99.0.1:3478 --sources 10.128.0.0/9 --rate 100000 --duration 12
 //! stunedge-flood legit  --server 10.99.0.1:3478 --sources 10.99.2.0/24 --clients 100 --duration 15
 //! stunedge-flood cgnat  --server 10.99.0.1:3478 --source 10.99.3.1 --users 2000 --duration 30
+//! stunedge-flood stream --server 127.0.0.1:3478 --tls 127.0.0.1:5349 --idle 10000 --duration 60 --hold 90
 //! ```
+//!
+//! `stream` (connection floods on the TCP/TLS plane, `scripts/bench-stream.sh`) needs a file
+//! descriptor per connection: raise `ulimit -n` first. SIGTERM ends its flood early (then the
+//! hold, if any).
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -21,6 +28,7 @@ use stunedge::client::Retransmit;
 use stunedge::limit::Cidr;
 use stunedge_bench::flood::clients::{self, ClientConfig, MAX_SOCKETS, Plan};
 use stunedge_bench::flood::raw::{self, FloodConfig, Sources};
+use stunedge_bench::flood::stream::{self, StreamFloodConfig};
 use stunedge_bench::flood::{Rng, V4Prefix};
 
 #[derive(Parser, Debug)]
@@ -41,6 +49,53 @@ enum Mode {
     Legit(LegitArgs),
     /// N users behind one IPv4 address: a Binding every interval and ICE-like bursts.
     Cgnat(CgnatArgs),
+    /// Connection floods on a STUN-over-TCP/TLS server: idle connections, slowloris, half-open
+    /// TLS handshakes (loopback sources 127.0.1.x).
+    Stream(StreamArgs),
+}
+
+#[derive(Args, Debug)]
+struct StreamArgs {
+    /// The server's TCP listener, "IP:port" (loopback).
+    #[arg(long, short)]
+    server: SocketAddr,
+    /// Its TLS listener (the handshake group; without it that group is not run).
+    #[arg(long)]
+    tls: Option<SocketAddr>,
+    /// Idle connections: one Binding answered, then nothing.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Slowloris connections: a Binding request one byte at a time.
+    #[arg(long, default_value_t = 500)]
+    slowloris: usize,
+    /// Seconds between a slowloris connection's bytes.
+    #[arg(long, default_value_t = 2.0)]
+    slowloris_interval: f64,
+    /// Handshake-flood connections to --tls: half send a partial ClientHello, half nothing.
+    #[arg(long, default_value_t = 500)]
+    handshake: usize,
+    /// Seconds before a closed slot is reopened (during the flood).
+    #[arg(long, default_value_t = 1.0)]
+    retry: f64,
+    /// Source addresses 127.0.1.1, .2, … the connections are spread over.
+    #[arg(long, default_value_t = 64)]
+    sources: usize,
+    /// Connects in progress at once at most.
+    #[arg(long, default_value_t = 256)]
+    max_connecting: usize,
+    /// Seconds the flood runs (SIGTERM ends it earlier).
+    #[arg(long, short, default_value_t = 30.0)]
+    duration: f64,
+    /// Seconds to then wait, sending nothing, for the server to close every connection; 0:
+    /// close them here at once.
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
+    /// A file to write "ready" to once every idle connection's Binding was answered.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+    /// Pin to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +229,37 @@ fn run(mode: Mode) -> Result<String, String> {
             };
             pin(&a.common);
             line(serde_json::to_string(&clients::run(&config).map_err(|e| e.to_string())?))
+        }
+        Mode::Stream(a) => {
+            let hold = if a.hold == 0.0 { Duration::ZERO } else { seconds("hold", a.hold)? };
+            let loopback = |addr: &SocketAddr| addr.ip().is_loopback();
+            if !loopback(&a.server) || !a.tls.as_ref().is_none_or(loopback) {
+                return Err("--server and --tls: loopback addresses (the sources are 127.0.1.x)".into());
+            }
+            if a.sources == 0 || a.sources > 65_000 || a.max_connecting == 0 {
+                return Err("--sources 1..=65000, --max-connecting above 0".into());
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()).map_err(|e| e.to_string())?;
+            let config = StreamFloodConfig {
+                tcp: a.server,
+                tls: a.tls,
+                idle: a.idle,
+                slowloris: a.slowloris,
+                slowloris_interval: seconds("slowloris-interval", a.slowloris_interval)?,
+                handshake: a.handshake,
+                retry: seconds("retry", a.retry)?,
+                sources: a.sources,
+                max_connecting: a.max_connecting,
+                duration: seconds("duration", a.duration)?,
+                hold,
+                stop,
+                ready_file: a.ready_file,
+            };
+            if let Some(cpu) = a.cpu {
+                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+            }
+            line(serde_json::to_string(&stream::run(&config).map_err(|e| e.to_string())?))
         }
         Mode::Cgnat(a) => {
             let duration = seconds("duration", a.common.duration)?;

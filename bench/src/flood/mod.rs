@@ -1,6 +1,6 @@
 //! The reflection lab's traffic (`stunedge-flood`, run by `scripts/reflect-lab.sh`): spoofed
 //! floods that make a server reflect answers at a victim, and well-behaved clients whose
-//! success the reflection defence must keep. Every run is bounded by its duration and paced at
+//! success the reflection defence must keep; and the stream plane's connection floods. Every run is bounded by its duration and paced at
 //! its rate, and reports what it really did (achieved rate, distinct sources) as one JSON line.
 //!
 //! - [`raw`]: IPv4/UDP datagrams written whole to a raw socket (IP_HDRINCL), so each carries
@@ -10,12 +10,15 @@
 //!   retransmission, the answer's XOR-MAPPED-ADDRESS checked against the socket's address) and
 //!   `cgnat` (many users behind one address: periodic Bindings and ICE-like bursts, each sent
 //!   once, every one expected to be answered).
+//! - [`stream`]: connection floods on a STUN-over-TCP/TLS plane: idle connections, slowloris,
+//!   half-open TLS handshakes (`stream`, run by `scripts/bench-stream.sh`).
 //!
 //! A tool, not the server's packet path: it allocates where convenient, and reaches syscalls
 //! only through std, socket2's safe API and `stunedge::io` (no `unsafe`).
 
 pub mod clients;
 pub mod raw;
+pub mod stream;
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
