@@ -47,8 +47,11 @@ use tls::TlsConfigs;
 pub const MAX_PENDING: usize = 16 * 1024;
 /// A connection whose unsent answers make no progress this long is closed (`write_stall`).
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
-/// How often a thread looks at its connections' timers and paused reads.
+/// How often a thread resumes its paused connections (those over their message rate).
 const SWEEP: Duration = Duration::from_millis(50);
+/// How often it looks at every connection's timers (their granularity): a scan of every
+/// connection, so not at the paused ones' pace.
+const TIMERS: Duration = Duration::from_millis(250);
 /// Connections accepted per listener per wakeup at most.
 const ACCEPT_BATCH: usize = 64;
 /// The listen backlog.
@@ -381,6 +384,8 @@ struct Conn {
     refilled: Instant,
     /// Not read: over its message rate.
     paused: bool,
+    /// In its thread's list of paused connections, which the sweep resumes.
+    listed: bool,
     /// The client shut down its sending side: what it sent is answered, then the connection
     /// closes (RFC 8489 §6.2.2: not before every request read has its response).
     eof: bool,
@@ -420,6 +425,10 @@ struct Thread {
     /// Listeners not polled until then (out of file descriptors).
     listeners_paused: Option<Instant>,
     conns: Vec<Option<Conn>>,
+    /// Paused connections (slot, generation), resumed by the sweep every [`SWEEP`].
+    paused: Vec<(usize, u32)>,
+    /// When the timers were last looked at.
+    timers_at: Instant,
     /// Connections that had sent no whole message yet, oldest first (slot, generation): the
     /// first to go when the global cap is full (entries of connections that have since sent
     /// one, or closed, are skipped when met).
@@ -456,6 +465,8 @@ impl Thread {
             listeners_paused: None,
             conns: Vec::new(),
             silent: std::collections::VecDeque::new(),
+            paused: Vec::new(),
+            timers_at: Instant::now(),
             free: Vec::new(),
             generations: Vec::new(),
             handshaking: 0,
@@ -524,7 +535,21 @@ impl Thread {
                 }
             }
         }
+        // Paused connections: their message budget has grown, or will.
+        for (slot, generation) in std::mem::take(&mut self.paused) {
+            let Some(c) = self.conns[slot].as_mut().filter(|c| c.generation == generation) else { continue };
+            c.listed = false;
+            if c.paused {
+                self.pump(slot, false);
+            }
+        }
         let limits = self.shared.limits;
+        if now - self.timers_at < TIMERS {
+            self.counters().handshaking.store(self.handshaking as u64, Relaxed);
+            self.shared.slots[self.index].publish(&self.stats);
+            return;
+        }
+        self.timers_at = now;
         for slot in 0..self.conns.len() {
             let Some(c) = &self.conns[slot] else { continue };
             let why = if c.handshaking() {
@@ -535,11 +560,8 @@ impl Thread {
                 c.ready.filter(|t| now - *t >= limits.first_message_timeout).map(|_| Closed::FirstMessageTimeout)
             };
             let why = why.or_else(|| c.stalled.filter(|t| now - *t >= WRITE_STALL).map(|_| Closed::WriteStall));
-            let paused = c.paused;
             if let Some(why) = why {
                 self.close(slot, why);
-            } else if paused {
-                self.pump(slot, false);
             }
         }
         self.counters().handshaking.store(self.handshaking as u64, Relaxed);
@@ -645,6 +667,7 @@ impl Thread {
             tokens: f64::from(limits.message_burst),
             refilled: now,
             paused: false,
+            listed: false,
             eof: false,
             interest: READ,
             prefix,
@@ -825,6 +848,10 @@ impl Thread {
             }
         }
         c.paused = c.tokens < 1.0;
+        if c.paused && !c.listed {
+            c.listed = true;
+            self.paused.push((slot, c.generation));
+        }
         let held = match &mut c.tls {
             Tls::Session(s) => plaintext_held(s),
             _ => false,
