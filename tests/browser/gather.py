@@ -56,14 +56,22 @@ const channel = a.createDataChannel("lab");
 channel.onopen = () => channel.send("ping");
 channel.onmessage = async (m) => {
   out.echo = m.data;
-  const stats = await a.getStats();
-  stats.forEach((s) => {
-    if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated) {
-      const local = stats.get(s.localCandidateId), remote = stats.get(s.remoteCandidateId);
-      out.pair = {local: local.candidateType + " " + local.address + ":" + local.port,
-                  remote: remote.candidateType + " " + remote.address + ":" + remote.port};
-    }
-  });
+  // The transport's selected pair (or a nominated, succeeded one); the stats can lag the first
+  // message by a moment, so they are asked again for up to a second.
+  for (let i = 0; i < 20 && !out.pair; i++) {
+    const stats = await a.getStats();
+    let selected = null;
+    stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) selected = s.selectedCandidatePairId; });
+    stats.forEach((s) => {
+      const chosen = selected ? s.id === selected : s.state === "succeeded" && s.nominated;
+      if (s.type === "candidate-pair" && chosen) {
+        const local = stats.get(s.localCandidateId), remote = stats.get(s.remoteCandidateId);
+        out.pair = {local: local.candidateType + " " + local.address + ":" + local.port,
+                    remote: remote.candidateType + " " + remote.address + ":" + remote.port};
+      }
+    });
+    if (!out.pair) await new Promise((r) => setTimeout(r, 50));
+  }
   out.connected = true;
   finish();
 };

@@ -112,6 +112,7 @@ fn lab(nat: &str, flags: &[&str], drop: bool, client: &str, args: &[&str]) -> Op
     )));
     std::fs::create_dir_all(&dir.0).unwrap();
     let nice = if client == "libnice" { nice_gather() } else { PathBuf::new() };
+    let _one = crate::support::heavy_lab();
     let out = Command::new(format!("{ROOT}/scripts/natlab.sh"))
         .args(["--bin", BIN, "--plain", "--admin"])
         .args(flags)

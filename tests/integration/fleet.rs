@@ -17,6 +17,7 @@ fn fleet_lab() -> Option<Value> {
         return None;
     }
     let root = env!("CARGO_MANIFEST_DIR");
+    let _one = crate::support::heavy_lab();
     let out = std::process::Command::new(format!("{root}/scripts/fleetlab.sh"))
         .args(["--bin", env!("CARGO_BIN_EXE_stunedge"), "--prometheus", "--"])
         .args([

@@ -14,22 +14,19 @@
 //! - two workers reflect no more than one;
 //! - with the XDP fast path on, the victim gets at most XDP's budget on top of the workers' cap.
 //!
-//! The scenarios run one at a time ([`LAB`]). Longer runs at full size (default budgets, RFC
-//! 8489 timing, the machine's top rate) are the script's: bench/results/2026-12-01-reflection-lab.md.
+//! The scenarios run one at a time, and not beside the fleet or browser labs
+//! (`support::heavy_lab`). Longer runs at full size (default budgets, RFC 8489 timing, the
+//! machine's top rate) are the script's: bench/results/2026-12-01-reflection-lab.md.
 //! Needs root, iproute2, nftables, curl, python3 and `stunedge-flood` (built by
 //! `cargo test --workspace` or `cargo build -p stunedge-bench`): skipped, saying why, without
 //! them, except in CI.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stunedge");
-
-/// One lab at a time: they share this machine's two cores.
-static LAB: Mutex<()> = Mutex::new(());
 
 /// The test budget: Binding successes per second to one /32 ...
 const RATE: f64 = 50.0;
@@ -121,7 +118,7 @@ fn lab(args: &[&str]) -> Option<Value> {
         crate::support::skip(&crate::support::current_test(), &format!("the reflection lab cannot run: {why}"));
         return None;
     }
-    let _one = LAB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one = crate::support::heavy_lab();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reflect-lab.sh");
     let out = Command::new(script).arg("--bin-dir").arg(bin_dir()).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -233,3 +233,10 @@ pub(crate) fn wait_for(what: &str, within: std::time::Duration, mut ready: impl 
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// One CPU-heavy lab at a time in this test binary (the reflection lab's floods, the fleet lab,
+/// the browser lab): on a 2-CPU machine two at once starve each other's timing and rates.
+pub(crate) fn heavy_lab() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
