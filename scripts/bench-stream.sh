@@ -51,16 +51,9 @@ RESULTS=${RESULTS:-bench/results/$(date +%F)-vm-stream.md}
 # shellcheck disable=SC2089
 command_line="REPS=$REPS DURATION=$DURATION CONNS=$CONNS WINDOW=$WINDOW FLOOD_IDLE=$FLOOD_IDLE FLOOD_SLOWLORIS=$FLOOD_SLOWLORIS FLOOD_HANDSHAKE=$FLOOD_HANDSHAKE TCP_CLIENTS=$TCP_CLIENTS TCP_RATE=$TCP_RATE SERVER_CPU=$SERVER_CPU GEN_CPU=$GEN_CPU PARTS=\"$PARTS\" scripts/bench-stream.sh"
 
-if [[ -n "${BIN_DIR:-}" ]]; then
-  BIN=$BIN_DIR
-else
-  echo "== building release binaries"
-  cargo build --release --locked -p stunedge -p stunedge-bench
-  BIN=target/release
-fi
-for b in stunedge stunedge-bench stunedge-flood; do
-  [[ -x "$BIN/$b" ]] || { echo "bench-stream.sh: $BIN/$b is missing" >&2; exit 2; }
-done
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+release_bins bench-stream.sh stunedge stunedge-bench stunedge-flood
 for tool in turnserver openssl curl python3 taskset; do
   command -v "$tool" >/dev/null || { echo "bench-stream.sh: needs $tool" >&2; exit 2; }
 done
@@ -70,9 +63,6 @@ need=$(( FLOOD_IDLE + FLOOD_SLOWLORIS + FLOOD_HANDSHAKE + 1000 ))
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 nofile=$(ulimit -n)
 (( nofile >= need )) || { echo "bench-stream.sh: ulimit -n is $nofile, the flood needs $need (raise the hard limit)" >&2; exit 2; }
-
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 
 hz=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -53,16 +53,9 @@ server_n=$(count_cpus "$SERVER_CPUS")
 gen_n=$(count_cpus "$GEN_CPUS")
 GEN_ARGS=${GEN_ARGS:-"--threads $gen_n --sockets 8 --window 128 --batch 64 --sources 16"}
 
-if [[ -n "${BIN_DIR:-}" ]]; then
-  BIN=$BIN_DIR
-else
-  echo "== building release binaries"
-  cargo build --release --locked -p stunedge -p stunedge-bench
-  BIN=target/release
-fi
-for b in stunedge stunedge-bench stunedge-baseline; do
-  [[ -x "$BIN/$b" ]] || { echo "bench.sh: $BIN/$b is missing" >&2; exit 2; }
-done
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+release_bins bench.sh stunedge stunedge-bench stunedge-baseline
 
 if [[ " $SERVERS " == *" coturn "* ]] && ! command -v turnserver >/dev/null 2>&1; then
   echo "== coturn missing: installing it (apt-get install coturn)"
@@ -71,9 +64,6 @@ if [[ " $SERVERS " == *" coturn "* ]] && ! command -v turnserver >/dev/null 2>&1
     SERVERS=${SERVERS//coturn/}
   fi
 fi
-
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 
 port_of() { case $1 in stunedge-uring) echo 3478;; baseline) echo 3479;; coturn) echo 3480;; stunedge-mmsg) echo 3481;; stunedge-uring-sqe) echo 3482;; stunedge-auth) echo 3483;; stunedge-scraped) echo 3484;; stunedge-admin) echo 3485;; stunedge-uring-coop) echo 3486;; stunedge-limited) echo 3487;; stunedge-limit-off) echo 3488;; stunedge-turn-lb) echo 3489;; esac; }
 ADMIN_PORT=${ADMIN_PORT:-19478}

@@ -17,6 +17,7 @@
 //! unanswered after `timeout` is lost; an answer after that is late.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -188,14 +189,112 @@ struct Slot {
     state: SlotState,
 }
 
+/// The requests of one socket (or, in the TCP mode, one connection) by sequence number modulo
+/// the ring's length, a power of two.
+pub(crate) struct Ring {
+    slots: Box<[Slot]>,
+    /// Oldest sequence not yet answered or lost.
+    pub(crate) head: u64,
+    /// Next sequence to send.
+    pub(crate) tail: u64,
+    pub(crate) in_flight: usize,
+}
+
+impl Ring {
+    /// An empty ring of `len` slots (a power of two).
+    pub(crate) fn new(len: usize) -> Ring {
+        assert!(len.is_power_of_two(), "ring length {len} is not a power of two");
+        Ring {
+            slots: vec![Slot { seq: 0, sent_ns: 0, state: SlotState::Free }; len].into(),
+            head: 0,
+            tail: 0,
+            in_flight: 0,
+        }
+    }
+
+    fn index(&self, seq: u64) -> usize {
+        (seq & (self.slots.len() as u64 - 1)) as usize
+    }
+
+    /// Requests that can be sent before the ring runs onto one not yet answered or lost.
+    pub(crate) fn room(&self) -> usize {
+        self.slots.len() - (self.tail - self.head) as usize
+    }
+
+    /// Records request `seq` as sent at `sent_ns` (the caller advances `tail` and `in_flight`).
+    pub(crate) fn sent(&mut self, seq: u64, sent_ns: u64) {
+        let i = self.index(seq);
+        self.slots[i] = Slot { seq, sent_ns, state: SlotState::Outstanding };
+    }
+
+    /// Forgets request `seq`, recorded but never sent.
+    pub(crate) fn unsent(&mut self, seq: u64) {
+        let i = self.index(seq);
+        self.slots[i].state = SlotState::Free;
+    }
+
+    /// Matches a valid answer to request `seq`, read at `now`, and counts it: valid (with its
+    /// latency), late, a duplicate or an unknown transaction.
+    pub(crate) fn answer(&mut self, seq: u64, now: u64, tally: &mut Tally) {
+        let i = self.index(seq);
+        let slot = &mut self.slots[i];
+        if slot.seq != seq || seq >= self.tail {
+            // The slot was reused: this answer is older than the ring.
+            if seq < self.head {
+                tally.late += 1;
+            } else {
+                tally.invalid(Invalid::UnknownTransaction);
+            }
+            return;
+        }
+        match slot.state {
+            SlotState::Outstanding => {
+                slot.state = SlotState::Answered;
+                self.in_flight -= 1;
+                tally.valid(now.saturating_sub(slot.sent_ns).max(1));
+            }
+            SlotState::Lost => tally.late += 1,
+            SlotState::Answered => tally.invalid(Invalid::Duplicate),
+            SlotState::Free => tally.invalid(Invalid::UnknownTransaction),
+        }
+    }
+
+    /// Advances the head over answered requests and counts timed-out ones lost.
+    pub(crate) fn expire(&mut self, now: u64, timeout_ns: u64, tally: &mut Tally) {
+        while self.head < self.tail {
+            let i = self.index(self.head);
+            let slot = &mut self.slots[i];
+            match slot.state {
+                SlotState::Outstanding if now.saturating_sub(slot.sent_ns) > timeout_ns => {
+                    slot.state = SlotState::Lost;
+                    self.in_flight -= 1;
+                    tally.lost += 1;
+                }
+                SlotState::Outstanding => break,
+                _ => {}
+            }
+            self.head += 1;
+        }
+    }
+
+    /// Counts every request still outstanding lost.
+    pub(crate) fn lose_all(&mut self, tally: &mut Tally) {
+        while self.head < self.tail {
+            let i = self.index(self.head);
+            let slot = &mut self.slots[i];
+            if slot.state == SlotState::Outstanding {
+                slot.state = SlotState::Lost;
+                tally.lost += 1;
+            }
+            self.head += 1;
+        }
+        self.in_flight = 0;
+    }
+}
+
 struct Sock {
     listener: Listener,
-    ring: Box<[Slot]>,
-    /// Oldest sequence not yet answered or lost.
-    head: u64,
-    /// Next sequence to send.
-    tail: u64,
-    in_flight: usize,
+    requests: Ring,
 }
 
 /// What one thread counted (also the TCP mode's, [`crate::stream`]).
@@ -212,6 +311,8 @@ pub(crate) struct Tally {
     pub(crate) histogram: Histogram<u64>,
     pub(crate) idle_ns: u64,
     pub(crate) busy_ns: u64,
+    /// Latencies since the last progress p99 (every second).
+    interval: Histogram<u64>,
 }
 
 impl Tally {
@@ -230,8 +331,187 @@ impl Tally {
             histogram: new_histogram(),
             idle_ns: 0,
             busy_ns: 0,
+            interval: new_histogram(),
         }
     }
+
+    /// Counts an answer that failed a check.
+    pub(crate) fn invalid(&mut self, why: Invalid) {
+        self.invalid[why as usize] += 1;
+    }
+
+    /// Counts a valid answer and its latency.
+    fn valid(&mut self, latency_ns: u64) {
+        let _ = self.histogram.record(latency_ns);
+        let _ = self.interval.record(latency_ns);
+        self.valid += 1;
+    }
+
+    /// Publishes the counts for the progress line.
+    fn publish(&self, progress: &Progress) {
+        progress.sent.store(self.sent, Ordering::Relaxed);
+        progress.valid.store(self.valid, Ordering::Relaxed);
+        progress.invalid.store(self.invalid.iter().sum(), Ordering::Relaxed);
+        progress.lost.store(self.lost, Ordering::Relaxed);
+    }
+
+    /// Publishes the p99 latency since the last call, and starts a new interval.
+    fn publish_p99(&mut self, progress: &Progress) {
+        let p99 = if self.interval.is_empty() { 0 } else { self.interval.value_at_quantile(0.99) };
+        progress.p99_ns.store(p99, Ordering::Relaxed);
+        self.interval.reset();
+    }
+}
+
+/// A generator thread's time: nanoseconds since the start all threads share, how long requests
+/// are sent, and how long their answers are waited for after that.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    start: Instant,
+    duration_ns: u64,
+    timeout_ns: u64,
+}
+
+impl Clock {
+    pub(crate) fn new(config: &Config, start: Instant) -> Clock {
+        Clock { start, duration_ns: config.duration.as_nanos() as u64, timeout_ns: config.timeout.as_nanos() as u64 }
+    }
+
+    /// Nanoseconds since the start (0 before it).
+    pub(crate) fn now_ns(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.start).as_nanos() as u64
+    }
+
+    /// Whether requests are still sent at `now`.
+    pub(crate) fn sending(&self, now: u64) -> bool {
+        now < self.duration_ns
+    }
+
+    /// Waits for the start: spinning (`spin`) or sleeping a millisecond at a time.
+    pub(crate) fn wait_start(&self, spin: bool) {
+        while Instant::now() < self.start {
+            if spin {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// A generator thread of either mode (UDP sockets here, TCP connections in [`crate::stream`]),
+/// as [`drive`] runs it.
+pub(crate) trait Generator {
+    /// Whether [`Generator::receive`] waits for answers (then the turn's bookkeeping is done at
+    /// the time after it; else at the turn's start).
+    const WAITS: bool;
+    fn tally(&mut self) -> &mut Tally;
+    /// Sends what is due at `now`; returns the number of requests sent.
+    fn send_due(&mut self, now: u64) -> usize;
+    /// Handles what came back (`sending`: requests are still being sent); returns the number of
+    /// datagrams or answers received.
+    fn receive(&mut self, sending: bool) -> io::Result<usize>;
+    /// Calls `f` with each socket's (connection's) ring and the thread's tally.
+    fn each_ring(&mut self, f: impl FnMut(&mut Ring, &mut Tally));
+}
+
+/// The generator loop both modes share, on `clock`: turns (send what is due while sending,
+/// receive) until the duration is over and every request is answered or the timeout after it
+/// has passed; between turns, expires requests every millisecond (every turn once sending is
+/// over), publishes progress every 100 ms and the p99 every second, and accounts each turn busy
+/// or idle. What is still outstanding then is lost.
+pub(crate) fn drive<G: Generator>(g: &mut G, clock: Clock, progress: &Progress) -> io::Result<()> {
+    let (mut last_expire, mut last_publish, mut last_interval) = (0, 0, 0);
+    let mut turn_start = clock.now_ns();
+    loop {
+        let sending = clock.sending(turn_start);
+        let mut work = if sending { g.send_due(turn_start) } else { 0 };
+        work += g.receive(sending)?;
+        let now = if G::WAITS { clock.now_ns() } else { turn_start };
+        if now - last_expire >= 1_000_000 || !sending {
+            g.each_ring(|r, tally| r.expire(now, clock.timeout_ns, tally));
+            last_expire = now;
+        }
+        if now - last_publish >= 100_000_000 {
+            g.tally().publish(progress);
+            last_publish = now;
+        }
+        if now - last_interval >= 1_000_000_000 {
+            g.tally().publish_p99(progress);
+            last_interval = now;
+        }
+        if !sending {
+            let mut in_flight = 0;
+            g.each_ring(|r, _| in_flight += r.in_flight);
+            if in_flight == 0 || now >= clock.duration_ns + clock.timeout_ns {
+                break;
+            }
+        }
+        let end = clock.now_ns();
+        let tally = g.tally();
+        if work == 0 {
+            tally.idle_ns += end - turn_start;
+        } else {
+            tally.busy_ns += end - turn_start;
+        }
+        turn_start = end;
+    }
+    // Whatever is still outstanding after the drain is lost.
+    g.each_ring(|r, tally| r.lose_all(tally));
+    g.tally().publish(progress);
+    Ok(())
+}
+
+/// The request kinds a thread sends in turn: each of `config.mix` repeated by its weight.
+pub(crate) fn pattern(config: &Config) -> Vec<Kind> {
+    let mut pattern = Vec::new();
+    for (kind, weight) in &config.mix {
+        pattern.extend(std::iter::repeat_n(*kind, *weight as usize));
+    }
+    pattern
+}
+
+/// Thread `thread`'s share of `config.rate` (0: closed loop); the first threads take the
+/// remainder.
+pub(crate) fn thread_rate(config: &Config, thread: usize) -> u64 {
+    let threads = config.cpus.len() as u64;
+    if config.rate == 0 { 0 } else { config.rate / threads + u64::from((thread as u64) < config.rate % threads) }
+}
+
+/// Runs `work(config, t, sockets[t], start, progress[t])` on a thread `{name}-{t}` per entry of
+/// `config.cpus`, pinned to that CPU; `start` is 20 ms from now, the same for all. Returns their
+/// results in order.
+pub(crate) fn run_threads<S, R>(
+    config: &Config,
+    name: &str,
+    sockets: Vec<S>,
+    progress: &[Arc<Progress>],
+    work: impl Fn(&Config, usize, S, Instant, &Progress) -> R + Clone + Send + 'static,
+) -> Vec<R>
+where
+    S: Send + 'static,
+    R: Send + 'static,
+{
+    let start = Instant::now() + Duration::from_millis(20);
+    let handles: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(t, sockets)| {
+            let config = config.clone();
+            let progress = progress[t].clone();
+            let work = work.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{t}"))
+                .spawn(move || {
+                    if let Some(cpu) = config.cpus[t] {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    }
+                    work(&config, t, sockets, start, &progress)
+                })
+                .expect("spawn generator thread")
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("generator thread panicked")).collect()
 }
 
 pub(crate) fn new_histogram() -> Histogram<u64> {
@@ -275,35 +555,13 @@ pub fn run(config: &Config, progress: &[Arc<Progress>]) -> std::io::Result<Repor
             // address the kernel picks for the route to it (a lab's veth).
             let ip = source_ip(config, index)?;
             let listener = socket::bind(SocketAddr::new(ip, 0), &options)?;
-            socks.push(Sock {
-                listener,
-                ring: vec![Slot { seq: 0, sent_ns: 0, state: SlotState::Free }; RING].into(),
-                head: 0,
-                tail: 0,
-                in_flight: 0,
-            });
+            socks.push(Sock { listener, requests: Ring::new(RING) });
         }
         per_thread.push(socks);
     }
-    let start = Instant::now() + Duration::from_millis(20);
-    let handles: Vec<_> = per_thread
-        .into_iter()
-        .enumerate()
-        .map(|(t, socks)| {
-            let config = config.clone();
-            let progress = progress[t].clone();
-            std::thread::Builder::new()
-                .name(format!("bench-{t}"))
-                .spawn(move || {
-                    if let Some(cpu) = config.cpus[t] {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                    }
-                    Worker::new(&config, t, socks, start).run(&progress)
-                })
-                .expect("spawn generator thread")
-        })
-        .collect();
-    let tallies: Vec<Tally> = handles.into_iter().map(|h| h.join().expect("generator thread panicked")).collect();
+    let tallies = run_threads(config, "bench", per_thread, progress, |config, t, socks, start, progress| {
+        Worker::new(config, t, socks, start).run(progress)
+    });
     Ok(report(config, &tallies))
 }
 
@@ -358,9 +616,7 @@ struct Worker {
     thread: usize,
     server: SocketAddr,
     socks: Vec<Sock>,
-    start: Instant,
-    duration_ns: u64,
-    timeout_ns: u64,
+    clock: Clock,
     /// Requests per second for this thread (0: closed loop).
     rate: u64,
     window: usize,
@@ -376,32 +632,18 @@ struct Worker {
     /// Open loop: requests scheduled so far.
     scheduled: u64,
     next_socket: usize,
-    interval: Histogram<u64>,
 }
 
 impl Worker {
     fn new(config: &Config, thread: usize, socks: Vec<Sock>, start: Instant) -> Worker {
-        let mut pattern = Vec::new();
-        for (kind, weight) in &config.mix {
-            pattern.extend(std::iter::repeat_n(*kind, *weight as usize));
-        }
-        let threads = config.cpus.len() as u64;
-        // Spread the total rate; the first threads take the remainder.
-        let rate = if config.rate == 0 {
-            0
-        } else {
-            config.rate / threads + u64::from((thread as u64) < config.rate % threads)
-        };
         Worker {
             thread,
             server: config.server,
             socks,
-            start,
-            duration_ns: config.duration.as_nanos() as u64,
-            timeout_ns: config.timeout.as_nanos() as u64,
-            rate,
+            clock: Clock::new(config, start),
+            rate: thread_rate(config, thread),
             window: config.window.clamp(1, RING),
-            pattern,
+            pattern: pattern(config),
             credentials: config.credentials.clone(),
             batch: config.batch.max(1),
             junk_percent: u64::from(config.junk_percent),
@@ -412,111 +654,14 @@ impl Worker {
             tally: Tally::new(),
             scheduled: 0,
             next_socket: 0,
-            interval: new_histogram(),
         }
-    }
-
-    fn now_ns(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.start).as_nanos() as u64
     }
 
     fn run(mut self, progress: &Progress) -> Tally {
-        while Instant::now() < self.start {
-            std::hint::spin_loop();
-        }
-        let mut last_expire = 0;
-        let mut last_publish = 0;
-        let mut last_interval = 0;
-        let mut turn_start = self.now_ns();
-        loop {
-            let now = turn_start;
-            let sending = now < self.duration_ns;
-            let mut work = if sending { self.send_due(now) } else { 0 };
-            work += self.receive_all();
-            if now - last_expire >= 1_000_000 || !sending {
-                self.expire(now);
-                last_expire = now;
-            }
-            if now - last_publish >= 100_000_000 {
-                self.publish(progress);
-                last_publish = now;
-            }
-            if now - last_interval >= 1_000_000_000 {
-                let p99 = if self.interval.is_empty() { 0 } else { self.interval.value_at_quantile(0.99) };
-                progress.p99_ns.store(p99, Ordering::Relaxed);
-                self.interval.reset();
-                last_interval = now;
-            }
-            let in_flight: usize = self.socks.iter().map(|s| s.in_flight).sum();
-            if !sending && (in_flight == 0 || now >= self.duration_ns + self.timeout_ns) {
-                break;
-            }
-            let end = self.now_ns();
-            if work == 0 {
-                self.tally.idle_ns += end - turn_start;
-            } else {
-                self.tally.busy_ns += end - turn_start;
-            }
-            turn_start = end;
-        }
-        // Whatever is still outstanding after the drain is lost.
-        for s in &mut self.socks {
-            while s.head < s.tail {
-                let slot = &mut s.ring[(s.head % RING as u64) as usize];
-                if slot.state == SlotState::Outstanding {
-                    slot.state = SlotState::Lost;
-                    self.tally.lost += 1;
-                }
-                s.head += 1;
-            }
-            s.in_flight = 0;
-        }
-        self.publish(progress);
+        self.clock.wait_start(true);
+        let clock = self.clock;
+        drive(&mut self, clock, progress).expect("a UDP turn does not fail");
         self.tally
-    }
-
-    fn publish(&self, progress: &Progress) {
-        progress.sent.store(self.tally.sent, Ordering::Relaxed);
-        progress.valid.store(self.tally.valid, Ordering::Relaxed);
-        progress.invalid.store(self.tally.invalid.iter().sum(), Ordering::Relaxed);
-        progress.lost.store(self.tally.lost, Ordering::Relaxed);
-    }
-
-    /// Sends what is due now; returns the number of requests sent.
-    fn send_due(&mut self, now: u64) -> usize {
-        let batch = self.batch;
-        let mut sent = 0;
-        if self.rate > 0 {
-            let due = (u128::from(now) * u128::from(self.rate) / 1_000_000_000) as u64;
-            // At most one batch per socket per turn, so receiving keeps up.
-            for _ in 0..self.socks.len() {
-                if self.scheduled >= due {
-                    break;
-                }
-                let n = ((due - self.scheduled) as usize).min(batch);
-                let s = self.next_socket;
-                self.next_socket = (s + 1) % self.socks.len();
-                let room = RING - (self.socks[s].tail - self.socks[s].head) as usize;
-                let n_ok = n.min(room);
-                let first = self.scheduled;
-                let rate = self.rate;
-                sent += self.send_batch(s, n_ok, |k| {
-                    ((u128::from(first + k as u64) * 1_000_000_000) / u128::from(rate)) as u64
-                });
-                self.tally.not_sent += (n - n_ok) as u64;
-                self.scheduled += n as u64;
-            }
-        } else {
-            for s in 0..self.socks.len() {
-                let sock = &self.socks[s];
-                let room = RING - (sock.tail - sock.head) as usize;
-                let n = (self.window.saturating_sub(sock.in_flight)).min(batch).min(room);
-                if n > 0 {
-                    sent += self.send_batch(s, n, |_| now);
-                }
-            }
-        }
-        sent
     }
 
     /// Builds and sends `n` requests on socket `s`; `sent_at(k)` is the k-th one's time.
@@ -526,13 +671,13 @@ impl Worker {
         }
         let sock = &mut self.socks[s];
         for k in 0..n {
-            let seq = sock.tail + k as u64;
+            let seq = sock.requests.tail + k as u64;
             let kind = self.pattern[(seq as usize) % self.pattern.len()];
             let tag = Tag { thread: self.thread as u8, socket: s as u16, seq, kind: kind.index() };
             let len = write_request(kind, tag.to_tid(), &self.credentials, self.send.buffer_mut(k))
                 .expect("requests fit the buffer");
             self.send.queue_to(k, len, self.server);
-            sock.ring[(seq % RING as u64) as usize] = Slot { seq, sent_ns: sent_at(k), state: SlotState::Outstanding };
+            sock.requests.sent(seq, sent_at(k));
         }
         // Junk after the requests, in proportion to the requests sent so far.
         let due_junk = (self.requests_so_far + n as u64) * self.junk_percent / 100
@@ -549,10 +694,10 @@ impl Worker {
         let ok = (result.sent_datagrams as usize).min(n);
         self.tally.junk_sent += (result.sent_datagrams as usize - ok) as u64;
         for k in ok..n {
-            sock.ring[((sock.tail + k as u64) % RING as u64) as usize].state = SlotState::Free;
+            sock.requests.unsent(sock.requests.tail + k as u64);
         }
-        sock.tail += ok as u64;
-        sock.in_flight += ok;
+        sock.requests.tail += ok as u64;
+        sock.requests.in_flight += ok;
         self.tally.sent += ok as u64;
         self.tally.send_errors += result.send_errors.total();
         ok
@@ -568,7 +713,7 @@ impl Worker {
                 if n == 0 {
                     break;
                 }
-                let now = self.now_ns();
+                let now = self.clock.now_ns();
                 for i in 0..n {
                     self.answer(s, i, now);
                 }
@@ -590,57 +735,66 @@ impl Worker {
         } else {
             check_answer(&packet.buf[..packet.len], local, &self.credentials)
         };
-        let tag = match outcome {
-            Ok(tag) if usize::from(tag.socket) == s && usize::from(tag.thread) == self.thread => tag,
-            Ok(_) => return self.invalid(Invalid::UnknownTransaction),
-            Err(e) => return self.invalid(e),
-        };
-        let sock = &mut self.socks[s];
-        let slot = &mut sock.ring[(tag.seq % RING as u64) as usize];
-        if slot.seq != tag.seq || tag.seq >= sock.tail {
-            // The slot was reused: this answer is older than RING requests ago.
-            if tag.seq < sock.head {
-                self.tally.late += 1;
-            } else {
-                self.invalid(Invalid::UnknownTransaction);
+        match outcome {
+            Ok(tag) if usize::from(tag.socket) == s && usize::from(tag.thread) == self.thread => {
+                self.socks[s].requests.answer(tag.seq, now, &mut self.tally);
             }
-            return;
-        }
-        match slot.state {
-            SlotState::Outstanding => {
-                slot.state = SlotState::Answered;
-                sock.in_flight -= 1;
-                let latency = now.saturating_sub(slot.sent_ns).max(1);
-                let _ = self.tally.histogram.record(latency);
-                let _ = self.interval.record(latency);
-                self.tally.valid += 1;
-            }
-            SlotState::Lost => self.tally.late += 1,
-            SlotState::Answered => self.invalid(Invalid::Duplicate),
-            SlotState::Free => self.invalid(Invalid::UnknownTransaction),
+            Ok(_) => self.tally.invalid(Invalid::UnknownTransaction),
+            Err(e) => self.tally.invalid(e),
         }
     }
+}
 
-    fn invalid(&mut self, why: Invalid) {
-        self.tally.invalid[why as usize] += 1;
+impl Generator for Worker {
+    const WAITS: bool = false;
+
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
     }
 
-    /// Advances each socket's head over answered requests and counts timed-out ones lost.
-    fn expire(&mut self, now: u64) {
-        for sock in &mut self.socks {
-            while sock.head < sock.tail {
-                let slot = &mut sock.ring[(sock.head % RING as u64) as usize];
-                match slot.state {
-                    SlotState::Outstanding if now.saturating_sub(slot.sent_ns) > self.timeout_ns => {
-                        slot.state = SlotState::Lost;
-                        sock.in_flight -= 1;
-                        self.tally.lost += 1;
-                    }
-                    SlotState::Outstanding => break,
-                    _ => {}
+    /// Sends what is due now; returns the number of requests sent.
+    fn send_due(&mut self, now: u64) -> usize {
+        let batch = self.batch;
+        let mut sent = 0;
+        if self.rate > 0 {
+            let due = (u128::from(now) * u128::from(self.rate) / 1_000_000_000) as u64;
+            // At most one batch per socket per turn, so receiving keeps up.
+            for _ in 0..self.socks.len() {
+                if self.scheduled >= due {
+                    break;
                 }
-                sock.head += 1;
+                let n = ((due - self.scheduled) as usize).min(batch);
+                let s = self.next_socket;
+                self.next_socket = (s + 1) % self.socks.len();
+                let room = self.socks[s].requests.room();
+                let n_ok = n.min(room);
+                let first = self.scheduled;
+                let rate = self.rate;
+                sent += self.send_batch(s, n_ok, |k| {
+                    ((u128::from(first + k as u64) * 1_000_000_000) / u128::from(rate)) as u64
+                });
+                self.tally.not_sent += (n - n_ok) as u64;
+                self.scheduled += n as u64;
             }
+        } else {
+            for s in 0..self.socks.len() {
+                let requests = &self.socks[s].requests;
+                let n = (self.window.saturating_sub(requests.in_flight)).min(batch).min(requests.room());
+                if n > 0 {
+                    sent += self.send_batch(s, n, |_| now);
+                }
+            }
+        }
+        sent
+    }
+
+    fn receive(&mut self, _sending: bool) -> io::Result<usize> {
+        Ok(self.receive_all())
+    }
+
+    fn each_ring(&mut self, mut f: impl FnMut(&mut Ring, &mut Tally)) {
+        for sock in &mut self.socks {
+            f(&mut sock.requests, &mut self.tally);
         }
     }
 }

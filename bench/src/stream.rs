@@ -27,15 +27,13 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use stunedge::io::epoll::{Epoll, Event, HANGUP, READ, WRITE};
 
 use crate::check::{Invalid, check_answer};
-use crate::load::{self, Config, Progress, Report, Tally, new_histogram};
+use crate::load::{self, Clock, Config, Generator, Progress, Report, Ring, Tally};
 use crate::requests::{Credentials, Kind, Tag, write_request};
 
 /// A STUN message header: type, length, magic cookie, transaction ID (RFC 8489 §5).
@@ -67,33 +65,13 @@ pub struct StreamReport {
     pub reconnects: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    Outstanding,
-    Answered,
-    Lost,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    seq: u64,
-    sent_ns: u64,
-    state: SlotState,
-}
-
 struct Conn {
     stream: TcpStream,
     local: SocketAddr,
     /// The address it was opened from (and is reopened from).
     source: std::net::IpAddr,
-    /// Requests by sequence number modulo its length (a power of two ≥ the window).
-    ring: Box<[Slot]>,
-    /// Oldest sequence not yet answered or lost.
-    head: u64,
-    /// Next sequence to send.
-    tail: u64,
-    in_flight: usize,
+    /// Its requests (a ring of a power of two ≥ the window).
+    requests: Ring,
     /// Answer bytes read and not yet processed (at most one partial answer between turns).
     input: Box<[u8]>,
     filled: usize,
@@ -142,10 +120,7 @@ pub fn run(config: &Config, reconnect: bool, progress: &[Arc<Progress>]) -> io::
                 stream,
                 local,
                 source,
-                ring: vec![Slot { seq: 0, sent_ns: 0, state: SlotState::Free }; ring].into(),
-                head: 0,
-                tail: 0,
-                in_flight: 0,
+                requests: Ring::new(ring),
                 input: vec![0; INPUT].into(),
                 filled: 0,
                 output: Vec::with_capacity(window * MAX_REQUEST),
@@ -155,28 +130,14 @@ pub fn run(config: &Config, reconnect: bool, progress: &[Arc<Progress>]) -> io::
         }
         per_thread.push(conns);
     }
-    let start = Instant::now() + Duration::from_millis(20);
-    let handles: Vec<_> = per_thread
-        .into_iter()
-        .enumerate()
-        .map(|(t, conns)| {
-            let config = config.clone();
-            let progress = progress[t].clone();
-            std::thread::Builder::new()
-                .name(format!("bench-tcp-{t}"))
-                .spawn(move || {
-                    if let Some(cpu) = config.cpus[t] {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-                    }
-                    Worker::new(&config, t, conns, start, reconnect).and_then(|w| w.run(&progress))
-                })
-                .expect("spawn generator thread")
-        })
-        .collect();
+    let done =
+        load::run_threads(config, "bench-tcp", per_thread, progress, move |config, t, conns, start, progress| {
+            Worker::new(config, t, conns, start, reconnect).and_then(|w| w.run(progress))
+        });
     let mut tallies = Vec::new();
     let (mut closed_by_server, mut framing_errors, mut reconnects) = (0, 0, 0);
-    for h in handles {
-        let w = h.join().expect("generator thread panicked")?;
+    for w in done {
+        let w = w?;
         closed_by_server += w.closed_by_server;
         framing_errors += w.framing_errors;
         reconnects += w.reconnects;
@@ -207,9 +168,7 @@ struct Worker {
     reconnects: u64,
     conns: Vec<Conn>,
     epoll: Epoll,
-    start: Instant,
-    duration_ns: u64,
-    timeout_ns: u64,
+    clock: Clock,
     /// Requests per second for this thread (0: closed loop).
     rate: u64,
     window: usize,
@@ -223,21 +182,12 @@ struct Worker {
     next_conn: usize,
     /// Connections given requests this turn (open loop), to write once each.
     dirty: Vec<usize>,
-    interval: Histogram<u64>,
+    /// Reused by each turn's epoll wait.
+    events: Vec<Event>,
 }
 
 impl Worker {
     fn new(config: &Config, thread: usize, conns: Vec<Conn>, start: Instant, reconnect: bool) -> io::Result<Worker> {
-        let mut pattern = Vec::new();
-        for (kind, weight) in &config.mix {
-            pattern.extend(std::iter::repeat_n(*kind, *weight as usize));
-        }
-        let threads = config.cpus.len() as u64;
-        let rate = if config.rate == 0 {
-            0
-        } else {
-            config.rate / threads + u64::from((thread as u64) < config.rate % threads)
-        };
         let epoll = Epoll::new(conns.len().clamp(1, 1024))?;
         for (i, c) in conns.iter().enumerate() {
             epoll.add(&c.stream, i as u64, READ)?;
@@ -250,82 +200,24 @@ impl Worker {
             dirty: Vec::with_capacity(conns.len()),
             conns,
             epoll,
-            start,
-            duration_ns: config.duration.as_nanos() as u64,
-            timeout_ns: config.timeout.as_nanos() as u64,
-            rate,
+            clock: Clock::new(config, start),
+            rate: load::thread_rate(config, thread),
             window: config.window.max(1),
-            pattern,
+            pattern: load::pattern(config),
             credentials: config.credentials.clone(),
             tally: Tally::new(),
             closed_by_server: 0,
             framing_errors: 0,
             scheduled: 0,
             next_conn: 0,
-            interval: new_histogram(),
+            events: Vec::with_capacity(1024),
         })
     }
 
-    fn now_ns(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.start).as_nanos() as u64
-    }
-
     fn run(mut self, progress: &Progress) -> io::Result<Done> {
-        while Instant::now() < self.start {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let mut events: Vec<Event> = Vec::with_capacity(1024);
-        let (mut last_expire, mut last_publish, mut last_interval) = (0, 0, 0);
-        let mut turn_start = self.now_ns();
-        loop {
-            let now = turn_start;
-            let sending = now < self.duration_ns;
-            let mut work = if sending { self.send_due(now) } else { 0 };
-            let wait_ms = if !sending {
-                5
-            } else if self.rate > 0 {
-                // Until the next request is due, rounded up.
-                let next_ns = ((u128::from(self.scheduled + 1) * 1_000_000_000) / u128::from(self.rate)) as u64;
-                next_ns.saturating_sub(self.now_ns()).div_ceil(1_000_000).min(5) as i32
-            } else {
-                5
-            };
-            self.epoll.wait(&mut events, wait_ms)?;
-            for &Event { token, events: ready } in &events {
-                work += self.ready(token as usize, ready);
-            }
-            let now = self.now_ns();
-            if now - last_expire >= 1_000_000 || !sending {
-                self.expire(now);
-                last_expire = now;
-            }
-            if now - last_publish >= 100_000_000 {
-                self.publish(progress);
-                last_publish = now;
-            }
-            if now - last_interval >= 1_000_000_000 {
-                let p99 = if self.interval.is_empty() { 0 } else { self.interval.value_at_quantile(0.99) };
-                progress.p99_ns.store(p99, Ordering::Relaxed);
-                self.interval.reset();
-                last_interval = now;
-            }
-            let in_flight: usize = self.conns.iter().map(|c| c.in_flight).sum();
-            if !sending && (in_flight == 0 || now >= self.duration_ns + self.timeout_ns) {
-                break;
-            }
-            let end = self.now_ns();
-            if work == 0 {
-                self.tally.idle_ns += end - turn_start;
-            } else {
-                self.tally.busy_ns += end - turn_start;
-            }
-            turn_start = end;
-        }
-        // Whatever is still outstanding after the drain is lost.
-        for c in &mut self.conns {
-            lose_all(c, &mut self.tally);
-        }
-        self.publish(progress);
+        self.clock.wait_start(false);
+        let clock = self.clock;
+        load::drive(&mut self, clock, progress)?;
         Ok(Done {
             tally: self.tally,
             closed_by_server: self.closed_by_server,
@@ -334,65 +226,19 @@ impl Worker {
         })
     }
 
-    fn publish(&self, progress: &Progress) {
-        progress.sent.store(self.tally.sent, Ordering::Relaxed);
-        progress.valid.store(self.tally.valid, Ordering::Relaxed);
-        progress.invalid.store(self.tally.invalid.iter().sum(), Ordering::Relaxed);
-        progress.lost.store(self.tally.lost, Ordering::Relaxed);
-    }
-
-    /// Queues and writes what is due now; returns the number of requests queued.
-    fn send_due(&mut self, now: u64) -> usize {
-        let mut sent = 0;
-        if self.rate > 0 {
-            let due = (u128::from(now) * u128::from(self.rate) / 1_000_000_000) as u64;
-            while self.scheduled < due {
-                let i = self.next_conn;
-                self.next_conn = (i + 1) % self.conns.len();
-                self.scheduled += 1;
-                let c = &self.conns[i];
-                if !c.open || c.in_flight >= self.window || (c.tail - c.head) as usize >= c.ring.len() {
-                    self.tally.not_sent += 1;
-                    continue;
-                }
-                if c.output.is_empty() {
-                    self.dirty.push(i);
-                }
-                self.queue(i, 1, now);
-                sent += 1;
-            }
-            while let Some(i) = self.dirty.pop() {
-                self.flush(i);
-            }
-        } else {
-            for i in 0..self.conns.len() {
-                let c = &self.conns[i];
-                let room = c.ring.len() - (c.tail - c.head) as usize;
-                let n = self.window.saturating_sub(c.in_flight).min(room);
-                if c.open && n > 0 {
-                    self.queue(i, n, now);
-                    self.flush(i);
-                    sent += n;
-                }
-            }
-        }
-        sent
-    }
-
     /// Appends `n` requests to connection `i`'s output, sent at `now`.
     fn queue(&mut self, i: usize, n: usize, now: u64) {
         let c = &mut self.conns[i];
         let mut buf = [0u8; MAX_REQUEST];
         for _ in 0..n {
-            let seq = c.tail;
+            let seq = c.requests.tail;
             let kind = self.pattern[(seq as usize) % self.pattern.len()];
             let tag = Tag { thread: self.thread as u8, socket: i as u16, seq, kind: kind.index() };
             let len = write_request(kind, tag.to_tid(), &self.credentials, &mut buf).expect("requests fit the buffer");
             c.output.extend_from_slice(&buf[..len]);
-            let slot = (seq % c.ring.len() as u64) as usize;
-            c.ring[slot] = Slot { seq, sent_ns: now, state: SlotState::Outstanding };
-            c.tail += 1;
-            c.in_flight += 1;
+            c.requests.sent(seq, now);
+            c.requests.tail += 1;
+            c.requests.in_flight += 1;
         }
         self.tally.sent += n as u64;
     }
@@ -463,7 +309,7 @@ impl Worker {
 
     /// Cuts the whole answers out of connection `i`'s input; returns how many.
     fn process(&mut self, i: usize) -> usize {
-        let now = self.now_ns();
+        let now = self.clock.now_ns();
         let mut input = std::mem::take(&mut self.conns[i].input);
         let filled = self.conns[i].filled;
         let (mut at, mut answers) = (0, 0);
@@ -473,7 +319,7 @@ impl Worker {
             // than the buffer: anything else loses the framing.
             if input[at] & 0xC0 != 0 || len > input.len() {
                 self.conns[i].input = input;
-                self.invalid(Invalid::Malformed);
+                self.tally.invalid(Invalid::Malformed);
                 self.close(i, true);
                 return answers;
             }
@@ -493,45 +339,19 @@ impl Worker {
 
     fn answer(&mut self, i: usize, bytes: &[u8], now: u64) {
         self.tally.received += 1;
-        let tag = match check_answer(bytes, self.conns[i].local, &self.credentials) {
-            Ok(tag) if usize::from(tag.socket) == i && usize::from(tag.thread) == self.thread => tag,
-            Ok(_) => return self.invalid(Invalid::UnknownTransaction),
-            Err(e) => return self.invalid(e),
-        };
-        let c = &mut self.conns[i];
-        let slot = &mut c.ring[(tag.seq % c.ring.len() as u64) as usize];
-        if slot.seq != tag.seq || tag.seq >= c.tail {
-            // The slot was reused: this answer is older than the ring.
-            if tag.seq < c.head {
-                self.tally.late += 1;
-            } else {
-                self.invalid(Invalid::UnknownTransaction);
+        match check_answer(bytes, self.conns[i].local, &self.credentials) {
+            Ok(tag) if usize::from(tag.socket) == i && usize::from(tag.thread) == self.thread => {
+                self.conns[i].requests.answer(tag.seq, now, &mut self.tally);
             }
-            return;
+            Ok(_) => self.tally.invalid(Invalid::UnknownTransaction),
+            Err(e) => self.tally.invalid(e),
         }
-        match slot.state {
-            SlotState::Outstanding => {
-                slot.state = SlotState::Answered;
-                c.in_flight -= 1;
-                let latency = now.saturating_sub(slot.sent_ns).max(1);
-                let _ = self.tally.histogram.record(latency);
-                let _ = self.interval.record(latency);
-                self.tally.valid += 1;
-            }
-            SlotState::Lost => self.tally.late += 1,
-            SlotState::Answered => self.invalid(Invalid::Duplicate),
-            SlotState::Free => self.invalid(Invalid::UnknownTransaction),
-        }
-    }
-
-    fn invalid(&mut self, why: Invalid) {
-        self.tally.invalid[why as usize] += 1;
     }
 
     /// Closes connection `i`: by the server (EOF, reset), or here on a framing error. Its
     /// requests in flight are lost.
     fn close(&mut self, i: usize, framing: bool) {
-        let sending = self.now_ns() < self.duration_ns;
+        let sending = self.clock.sending(self.clock.now_ns());
         let c = &mut self.conns[i];
         if !c.open {
             return;
@@ -539,7 +359,7 @@ impl Worker {
         c.open = false;
         let _ = self.epoll.delete(&c.stream);
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
-        lose_all(c, &mut self.tally);
+        c.requests.lose_all(&mut self.tally);
         c.output.clear();
         c.filled = 0;
         if framing {
@@ -555,38 +375,76 @@ impl Worker {
             }
         }
     }
-
-    /// Advances each connection's head over answered requests and counts timed-out ones lost.
-    fn expire(&mut self, now: u64) {
-        for c in &mut self.conns {
-            while c.head < c.tail {
-                let len = c.ring.len() as u64;
-                let slot = &mut c.ring[(c.head % len) as usize];
-                match slot.state {
-                    SlotState::Outstanding if now.saturating_sub(slot.sent_ns) > self.timeout_ns => {
-                        slot.state = SlotState::Lost;
-                        c.in_flight -= 1;
-                        self.tally.lost += 1;
-                    }
-                    SlotState::Outstanding => break,
-                    _ => {}
-                }
-                c.head += 1;
-            }
-        }
-    }
 }
 
-/// Counts every request still in flight on `c` lost.
-fn lose_all(c: &mut Conn, tally: &mut Tally) {
-    while c.head < c.tail {
-        let len = c.ring.len() as u64;
-        let slot = &mut c.ring[(c.head % len) as usize];
-        if slot.state == SlotState::Outstanding {
-            slot.state = SlotState::Lost;
-            tally.lost += 1;
-        }
-        c.head += 1;
+impl Generator for Worker {
+    const WAITS: bool = true;
+
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
     }
-    c.in_flight = 0;
+
+    /// Queues and writes what is due now; returns the number of requests queued.
+    fn send_due(&mut self, now: u64) -> usize {
+        let mut sent = 0;
+        if self.rate > 0 {
+            let due = (u128::from(now) * u128::from(self.rate) / 1_000_000_000) as u64;
+            while self.scheduled < due {
+                let i = self.next_conn;
+                self.next_conn = (i + 1) % self.conns.len();
+                self.scheduled += 1;
+                let c = &self.conns[i];
+                if !c.open || c.requests.in_flight >= self.window || c.requests.room() == 0 {
+                    self.tally.not_sent += 1;
+                    continue;
+                }
+                if c.output.is_empty() {
+                    self.dirty.push(i);
+                }
+                self.queue(i, 1, now);
+                sent += 1;
+            }
+            while let Some(i) = self.dirty.pop() {
+                self.flush(i);
+            }
+        } else {
+            for i in 0..self.conns.len() {
+                let c = &self.conns[i];
+                let n = self.window.saturating_sub(c.requests.in_flight).min(c.requests.room());
+                if c.open && n > 0 {
+                    self.queue(i, n, now);
+                    self.flush(i);
+                    sent += n;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Waits for readiness (at most until the next request is due while sending, rounded up to
+    /// a millisecond, and 5 ms) and handles it.
+    fn receive(&mut self, sending: bool) -> io::Result<usize> {
+        let wait_ms = if !sending {
+            5
+        } else if self.rate > 0 {
+            // Until the next request is due, rounded up.
+            let next_ns = ((u128::from(self.scheduled + 1) * 1_000_000_000) / u128::from(self.rate)) as u64;
+            next_ns.saturating_sub(self.clock.now_ns()).div_ceil(1_000_000).min(5) as i32
+        } else {
+            5
+        };
+        self.epoll.wait(&mut self.events, wait_ms)?;
+        let mut answers = 0;
+        for k in 0..self.events.len() {
+            let Event { token, events: ready } = self.events[k];
+            answers += self.ready(token as usize, ready);
+        }
+        Ok(answers)
+    }
+
+    fn each_ring(&mut self, mut f: impl FnMut(&mut Ring, &mut Tally)) {
+        for c in &mut self.conns {
+            f(&mut c.requests, &mut self.tally);
+        }
+    }
 }
