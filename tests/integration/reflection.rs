@@ -245,7 +245,11 @@ fn a_million_sources_neither_lift_the_cap_nor_grow_memory() {
     let received = |s| metric(s, "stunedge_received_datagrams_total");
     let distinct = received(churn) - received(alone) - num(churn, "nft.in_victim.packets");
     assert!(distinct >= 1_000_000.0, "the server read only {distinct} distinct sources: {churn}");
-    assert!(num(churn, "nft.out_random.packets") >= distinct, "distinct sources are answered: {churn}");
+    // Each distinct source is answered, but for the table's deliberate errors: a new key inherits
+    // its line's lightest load (Space-Saving), so under a loaded machine's bursts a few one-off
+    // sources look heavy (0.12 % seen on a busy CI run); never the reverse.
+    let answered = num(churn, "nft.out_random.packets");
+    assert!(answered >= 0.99 * distinct, "{answered} of {distinct} distinct sources answered: {churn}");
     let (before, after) = (num(alone, "rss_kib"), num(churn, "rss_kib"));
     assert!(after <= before + 1024.0, "VmRSS grew from {before} to {after} KiB");
 }
