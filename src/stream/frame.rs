@@ -30,17 +30,6 @@ pub enum FrameError {
     TooLarge,
 }
 
-impl FrameError {
-    /// The label of the `reason` a connection closed for.
-    pub const fn label(self) -> &'static str {
-        match self {
-            FrameError::NotStun => "not_stun",
-            FrameError::BadHeader => "bad_header",
-            FrameError::TooLarge => "too_large",
-        }
-    }
-}
-
 /// The frame at the start of `buf`, `None` while more bytes are needed to tell or to complete
 /// it; a message longer than `max` bytes is [`FrameError::TooLarge`] as soon as its header
 /// says so.

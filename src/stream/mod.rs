@@ -60,7 +60,8 @@ const BACKLOG: i32 = 1024;
 /// the next 31 its generation (a slot reused within one wait cannot take the old one's event).
 const LISTENER: u64 = 1 << 63;
 
-/// Why a connection was closed at once on accept.
+/// Why a connection was closed at once on accept (the discriminant indexes [`REFUSED`] and
+/// the counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refused {
     GlobalCap,
@@ -80,7 +81,7 @@ const REFUSED: [(Refused, &str); 6] = [
     (Refused::Error, "error"),
 ];
 
-/// Why a connection was closed.
+/// Why a connection was closed (the discriminant indexes [`CLOSED`] and the counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closed {
     Client,
@@ -286,11 +287,6 @@ impl Plane {
             Ok(_) => tracing::error!("stream listeners changed: restart to apply; keeping the running ones"),
             Err(e) => tracing::error!("stream TLS configuration refused ({e}): keeping the running certificate"),
         }
-    }
-
-    /// The counters, for the exporter.
-    pub fn view(&self) -> StreamView {
-        view(&self.shared, &self.local)
     }
 
     /// A function that reads the counters (for the exporter, which outlives nothing here).
@@ -578,7 +574,8 @@ impl Thread {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     // Out of descriptors: stop polling the listeners for a moment (the kernel's
                     // backlog holds the rest) instead of spinning on an error.
-                    bump(&self.counters().transport[transport.stream_index().unwrap_or(0)].refused[4]);
+                    let t = transport.stream_index().unwrap_or(0);
+                    bump(&self.counters().transport[t].refused[Refused::FdLimit as usize]);
                     for (l, ..) in &self.listeners {
                         let _ = self.epoll.modify(l, LISTENER, 0);
                     }
@@ -594,10 +591,7 @@ impl Thread {
         let t = transport.stream_index().unwrap_or(0);
         let limits = self.shared.limits;
         let tls = transport == Transport::Tls;
-        let refuse = |me: &Self, why: Refused| {
-            let i = REFUSED.iter().position(|(r, _)| *r == why).unwrap_or(0);
-            bump(&me.counters().transport[t].refused[i]);
-        };
+        let refuse = |me: &Self, why: Refused| bump(&me.counters().transport[t].refused[why as usize]);
         // The refusals that cost nothing first: a connection refused anyway must not evict
         // anyone at the global cap.
         if tls && self.handshaking >= limits.max_handshakes {
@@ -739,7 +733,7 @@ impl Thread {
         self.release(tls, c.prefix);
         let counters = &self.counters().transport[c.transport.stream_index().unwrap_or(0)];
         bump(&counters.closed_total);
-        bump(&counters.closed[CLOSED.iter().position(|(r, _)| *r == why).unwrap_or(0)]);
+        bump(&counters.closed[why as usize]);
         self.free.push(slot);
     }
 
@@ -1059,4 +1053,19 @@ fn flush(c: &mut Conn, now: Instant) -> Result<(), Closed> {
 
 fn is_reset(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_tables_are_in_discriminant_order() {
+        for (i, (why, _)) in REFUSED.iter().enumerate() {
+            assert_eq!(*why as usize, i, "{why:?}");
+        }
+        for (i, (why, _)) in CLOSED.iter().enumerate() {
+            assert_eq!(*why as usize, i, "{why:?}");
+        }
+    }
 }
