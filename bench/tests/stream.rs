@@ -51,7 +51,7 @@ fn progress(threads: usize) -> Vec<Arc<Progress>> {
 
 /// The plane's TCP counters: accepted, messages, answers, open.
 fn counts(plane: &Plane) -> (u64, u64, u64, u64) {
-    let view = plane.view();
+    let view = plane.viewer()();
     let t = view.transports.iter().find(|t| t.transport == "tcp").unwrap();
     (t.accepted, t.messages, t.answers, t.open)
 }
