@@ -135,10 +135,15 @@ pub struct StreamPlan {
     pub handlers: Vec<HandlerConfig>,
     /// Threads.
     pub threads: usize,
+    /// CPUs to pin thread i to (`cpus[i % len]`); empty: not pinned.
+    pub cpus: Vec<usize>,
     /// Caps and timeouts.
     pub limits: StreamLimits,
     /// The certificate and key, when there are TLS listeners.
     pub tls: Option<TlsIdentity>,
+    /// The reflection defence of `[limit]`, for its deny lists only: a denied source's
+    /// connection is closed on accept (`denied`).
+    pub deny: crate::limit::Limit,
 }
 
 /// The stream plane's caps and timeouts (`[stream]`).

@@ -66,9 +66,10 @@ impl Settings {
             ("limit.table_size", new.limit.rules.params().table_size != self.limit.rules.params().table_size),
             ("xdp", new.xdp.interfaces != self.xdp.interfaces || new.xdp.mode != self.xdp.mode),
             (
-                "stream (listeners, threads, limits)",
+                "stream (listeners, threads, cpus, limits)",
                 new.stream.listeners != self.stream.listeners
                     || new.stream.threads != self.stream.threads
+                    || new.stream.cpus != self.stream.cpus
                     || new.stream.limits != self.stream.limits,
             ),
         ];

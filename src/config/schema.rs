@@ -461,6 +461,11 @@ section! {
         private_key: String = String::new(),
         /// Threads serving every stream listener (1 to 64).
         threads: usize = 1,
+        /// CPUs the stream threads are pinned to, thread i on `cpus[i % len]`. Empty: not
+        /// pinned (anywhere in this process's affinity mask, so beside the UDP workers). For a
+        /// connection flood to take nothing from the UDP path, give them CPUs of their own and
+        /// leave those out of `io.cpus`.
+        cpus: Vec<usize> = Vec::new(),
         /// Open connections at most, TCP and TLS together; at the cap the oldest connection that
         /// has not sent a whole message yet makes room (`evicted`), else the new one is closed
         /// at once (`global_cap`). Each costs ~5 KB of kernel memory, plus up to

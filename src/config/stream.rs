@@ -33,11 +33,14 @@ impl Config {
     }
 
     /// The stream plane from `[stream]`; `handlers` are the answer settings of `all`
-    /// (`server.listen` then [`Config::stream_only_addrs`]).
+    /// (`server.listen` then [`Config::stream_only_addrs`]); `limit` the reflection defence,
+    /// whose deny lists the stream listeners apply to connections (`stream.cpus` is checked by
+    /// the caller).
     pub(super) fn validate_stream(
         &self,
         all: &[SocketAddr],
         handlers: &[HandlerConfig],
+        limit: &crate::limit::Limit,
     ) -> Result<StreamPlan, ConfigError> {
         let s = &self.stream;
         let mut listeners = Vec::new();
@@ -99,7 +102,7 @@ impl Config {
                 HandlerConfig { rfc5780: None, limit: Default::default(), transport: *transport, ..base }
             })
             .collect();
-        Ok(StreamPlan { listeners, handlers, threads, limits, tls })
+        Ok(StreamPlan { listeners, handlers, threads, cpus: s.cpus.clone(), limits, tls, deny: limit.clone() })
     }
 
     /// `stream.certificate` and `stream.private_key`, read (relative to the configuration
@@ -155,7 +158,21 @@ mod tests {
         let s = check("[server]\nlisten = [\"192.0.2.1:3478\"]\n").unwrap();
         assert!(s.stream.listeners.is_empty() && s.stream.tls.is_none());
         assert_eq!(s.stream.threads, 1);
+        assert!(s.stream.cpus.is_empty(), "not pinned unless asked");
         assert_eq!(s.stream.limits.max_connections, 20_000);
+    }
+
+    #[test]
+    fn the_stream_threads_take_their_cpus_and_the_deny_lists() {
+        let s = check(
+            "[server]\nlisten = [\"192.0.2.1:3478\"]\n[limit]\ndeny = [\"198.51.100.0/24\"]\n\
+             [stream]\ntcp = [\"192.0.2.1:3478\"]\nthreads = 3\ncpus = [3, 1]\n",
+        )
+        .unwrap();
+        assert_eq!(s.stream.cpus, [3, 1]);
+        let local = "192.0.2.1:3478".parse().unwrap();
+        assert!(s.stream.deny.denied("198.51.100.7:40000".parse().unwrap(), local).is_some());
+        assert!(s.stream.deny.denied("203.0.113.7:40000".parse().unwrap(), local).is_none());
     }
 
     #[test]
@@ -184,6 +201,8 @@ mod tests {
             ("max_tls_connections = 0\n", "stream.max_tls_connections = 0: must be between 1 and 1000000"),
             ("idle_timeout = 0.0\n", "stream.idle_timeout = 0: must be between 0.1 and 3600 seconds"),
             ("max_message_size = 4096\n", "stream.max_message_size = 4096: must be between 64 and 2048 bytes"),
+            ("cpus = [1, 7]\n", "stream.cpus[1] = 7: not a CPU this process may run on (allowed: 0-3)"),
+            ("cpus = [2, 2]\n", "stream.cpus[1] = 2: listed twice"),
             (
                 "tls = [\"192.0.2.1:5349\"]\ncertificate = \"/nonexistent/c.pem\"\nprivate_key = \"/nonexistent/k.pem\"\n",
                 "stream.certificate = \"/nonexistent/c.pem\": cannot read",

@@ -52,18 +52,7 @@ impl Config {
             }
             allowed_cpus.to_vec()
         } else {
-            for (i, cpu) in self.io.cpus.iter().enumerate() {
-                if !allowed_cpus.contains(cpu) {
-                    return Err(invalid(
-                        format!("io.cpus[{i}]"),
-                        cpu,
-                        format!("not a CPU this process may run on (allowed: {})", cpu_list(allowed_cpus)),
-                    ));
-                }
-                if self.io.cpus[..i].contains(cpu) {
-                    return Err(invalid(format!("io.cpus[{i}]"), cpu, "listed twice"));
-                }
-            }
+            check_cpus("io.cpus", &self.io.cpus, allowed_cpus)?;
             self.io.cpus.clone()
         };
         if !(1..=1024).contains(&self.io.batch_size) {
@@ -112,7 +101,8 @@ impl Config {
                 transport: crate::lb::Transport::Udp,
             })
             .collect();
-        let stream = self.validate_stream(&all, &handlers)?;
+        check_cpus("stream.cpus", &self.stream.cpus, allowed_cpus)?;
+        let stream = self.validate_stream(&all, &handlers, &limit)?;
         handlers.truncate(listen.len());
         let xdp = self.validate_xdp(listen, &handlers, &rfc5780, &mut warnings)?;
         Ok(Settings {
@@ -214,6 +204,23 @@ impl Config {
 }
 
 /// "0-3,6" style rendering of a CPU list.
+/// Checks a list of CPUs (`field`): each one this process may run on, none twice.
+fn check_cpus(field: &str, list: &[usize], allowed_cpus: &[usize]) -> Result<(), ConfigError> {
+    for (i, cpu) in list.iter().enumerate() {
+        if !allowed_cpus.contains(cpu) {
+            return Err(invalid(
+                format!("{field}[{i}]"),
+                cpu,
+                format!("not a CPU this process may run on (allowed: {})", cpu_list(allowed_cpus)),
+            ));
+        }
+        if list[..i].contains(cpu) {
+            return Err(invalid(format!("{field}[{i}]"), cpu, "listed twice"));
+        }
+    }
+    Ok(())
+}
+
 fn cpu_list(cpus: &[usize]) -> String {
     let mut out = String::new();
     let mut i = 0;

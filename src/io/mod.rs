@@ -58,6 +58,16 @@ pub struct Reply {
     pub port: Option<u16>,
 }
 
+/// Has mimalloc return this thread's freed memory to the system now (whole free pages, with
+/// MADV_DONTNEED), instead of when it next allocates: the stream plane calls it once a
+/// connection flood has gone (rarely; it walks the thread's heap).
+pub fn release_free_memory() {
+    // SAFETY: mi_collect takes no pointers and only works on the calling thread's mimalloc
+    // heap and the allocator's own free lists; it is safe to call at any time, also when
+    // mimalloc is not the global allocator (then that heap is empty).
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// Raises this process's soft limit on open files (RLIMIT_NOFILE) to `want`, or to the hard
 /// limit when that is lower; the soft limit now in force. Never lowers it.
 pub fn raise_open_files(want: u64) -> std::io::Result<u64> {

@@ -52,6 +52,9 @@ const SWEEP: Duration = Duration::from_millis(50);
 /// How often it looks at every connection's timers (their granularity): a scan of every
 /// connection, so not at the paused ones' pace.
 const TIMERS: Duration = Duration::from_millis(250);
+/// Connections open on a thread at its busiest past which, once half have gone, the memory
+/// they left is returned to the system.
+const RELEASE_AFTER: usize = 256;
 /// Connections accepted per listener per wakeup at most.
 const ACCEPT_BATCH: usize = 64;
 /// The listen backlog.
@@ -69,15 +72,17 @@ enum Refused {
     PrefixCap,
     HandshakeCap,
     FdLimit,
+    Denied,
     Error,
 }
 
-const REFUSED: [(Refused, &str); 6] = [
+const REFUSED: [(Refused, &str); 7] = [
     (Refused::GlobalCap, "global_cap"),
     (Refused::TlsCap, "tls_cap"),
     (Refused::PrefixCap, "prefix_cap"),
     (Refused::HandshakeCap, "handshake_cap"),
     (Refused::FdLimit, "fd_limit"),
+    (Refused::Denied, "denied"),
     (Refused::Error, "error"),
 ];
 
@@ -176,11 +181,13 @@ struct Snapshot {
     /// Per listener.
     handlers: Vec<HandlerConfig>,
     tls: Option<TlsConfigs>,
+    /// `[limit]`'s deny lists, applied on accept.
+    deny: crate::limit::Limit,
 }
 
 fn snapshot(plan: &StreamPlan) -> Result<Snapshot, rustls::Error> {
     let tls = plan.tls.as_ref().map(|identity| TlsConfigs::new(&identity.key)).transpose()?;
-    Ok(Snapshot { handlers: plan.handlers.clone(), tls })
+    Ok(Snapshot { handlers: plan.handlers.clone(), tls, deny: plan.deny.clone() })
 }
 
 /// The running stream plane.
@@ -255,7 +262,13 @@ impl Plane {
         let mut threads = Vec::new();
         for (index, listeners) in per_thread.into_iter().enumerate() {
             let shared = shared.clone();
+            let cpu = (!plan.cpus.is_empty()).then(|| plan.cpus[index % plan.cpus.len()]);
             let thread = std::thread::Builder::new().name(format!("stunedge-stream{index}")).spawn(move || {
+                if let Some(cpu) = cpu {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                        tracing::warn!(cpu, "could not pin stream thread {index} to its CPU; running unpinned");
+                    }
+                }
                 let mut worker = match Thread::new(shared, index, listeners) {
                     Ok(w) => w,
                     Err(e) => {
@@ -420,7 +433,17 @@ struct Thread {
     listeners: Vec<(TcpListener, SocketAddr, usize, Transport)>,
     /// Listeners not polled until then (out of file descriptors).
     listeners_paused: Option<Instant>,
-    conns: Vec<Option<Conn>>,
+    /// The connections by slot, boxed: a slot costs 8 bytes once its connection is gone (the
+    /// slot arrays keep the size of the busiest moment; the connections' memory is returned).
+    conns: Vec<Option<Box<Conn>>>,
+    /// Per slot, the milliseconds (since `epoch`) at which its connection's earliest timer is
+    /// due ([`timer`]; `u64::MAX`: none or no connection), kept exact after every change: the
+    /// timer scan reads this compact array, not every connection.
+    due: Vec<u64>,
+    epoch: Instant,
+    /// Connections open here at the busiest moment since memory was last returned (to the
+    /// allocator, which returns whole free pages to the system: after a flood ends).
+    busiest: usize,
     /// Paused connections (slot, generation), resumed by the sweep every [`SWEEP`].
     paused: Vec<(usize, u32)>,
     /// When the timers were last looked at.
@@ -460,6 +483,9 @@ impl Thread {
             listeners,
             listeners_paused: None,
             conns: Vec::new(),
+            due: Vec::new(),
+            epoch: Instant::now(),
+            busiest: 0,
             silent: std::collections::VecDeque::new(),
             paused: Vec::new(),
             timers_at: Instant::now(),
@@ -546,22 +572,38 @@ impl Thread {
             return;
         }
         self.timers_at = now;
-        for slot in 0..self.conns.len() {
-            let Some(c) = &self.conns[slot] else { continue };
-            let why = if c.handshaking() {
-                (now - c.accepted >= limits.handshake_timeout).then_some(Closed::HandshakeTimeout)
-            } else if let Some(t) = c.last_message {
-                (now - t >= limits.idle_timeout).then_some(Closed::Idle)
-            } else {
-                c.ready.filter(|t| now - *t >= limits.first_message_timeout).map(|_| Closed::FirstMessageTimeout)
-            };
-            let why = why.or_else(|| c.stalled.filter(|t| now - *t >= WRITE_STALL).map(|_| Closed::WriteStall));
-            if let Some(why) = why {
-                self.close(slot, why);
+        let now_ms = self.ms(now);
+        for slot in 0..self.due.len() {
+            if self.due[slot] > now_ms {
+                continue;
             }
+            match self.conns[slot].as_deref().and_then(|c| timer(c, &limits)) {
+                Some((at, why)) if at <= now => self.close(slot, why),
+                next => self.due[slot] = next.map_or(u64::MAX, |(at, _)| self.ms(at)),
+            }
+        }
+        // After a flood: once the connections open here are down to half the busiest moment's,
+        // the allocator returns the pages they left (a burst of thousands, not everyday churn).
+        let open = self.conns.len() - self.free.len();
+        self.busiest = self.busiest.max(open);
+        if self.busiest >= RELEASE_AFTER && open <= self.busiest / 2 {
+            crate::io::release_free_memory();
+            self.busiest = open;
         }
         self.counters().handshaking.store(self.handshaking as u64, Relaxed);
         self.shared.slots[self.index].publish(&self.stats);
+    }
+
+    /// `t` in whole milliseconds since the thread's epoch (the scan then compares instants).
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Records a live connection's earliest timer after a change.
+    fn rearm(&mut self, slot: usize) {
+        let limits = self.shared.limits;
+        let due = self.conns[slot].as_deref().and_then(|c| timer(c, &limits)).map_or(u64::MAX, |(at, _)| self.ms(at));
+        self.due[slot] = due;
     }
 
     fn accept(&mut self, l: usize) {
@@ -592,8 +634,12 @@ impl Thread {
         let limits = self.shared.limits;
         let tls = transport == Transport::Tls;
         let refuse = |me: &Self, why: Refused| bump(&me.counters().transport[t].refused[why as usize]);
+        let local = sock.local_addr().unwrap_or(self.listeners[0].1);
         // The refusals that cost nothing first: a connection refused anyway must not evict
         // anyone at the global cap.
+        if self.current.deny.denied(peer, local).is_some() {
+            return refuse(self, Refused::Denied);
+        }
         if tls && self.handshaking >= limits.max_handshakes {
             return refuse(self, Refused::HandshakeCap);
         }
@@ -621,7 +667,6 @@ impl Thread {
                 return refuse(self, Refused::GlobalCap);
             }
         }
-        let local = sock.local_addr().unwrap_or(self.listeners[0].1);
         let setup = sock.set_nonblocking(true).and_then(|()| sock.set_nodelay(true));
         if setup.is_err() {
             self.release(tls, prefix);
@@ -629,6 +674,7 @@ impl Thread {
         }
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
+            self.due.push(u64::MAX);
             self.generations.push(0);
             self.conns.len() - 1
         });
@@ -645,7 +691,7 @@ impl Thread {
         }
         self.remember_silent(slot, generation);
         bump(&self.counters().transport[t].accepted);
-        self.conns[slot] = Some(Conn {
+        self.conns[slot] = Some(Box::new(Conn {
             peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
             local: SocketAddr::new(local.ip().to_canonical(), local.port()),
             sock,
@@ -667,7 +713,8 @@ impl Thread {
             prefix,
             counted: tls,
             generation,
-        });
+        }));
+        self.rearm(slot);
     }
 
     /// Queues a new connection for eviction while it is silent. Entries of connections that
@@ -734,6 +781,7 @@ impl Thread {
         let counters = &self.counters().transport[c.transport.stream_index().unwrap_or(0)];
         bump(&counters.closed_total);
         bump(&counters.closed[why as usize]);
+        self.due[slot] = u64::MAX;
         self.free.push(slot);
     }
 
@@ -761,6 +809,8 @@ impl Thread {
                 let _ = flush(c, Instant::now());
             }
             self.close(slot, why);
+        } else {
+            self.rearm(slot);
         }
     }
 
@@ -865,6 +915,23 @@ impl Thread {
             let _ = self.epoll.modify(&c.sock, token(slot, c.generation), interest);
         }
         Ok(())
+    }
+}
+
+/// A connection's earliest timer and the close it brings: the handshake's, else the idle one
+/// after a message or the first message's; a write stall's if that comes sooner.
+fn timer(c: &Conn, limits: &StreamLimits) -> Option<(Instant, Closed)> {
+    let main = if c.handshaking() {
+        Some((c.accepted + limits.handshake_timeout, Closed::HandshakeTimeout))
+    } else if let Some(t) = c.last_message {
+        Some((t + limits.idle_timeout, Closed::Idle))
+    } else {
+        c.ready.map(|t| (t + limits.first_message_timeout, Closed::FirstMessageTimeout))
+    };
+    let stall = c.stalled.map(|t| (t + WRITE_STALL, Closed::WriteStall));
+    match (main, stall) {
+        (Some(m), Some(s)) => Some(if s.0 < m.0 { s } else { m }),
+        (m, s) => m.or(s),
     }
 }
 
@@ -1067,5 +1134,61 @@ mod tests {
         for (i, (why, _)) in CLOSED.iter().enumerate() {
             assert_eq!(*why as usize, i, "{why:?}");
         }
+    }
+
+    /// A plain connection over loopback, accepted at `t0`, in the state the plane gives it.
+    fn conn(t0: Instant, tls: bool) -> Conn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (sock, peer) = listener.accept().unwrap();
+        Conn {
+            local: sock.local_addr().unwrap(),
+            sock,
+            peer,
+            listener: 0,
+            transport: if tls { Transport::Tls } else { Transport::Tcp },
+            tls: if tls { Tls::Accepting(Box::default()) } else { Tls::None },
+            input: Vec::new(),
+            output: Vec::new(),
+            accepted: t0,
+            ready: (!tls).then_some(t0),
+            last_message: None,
+            stalled: None,
+            tokens: 1.0,
+            refilled: t0,
+            paused: false,
+            listed: false,
+            eof: false,
+            interest: READ,
+            prefix: None,
+            counted: tls,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn a_connections_earliest_timer_is_the_one_its_state_arms() {
+        let s = Duration::from_secs;
+        let limits = StreamLimits {
+            handshake_timeout: s(3),
+            first_message_timeout: s(5),
+            idle_timeout: s(60),
+            ..StreamLimits::default()
+        };
+        let t0 = Instant::now();
+        // A TLS handshake: its timeout, whatever else is set.
+        assert_eq!(timer(&conn(t0, true), &limits), Some((t0 + s(3), Closed::HandshakeTimeout)));
+        // TCP, silent: the first message's.
+        let mut c = conn(t0, false);
+        assert_eq!(timer(&c, &limits), Some((t0 + s(5), Closed::FirstMessageTimeout)));
+        // After a message: idle, counted from the last one.
+        c.last_message = Some(t0 + s(7));
+        assert_eq!(timer(&c, &limits), Some((t0 + s(67), Closed::Idle)));
+        // Answers stuck since t0 + 8: the write stall comes first ...
+        c.stalled = Some(t0 + s(8));
+        assert_eq!(timer(&c, &limits), Some((t0 + WRITE_STALL + s(8), Closed::WriteStall)));
+        // ... unless the idle timeout is sooner.
+        let short = StreamLimits { idle_timeout: s(2), ..limits };
+        assert_eq!(timer(&c, &short), Some((t0 + s(9), Closed::Idle)));
     }
 }

@@ -392,6 +392,39 @@ fn in_a_namespace_the_caps_per_prefix_and_overall_refuse_the_excess() {
     drop(config);
 }
 
+/// `[limit] deny` closes a denied source's connections on accept, over TCP and TLS, counted
+/// `denied`, while other sources are served; `stream.cpus` pins the stream thread.
+#[test]
+fn a_denied_source_is_refused_on_accept_and_the_stream_thread_is_pinned() {
+    if !ready("stream::a_denied_source_is_refused_on_accept_and_the_stream_thread_is_pinned") {
+        return;
+    }
+    let s = Server::start("deny", "cpus = [0]\n[limit]\ndeny = [\"127.0.0.2\"]\n");
+    let many = |addr: SocketAddr, source: &str, count: &str| {
+        let v = s.client("many", addr, &["--source", source, "--count", count]);
+        (v["answered"].as_u64().unwrap(), v["refused"].as_u64().unwrap())
+    };
+    assert_eq!(many(s.tcp, "127.0.0.2", "2"), (0, 2));
+    assert_eq!(many(s.tls, "127.0.0.2", "1"), (0, 1));
+    assert_eq!(many(s.tcp, "127.0.0.1", "2"), (2, 0));
+    assert_eq!(many(s.tls, "127.0.0.3", "1"), (1, 0));
+    let m = s.metrics();
+    for (transport, n) in [("tcp", 2.0), ("tls", 1.0)] {
+        let labels = [format!("transport=\"{transport}\""), "reason=\"denied\"".to_string()];
+        assert_eq!(metric_sum(&m, "stunedge_stream_refused_total", &[&labels[0], &labels[1]]), n, "{m}");
+    }
+    // The stream thread runs on CPU 0 only.
+    let tasks = format!("/proc/{}/task", s.running.pid());
+    let thread = std::fs::read_dir(&tasks)
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "stunedge-stream"))
+        .unwrap_or_else(|| panic!("no stream thread in {tasks}"));
+    let status = std::fs::read_to_string(thread.join("status")).unwrap();
+    let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim);
+    assert_eq!(allowed, Some("0"), "{status}");
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
