@@ -531,8 +531,9 @@ const METRICS: &[Row] = &[
         "stunedge_stream_refused_total",
         "Stream connections closed at once on accept, by transport and reason: global_cap \
          (stream.max_connections), tls_cap (stream.max_tls_connections), prefix_cap \
-         (stream.max_connections_per_prefix), handshake_cap (stream.max_handshakes), denied ([limit] deny), fd_limit (out of file \
-         descriptors: accepting pauses), error (the socket could not be set up).",
+         (stream.max_connections_per_prefix), handshake_cap (stream.max_handshakes), denied \
+         ([limit] deny), fd_limit (out of file descriptors: accepting pauses), error (the socket \
+         could not be set up).",
         &["transport", "reason"],
         Source::Stream(StreamSeries::Refused),
     ),
