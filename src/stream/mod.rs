@@ -118,6 +118,32 @@ const CLOSED: [(Closed, &str); 12] = [
     (Closed::Evicted, "evicted"),
 ];
 
+impl Closed {
+    /// Whether a connection closed for this reason is reset rather than closed: one that
+    /// stopped reading its answers, or one never answered (it never sent a whole message) that
+    /// timed out, was evicted or sent what is not STUN — nothing of theirs is lost, and a flood
+    /// of them leaves no FIN exchange and no TIME_WAIT here. A client's own close, an idle
+    /// timeout, a TLS error (its alert must arrive), the stop and any connection with answers
+    /// close gracefully.
+    fn resets(self, answered: bool) -> bool {
+        match self {
+            Closed::WriteStall => true,
+            Closed::HandshakeTimeout
+            | Closed::FirstMessageTimeout
+            | Closed::Evicted
+            | Closed::NotStun
+            | Closed::BadHeader
+            | Closed::TooLarge => !answered,
+            _ => false,
+        }
+    }
+}
+
+/// Makes the coming close of `sock` a reset (SO_LINGER 0).
+fn abort(sock: &TcpStream) {
+    let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
 impl From<frame::FrameError> for Closed {
     fn from(e: frame::FrameError) -> Closed {
         match e {
@@ -633,8 +659,14 @@ impl Thread {
         let t = transport.stream_index().unwrap_or(0);
         let limits = self.shared.limits;
         let tls = transport == Transport::Tls;
-        let refuse = |me: &Self, why: Refused| bump(&me.counters().transport[t].refused[why as usize]);
-        let local = sock.local_addr().unwrap_or(self.listeners[0].1);
+        // Refused: reset, not closed (no FIN exchange, no TIME_WAIT left here by a flood).
+        let refuse = |me: &Self, why: Refused| {
+            abort(&sock);
+            bump(&me.counters().transport[t].refused[why as usize]);
+        };
+        // The listener's own address, unless it is a wildcard (then one more system call).
+        let bound = self.listeners.iter().find(|l| l.2 == listener).map_or(self.listeners[0].1, |l| l.1);
+        let local = if bound.ip().is_unspecified() { sock.local_addr().unwrap_or(bound) } else { bound };
         // The refusals that cost nothing first: a connection refused anyway must not evict
         // anyone at the global cap.
         if self.current.deny.denied(peer, local).is_some() {
@@ -763,6 +795,9 @@ impl Thread {
     fn close(&mut self, slot: usize, why: Closed) {
         let Some(c) = self.conns[slot].take() else { return };
         let _ = self.epoll.delete(&c.sock);
+        if why.resets(c.last_message.is_some()) {
+            abort(&c.sock);
+        }
         let tls = c.transport == Transport::Tls;
         if c.counted {
             self.handshaking -= 1;

@@ -252,14 +252,17 @@ fn handshakes_first_messages_and_idle_connections_time_out() {
     let t = out["closed_after"].as_f64().unwrap_or_else(|| panic!("never closed: {out}"));
     assert!((0.9..2.5).contains(&t), "{out}");
     // Slowloris: 5 bytes of a header, then nothing.
+    // It never spoke: reset, leaving no TIME_WAIT behind.
     let out = s.client("silent", s.tcp, &["--send", "0001000021", "--wait", "4"]);
     let t = out["closed_after"].as_f64().unwrap_or_else(|| panic!("never closed: {out}"));
     assert!((0.9..2.5).contains(&t), "{out}");
-    // One answer, then idle.
+    assert_eq!(out["closed_by"], "reset", "{out}");
+    // One answer, then idle: a graceful close.
     let out = s.client("idle-after-one", s.tcp, &["--wait", "4"]);
     assert_eq!(out["answered"], true, "{out}");
     let t = out["closed_after"].as_f64().unwrap_or_else(|| panic!("never closed: {out}"));
     assert!((1.4..3.0).contains(&t), "{out}");
+    assert_eq!(out["closed_by"], "eof", "{out}");
     wait_until(|| s.closed("tls", "handshake_timeout") == 1.0, "handshake_timeout counted");
     assert_eq!(s.closed("tcp", "first_message_timeout"), 1.0);
     assert_eq!(s.closed("tcp", "idle"), 1.0);

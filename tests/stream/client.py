@@ -104,19 +104,31 @@ def connect(args, source=None):
     return ctx.wrap_socket(sock, server_hostname=args.name)
 
 
+# How the server last closed a connection closed_within watched: "eof" (a FIN), "reset" (an
+# RST) or "tls" (a TLS error).
+CLOSED_BY = {"how": None}
+
+
 def closed_within(sock, seconds):
-    """Seconds until the server closed `sock` (EOF or reset), or None if it stayed open."""
+    """Seconds until the server closed `sock` (EOF or reset), or None if it stayed open; how
+    in CLOSED_BY."""
     start = time.monotonic()
     sock.settimeout(0.05)
     while time.monotonic() - start < seconds:
         try:
             if sock.recv(4096) == b"":
+                CLOSED_BY["how"] = "eof"
                 return round(time.monotonic() - start, 3)
         except socket.timeout:
             continue
         except ssl.SSLError:
+            CLOSED_BY["how"] = "tls"
+            return round(time.monotonic() - start, 3)
+        except ConnectionResetError:
+            CLOSED_BY["how"] = "reset"
             return round(time.monotonic() - start, 3)
         except OSError:
+            CLOSED_BY["how"] = "error"
             return round(time.monotonic() - start, 3)
     return None
 
@@ -213,12 +225,14 @@ def main():
         if args.send:
             sock.sendall(bytes.fromhex(args.send))
         out["closed_after"] = closed_within(sock, args.wait)
+        out["closed_by"] = CLOSED_BY["how"]
     elif args.scenario == "idle-after-one":
         sock = connect(args)
         tid = os.urandom(12)
         sock.sendall(request(tid))
         out["answered"] = check(read_message(sock), tid, sock)
         out["closed_after"] = closed_within(sock, args.wait)
+        out["closed_by"] = CLOSED_BY["how"]
     elif args.scenario == "many":
         socks, answered, refused = [], 0, 0
         sources = args.source.split(",") if args.source else [None]
