@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Grafana dashboard against a real Prometheus: starts stunedge (admin endpoint on loopback)
 # under a short mixed load (requests with and without credentials, junk; Bindings over its TCP
-# and TLS stream listeners; TURN requests to its [turn_lb] balancer, whose backends are a fake TURN server answering 401, an address nothing
+# and TLS stream listeners; TURN requests to its [turn_lb] balancer, whose backends are a fake TURN server answering 401 (and accepting TCP), an address nothing
 # answers on and a drained one), starts Prometheus
 # (Debian package `prometheus`) on loopback scraping it every second, then sends every query of
 # grafana/stunedge-dashboard.json to Prometheus's HTTP API and requires each to parse and return
@@ -88,7 +88,8 @@ for f in sys.argv[1:]:
 echo "== a fake TURN backend on loopback"
 # A TURN backend for the [turn_lb] panels, stdlib only. `backend PORTFILE SECONDS`: answers every
 # STUN request with 401 + REALM + NONCE (what the balancer's Allocate probe takes for "up") for
-# SECONDS at most. `client PORT once`: one Allocate must come back 300 with an ALTERNATE-SERVER.
+# SECONDS at most, and accepts (and closes) TCP connections on a port of its own, written to
+# PORTFILE.tcp (its TCP address, which the balancer's connect probe takes for "up"). `client PORT once`: one Allocate must come back 300 with an ALTERNATE-SERVER.
 # `client PORT SECONDS`: Allocate (300), Refresh (437), a Send indication and ChannelData
 # (dropped) every 0.2 s. The client sends from 127.77.0.1: not the load generator's /18, so the
 # rate limit's budget for 127.0.0.1 does not eat the 300s.
@@ -110,11 +111,22 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(0.5)
 if sys.argv[1] == "backend":
     s.bind(("127.0.0.1", 0))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(64)
+    tcp.setblocking(False)
+    with open(sys.argv[2] + ".tcp", "w") as f:
+        f.write(str(tcp.getsockname()[1]))
     with open(sys.argv[2], "w") as f:
         f.write(str(s.getsockname()[1]))
     end = time.monotonic() + float(sys.argv[3])
     body = attr(0x0009, b"\0\0\x04\x01Unauthorized") + attr(0x0014, b"fake-backend") + attr(0x0015, b"0123456789abcdef")
     while time.monotonic() < end:
+        try:
+            while True:
+                tcp.accept()[0].close()
+        except BlockingIOError:
+            pass
         try:
             data, peer = s.recvfrom(2048)
         except socket.timeout:
@@ -159,7 +171,8 @@ PYTHON
 started+=($!)
 for _ in $(seq 50); do [[ -s $work/backend.port ]] && break; sleep 0.1; done
 backend_port=$(cat "$work/backend.port")
-echo "fake TURN backend on 127.0.0.1:$backend_port"
+backend_tcp_port=$(cat "$work/backend.port.tcp")
+echo "fake TURN backend on 127.0.0.1:$backend_port (UDP), 127.0.0.1:$backend_tcp_port (TCP)"
 
 echo "== stunedge with the admin endpoint on 127.0.0.1:$admin_port"
 # A test certificate for its TLS listener (stream panels).
@@ -185,12 +198,14 @@ short_term_users = { "stunedge-bench" = "VOkJxbRl1RmTxUk/WvJxBt" }
 exempt_loopback = false
 rate = 2000
 # Allocates are redirected: to the fake backend (401 to probes: up), to an address nothing
-# answers on (probes time out: down) or none (drained); each with its own series.
+# answers on (probes time out: down) or none (drained); each with its own series. The fake's
+# TCP port accepts (its TCP address up); nothing listens on the silent backend's TCP and TLS
+# ports (refused: down).
 [turn_lb]
 enabled = true
 backends = [
-  { name = "turn-fake", udp = ["127.0.0.1:$backend_port"] },
-  { name = "turn-silent", udp = ["127.0.0.1:$(free_port)"] },
+  { name = "turn-fake", udp = ["127.0.0.1:$backend_port"], tcp = ["127.0.0.1:$backend_tcp_port"] },
+  { name = "turn-silent", udp = ["127.0.0.1:$(free_port)"], tcp = ["127.0.0.1:$(free_port)"], tls = ["127.0.0.1:$(free_port)"] },
   { name = "turn-drained", udp = ["127.0.0.1:$(free_port)"], drain = true },
 ]
 TOML

@@ -21,7 +21,7 @@ use crate::counters::{
     AnswerClass, BATCH_NANOS_BUCKETS, BATCH_SIZE_BUCKETS, Counter, DropReason, FAMILIES, LIMIT_LEVELS, LimitAction,
     Stats, WorkerSlot,
 };
-use crate::lb::{self, Health, PROBE_MICROS_BUCKETS, ProbeResult};
+use crate::lb::{self, Health, PROBE_MICROS_BUCKETS, ProbeResult, StreamResult};
 use crate::limit::{Limit, TICK_MS};
 use crate::xdp::{self, XdpView};
 
@@ -211,6 +211,11 @@ enum TurnSeries {
     ProbeDurations,
     /// One sample per [`Health`]: the backend addresses in that state.
     Backends,
+    /// Per TCP or TLS address of a backend address: 1 while its connect probes accept it (up,
+    /// or not probed yet), else 0.
+    StreamUp,
+    /// Per TCP or TLS address of a backend address, one sample per [`StreamResult`].
+    StreamProbes,
 }
 
 /// What a [`Source::Limiter`] row reads from the limiter.
@@ -237,7 +242,7 @@ impl Source {
             | Source::LastReloadTime
             | Source::LastReloadOk
             | Source::Limiter(_)
-            | Source::Turn(TurnSeries::Up | TurnSeries::State | TurnSeries::Backends)
+            | Source::Turn(TurnSeries::Up | TurnSeries::State | TurnSeries::Backends | TurnSeries::StreamUp)
             | Source::Xdp(XdpSeries::Attached)
             | Source::Stream(StreamSeries::Open | StreamSeries::Handshaking) => Kind::Gauge,
             Source::BatchSizes | Source::BatchDurations | Source::Turn(TurnSeries::ProbeDurations) => Kind::Histogram,
@@ -250,7 +255,7 @@ impl Source {
             | Source::LimitedAt
             | Source::LimitBytes
             | Source::LimitTrimmed
-            | Source::Turn(TurnSeries::Redirects | TurnSeries::Probes)
+            | Source::Turn(TurnSeries::Redirects | TurnSeries::Probes | TurnSeries::StreamProbes)
             | Source::Xdp(XdpSeries::Packets)
             | Source::Stream(_) => Kind::Counter,
         }
@@ -510,6 +515,20 @@ const METRICS: &[Row] = &[
         Source::Turn(TurnSeries::Backends),
     ),
     row(
+        "stunedge_turn_backend_stream_up",
+        "TURN backend's TCP or TLS address passes its TCP connect probes (1: up or not probed yet). Clients over \
+         that transport go to it only while its backend address is also up (stunedge_turn_backend_up).",
+        &["backend", "address", "transport"],
+        Source::Turn(TurnSeries::StreamUp),
+    ),
+    row(
+        "stunedge_turn_backend_stream_probes_total",
+        "TCP connect probes of the TURN backend's TCP or TLS address by result: ok, refused, timeout, error \
+         (no TLS handshake is made).",
+        &["backend", "address", "transport", "result"],
+        Source::Turn(TurnSeries::StreamProbes),
+    ),
+    row(
         "stunedge_stream_connections",
         "Open STUN-over-TCP/TLS connections by transport.",
         &["transport"],
@@ -736,18 +755,37 @@ fn per_class<const N: usize>(
 }
 
 /// The samples of a [`Source::Turn`] row from `balancer`'s live state, per backend address
-/// in pool order (`backend` and `address` labels first) or, for [`TurnSeries::Backends`], per
+/// in pool order (`backend` and `address` labels first), per TCP or TLS address (the same, the
+/// address being the stream address, then `transport`) or, for [`TurnSeries::Backends`], per
 /// state.
 fn turn_samples(row: &Row, series: TurnSeries, balancer: &lb::Balancer) -> Vec<proto::Metric> {
     let entries = &balancer.state.entries;
-    if let TurnSeries::Backends = series {
-        return Health::ALL
-            .iter()
-            .map(|h| {
-                let n = (0..entries.len()).filter(|&i| turn_state(balancer, i) == *h).count();
-                sample(row, &[h.name()], n as f64)
-            })
-            .collect();
+    match series {
+        TurnSeries::Backends => {
+            return Health::ALL
+                .iter()
+                .map(|h| {
+                    let n = (0..entries.len()).filter(|&i| turn_state(balancer, i) == *h).count();
+                    sample(row, &[h.name()], n as f64)
+                })
+                .collect();
+        }
+        TurnSeries::StreamUp | TurnSeries::StreamProbes => {
+            let mut out = Vec::new();
+            for s in balancer.state.streams.iter().flatten().flatten() {
+                let address = s.addr.to_string();
+                let id = [s.name.as_str(), address.as_str(), s.transport.label()];
+                if let TurnSeries::StreamUp = series {
+                    out.push(sample(row, &id, if s.health().accepts() { 1.0 } else { 0.0 }));
+                    continue;
+                }
+                for r in StreamResult::ALL {
+                    out.push(sample(row, &[id[0], id[1], id[2], r.name()], s.probes(r) as f64));
+                }
+            }
+            return out;
+        }
+        _ => {}
     }
     let bounds: Vec<f64> = PROBE_MICROS_BUCKETS.iter().map(|b| *b as f64 / 1e6).collect();
     let mut out = Vec::new();
@@ -772,7 +810,7 @@ fn turn_samples(row: &Row, series: TurnSeries, balancer: &lb::Balancer) -> Vec<p
                 let (counts, sum_micros) = e.probe_micros();
                 out.push(histogram(row, &id, &counts, &bounds, sum_micros as f64 / 1e6));
             }
-            TurnSeries::Backends => {} // per state, above
+            TurnSeries::Backends | TurnSeries::StreamUp | TurnSeries::StreamProbes => {} // above
         }
     }
     out
@@ -1073,7 +1111,9 @@ mod tests {
     /// A balancer over five backend addresses, one per exported state: `a` up, with two
     /// redirects and three probes (answered in 300 µs and 2 s, one timeout); `b` (IPv6) down;
     /// `c` drained by the configuration although its probes pass; `d` answering 403; `e` not
-    /// probed yet.
+    /// probed yet. `a` has a TCP address, down after one connect and three refusals, and a
+    /// TLS address not probed yet; `b` a TCP address, up after two connects, a timeout and an
+    /// error.
     fn balancer() -> Arc<lb::Balancer> {
         let backends = [
             ("a", "192.0.2.1:3478", false),
@@ -1087,7 +1127,11 @@ mod tests {
             addr: addr.parse().unwrap(),
             weight: 1,
             drain,
-            stream: [None; 2],
+            stream: match name {
+                "a" => [Some("192.0.2.1:3478".parse().unwrap()), Some("192.0.2.1:5349".parse().unwrap())],
+                "b" => [Some("[2001:db8::2]:443".parse().unwrap()), None],
+                _ => [None; 2],
+            },
         });
         let b = lb::Balancer::new(
             &backends,
@@ -1108,6 +1152,16 @@ mod tests {
         e[2].set_health(Health::Up);
         e[3].set_health(Health::Draining);
         e[3].count_probe(ProbeResult::Draining, Some(std::time::Duration::from_millis(20)));
+        let streams = &b.state.streams;
+        let (a_tcp, b_tcp) = (streams[0][0].as_ref().unwrap(), streams[1][0].as_ref().unwrap());
+        a_tcp.set_health(Health::Down);
+        for r in [StreamResult::Ok, StreamResult::Refused, StreamResult::Refused, StreamResult::Refused] {
+            a_tcp.count_probe(r);
+        }
+        b_tcp.set_health(Health::Up);
+        for r in [StreamResult::Ok, StreamResult::Timeout, StreamResult::Error, StreamResult::Ok] {
+            b_tcp.count_probe(r);
+        }
         Arc::new(b)
     }
 
@@ -1357,6 +1411,19 @@ mod tests {
         for (state, n) in [("unknown", 1), ("up", 1), ("down", 1), ("draining", 2)] {
             expected.push(format!(r#"stunedge_turn_backends{{state="{state}"}} {n}"#));
         }
+        // (backend, stream address, transport, up, probes ok/refused/timeout/error)
+        let streams = [
+            ("a", "192.0.2.1:3478", "tcp", 0, [1, 3, 0, 0]),
+            ("a", "192.0.2.1:5349", "tls", 1, [0; 4]),
+            ("b", "[2001:db8::2]:443", "tcp", 1, [2, 0, 1, 1]),
+        ];
+        for (name, address, transport, up, probes) in streams {
+            let id = format!(r#"backend="{name}",address="{address}",transport="{transport}""#);
+            expected.push(format!("stunedge_turn_backend_stream_up{{{id}}} {up}"));
+            for (result, n) in ["ok", "refused", "timeout", "error"].iter().zip(probes) {
+                expected.push(format!(r#"stunedge_turn_backend_stream_probes_total{{{id},result="{result}"}} {n}"#));
+            }
+        }
         let mut got: Vec<&str> = text.lines().filter(|l| l.starts_with("stunedge_turn_")).collect();
         got.sort_unstable();
         expected.sort_unstable();
@@ -1368,6 +1435,8 @@ mod tests {
             ("stunedge_turn_backend_probes_total", "counter"),
             ("stunedge_turn_backend_probe_duration_seconds", "histogram"),
             ("stunedge_turn_backends", "gauge"),
+            ("stunedge_turn_backend_stream_up", "gauge"),
+            ("stunedge_turn_backend_stream_probes_total", "counter"),
         ] {
             let line = format!("# TYPE {name} {kind}");
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");

@@ -295,10 +295,12 @@ pub struct TurnBackend {
     #[serde(deserialize_with = "listen_addrs")]
     pub udp: Vec<SocketAddr>,
     /// Its TURN-over-TCP addresses (`turn:…?transport=tcp`; stream.tcp listeners redirect
-    /// there): at most one per family of `udp`. Empty: no TCP clients are sent to it.
+    /// there): at most one per family of `udp`. Empty: no TCP clients are sent to it. Each is
+    /// probed with a TCP connect; while it is down, neither is any TCP client of its family.
     #[serde(default, deserialize_with = "listen_addrs")]
     pub tcp: Vec<SocketAddr>,
-    /// Its TURN-over-TLS addresses (`turns:`; stream.tls listeners redirect there), as `tcp`.
+    /// Its TURN-over-TLS addresses (`turns:`; stream.tls listeners redirect there), as `tcp`
+    /// (probed with a TCP connect too: no TLS handshake).
     /// Browsers drop the name after a redirect: its certificate must carry this IP address
     /// as a subject alternative name (docs/stream.md).
     #[serde(default, deserialize_with = "listen_addrs")]
@@ -379,7 +381,9 @@ section! {
         /// The health probe: "allocate" (an unauthenticated Allocate: 401 means up, 403
         /// draining), "allocate-auth" (an Allocate with `probe_username`: a success means up;
         /// the allocation is released at once) or "binding" (a Binding request; wrong for
-        /// backends run with coturn's --no-stun).
+        /// backends run with coturn's --no-stun). A backend's `tcp` and `tls` addresses are
+        /// probed too, with a TCP connect (no TLS handshake), on the same interval, timeout,
+        /// rise and fall.
         probe: ProbeName = ProbeName::Allocate,
         /// Seconds between two probes of one backend address, jittered by ±10 % (0.1..=3600).
         /// Keep it above 0.1 s per backend: coturn limits unauthenticated requests to 10 per

@@ -120,7 +120,7 @@ impl Config {
                     return Err(invalid(
                         format!("{field}.{kind}"),
                         shown(),
-                        "must be at most one address per family, each of a family `udp` has (its health is that address's)",
+                        "must be at most one address per family, each of a family `udp` has (it gets clients only while that address is up too)",
                     ));
                 }
                 for (j, a) in list.iter().enumerate() {

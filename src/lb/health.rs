@@ -1,12 +1,22 @@
 //! The health thread: one dedicated thread ("stunedge-health", never a worker) that probes every
-//! backend address of the current [`State`] with STUN requests and is the only writer of each
-//! [`Entry`]'s health. It owns one UDP socket per address family, sends every probe that is due,
-//! waits in `poll(2)` for at most `TICK` and matches answers by transaction ID *and* source
-//! address; per entry it keeps at most one probe in flight and the rise/fall run that decides the
-//! health. The pure parts, the requests (`emit`), what an answer means (`judge`) and the
-//! state machine (`advance`), take bytes and values and do no I/O; only `Prober` touches
-//! sockets and clocks. It must never run on, block, or take a lock shared with a worker: workers
-//! read the health atomics and nothing else of this module.
+//! backend address of the current [`State`] with STUN requests, and every TCP and TLS address
+//! with a TCP connect, and is the only writer of each [`Entry`]'s and [`StreamEntry`]'s health.
+//! It owns one UDP socket per address family, sends every probe that is due, starts every
+//! connect that is due (non-blocking), waits in `poll(2)` for at most `TICK` for answers and
+//! connects, and matches answers by transaction ID *and* source address; per address it keeps
+//! at most one probe in flight and the rise/fall run that decides the health. The pure parts,
+//! the requests (`emit`), what an answer means (`judge`) and the state machine (`advance`,
+//! shared by both kinds of probe), take bytes and values and do no I/O; only `Prober` and the
+//! connect helpers touch sockets and clocks. It must never run on, block, or take a lock shared
+//! with a worker: workers read the health atomics and nothing else of this module.
+//!
+//! A TLS address is probed with the same bare TCP connect as a TCP address: no TLS handshake
+//! is made. A handshake would have to verify the relay's certificate, which carries the relay's
+//! IP address or a name this server is not told (and a probe that skipped verification would
+//! prove little more than the connect does); a completed connect proves that something listens
+//! on the port, which is what a relay started without its TLS listener, a firewall or a crashed
+//! listener takes away. A TLS probe (a handshake against a configured name and CA) could be
+//! added later.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io;
@@ -17,7 +27,11 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::state::{Entry, Health, ProbeKind, ProbeResult, ProbeSecret, ProbeSettings, State};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::state::{
+    Entry, Health, ProbeKind, ProbeResult, ProbeSecret, ProbeSettings, State, StreamEntry, StreamResult,
+};
 use crate::auth::keys::{Algorithm, RawKey, long_term_key, rest_password};
 use crate::io::mmsg::wait_readable;
 use crate::stun::attr::{ErrorCode, Lifetime, Nonce, Realm, Username};
@@ -87,14 +101,7 @@ impl HealthChecker {
             }
         }
         let (commands, inbox) = mpsc::channel();
-        let now = Instant::now();
-        let book = Book { tracks: tracks(&state, Vec::new(), now, &mut Rng::new()), state };
-        let prober = Prober {
-            commands: inbox,
-            net: Net { v4: v4.ok(), v6: v6.ok(), out: [0; BUF_LEN], rng: Rng::new() },
-            book,
-            recv: [0; BUF_LEN],
-        };
+        let prober = Prober::new(inbox, Net { v4: v4.ok(), v6: v6.ok(), out: [0; BUF_LEN], rng: Rng::new() }, state);
         let thread = std::thread::Builder::new().name("stunedge-health".into()).spawn(move || prober.run())?;
         Ok(HealthChecker { commands, thread: Some(thread) })
     }
@@ -339,21 +346,49 @@ struct Run {
     fails: u32,
 }
 
-/// The health after `result`. Unknown: the first result decides. Up: `fall` failures in a row
-/// → Down. Down or Draining: `rise` Oks in a row → Up. Draining: `fall` failures in a row → Down
-/// (a drained backend that stopped answering is down). Any Draining answer → Draining at once.
+/// What one probe's result means to the state machine, whichever kind of probe it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The probe passed.
+    Pass,
+    /// It failed.
+    Fail,
+    /// The backend is draining (a 403 to a STUN probe; a connect never says so).
+    Drain,
+}
+
+impl From<ProbeResult> for Outcome {
+    fn from(result: ProbeResult) -> Outcome {
+        match result {
+            ProbeResult::Ok => Outcome::Pass,
+            ProbeResult::Draining => Outcome::Drain,
+            ProbeResult::Timeout | ProbeResult::Unexpected | ProbeResult::SendError => Outcome::Fail,
+        }
+    }
+}
+
+impl From<StreamResult> for Outcome {
+    fn from(result: StreamResult) -> Outcome {
+        match result {
+            StreamResult::Ok => Outcome::Pass,
+            StreamResult::Refused | StreamResult::Timeout | StreamResult::Error => Outcome::Fail,
+        }
+    }
+}
+
+/// The health after `outcome`. Unknown: the first result decides. Up: `fall` failures in a row
+/// → Down. Down or Draining: `rise` passes in a row → Up. Draining: `fall` failures in a row →
+/// Down (a drained backend that stopped answering is down). Any Drain → Draining at once.
 /// A `rise` or `fall` of 0 counts as 1.
-fn advance(health: Health, run: &mut Run, result: ProbeResult, rise: u32, fall: u32) -> Health {
+fn advance(health: Health, run: &mut Run, outcome: Outcome, rise: u32, fall: u32) -> Health {
     let (rise, fall) = (rise.max(1), fall.max(1));
-    match result {
-        ProbeResult::Ok => *run = Run { oks: run.oks.saturating_add(1), fails: 0 },
-        ProbeResult::Draining => {
+    match outcome {
+        Outcome::Pass => *run = Run { oks: run.oks.saturating_add(1), fails: 0 },
+        Outcome::Drain => {
             *run = Run::default();
             return Health::Draining;
         }
-        ProbeResult::Timeout | ProbeResult::Unexpected | ProbeResult::SendError => {
-            *run = Run { oks: 0, fails: run.fails.saturating_add(1) }
-        }
+        Outcome::Fail => *run = Run { oks: 0, fails: run.fails.saturating_add(1) },
     }
     let next = match health {
         Health::Unknown if run.oks > 0 => Health::Up,
@@ -379,27 +414,90 @@ struct InFlight {
     first_rtt: Option<Duration>,
 }
 
-/// One entry's probing state, kept across reloads by the entry's `Arc` identity.
-struct Track {
-    entry: Arc<Entry>,
+/// A TCP connect probe in flight: the non-blocking socket, which `poll(2)` reports writable
+/// (or in error) once the handshake has completed or failed.
+struct Connecting {
+    socket: Socket,
+    /// When the SYN went out: it times out at `sent + timeout`.
+    sent: Instant,
+}
+
+/// A probe in flight of either kind.
+trait Pending {
+    /// When its current request or connect went out.
+    fn sent(&self) -> Instant;
+}
+
+impl Pending for InFlight {
+    fn sent(&self) -> Instant {
+        self.sent
+    }
+}
+
+impl Pending for Connecting {
+    fn sent(&self) -> Instant {
+        self.sent
+    }
+}
+
+/// One address's probing state, kept across reloads by its entry's `Arc` identity: an
+/// [`Entry`] with STUN probes ([`InFlight`]), or a [`StreamEntry`] with connects
+/// ([`Connecting`]).
+struct Track<E, P> {
+    entry: Arc<E>,
     /// When the next probe goes out (once none is in flight).
     due: Instant,
     run: Run,
-    probe: Option<InFlight>,
+    probe: Option<P>,
 }
 
-/// The tracks for `state`: those of `old` whose entry it keeps (same `Arc`), with the next
-/// probe no later than one new interval away; a fresh, due-now track for every other entry.
-fn tracks(state: &State, mut old: Vec<Track>, now: Instant, rng: &mut Rng) -> Vec<Track> {
-    let mut out: Vec<Track> = Vec::with_capacity(state.entries.len());
-    for entry in state.entries.iter() {
+impl<E, P: Pending> Track<E, P> {
+    /// Whether a probe should start now: none in flight and due. If so, the next one is
+    /// scheduled one jittered `interval` from `now`.
+    fn start(&mut self, now: Instant, interval: Duration, rng: &mut Rng) -> bool {
+        if self.probe.is_some() || now < self.due {
+            return false;
+        }
+        self.due = now + rng.jitter(interval);
+        true
+    }
+
+    /// Whether its probe in flight has gone unanswered for `timeout` at `now`.
+    fn overdue(&self, now: Instant, timeout: Duration) -> bool {
+        self.probe.as_ref().is_some_and(|p| now >= p.sent() + timeout)
+    }
+
+    /// When it next needs the thread: its probe's deadline, or its next probe.
+    fn next(&self, timeout: Duration) -> Instant {
+        self.probe.as_ref().map_or(self.due, |p| p.sent() + timeout)
+    }
+}
+
+/// A backend address's track: STUN probes.
+type UdpTrack = Track<Entry, InFlight>;
+
+/// A TCP or TLS address's track: connects.
+type StreamTrack = Track<StreamEntry, Connecting>;
+
+/// The tracks for `entries` (probed every `interval`): those of `old` whose entry it keeps
+/// (same `Arc`), with the next probe no later than one new interval away; a fresh, due-now
+/// track for every other entry.
+fn tracks<'a, E: 'a, P>(
+    entries: impl Iterator<Item = &'a Arc<E>>,
+    mut old: Vec<Track<E, P>>,
+    interval: Duration,
+    now: Instant,
+    rng: &mut Rng,
+) -> Vec<Track<E, P>> {
+    let mut out: Vec<Track<E, P>> = Vec::new();
+    for entry in entries {
         if out.iter().any(|t| Arc::ptr_eq(&t.entry, entry)) {
             continue; // the same entry twice: one prober is enough
         }
         let track = match old.iter().position(|t| Arc::ptr_eq(&t.entry, entry)) {
             Some(i) => {
                 let mut t = old.swap_remove(i);
-                t.due = t.due.min(now + rng.jitter(state.probe.interval.min(LONGEST)));
+                t.due = t.due.min(now + rng.jitter(interval.min(LONGEST)));
                 t
             }
             None => Track { entry: entry.clone(), due: now, run: Run::default(), probe: None },
@@ -407,6 +505,50 @@ fn tracks(state: &State, mut old: Vec<Track>, now: Instant, rng: &mut Rng) -> Ve
         out.push(track);
     }
     out
+}
+
+/// How a non-blocking connect began.
+enum Connect {
+    /// In progress: `poll(2)` reports the socket writable when it ends.
+    Pending(Socket),
+    /// It ended at once (refused on loopback, no route, no socket).
+    Done(StreamResult),
+}
+
+/// Starts a non-blocking TCP connect to `addr`. The socket closes with a reset (SO_LINGER 0)
+/// when dropped: a probe leaves no FIN exchange and no TIME_WAIT on either side.
+fn start_connect(addr: SocketAddr) -> Connect {
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
+        Ok(s) => s,
+        Err(_) => return Connect::Done(StreamResult::Error),
+    };
+    if socket.set_nonblocking(true).is_err() || socket.set_linger(Some(Duration::ZERO)).is_err() {
+        return Connect::Done(StreamResult::Error);
+    }
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => Connect::Done(StreamResult::Ok),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Connect::Pending(socket),
+        Err(e) => Connect::Done(connect_error(&e)),
+    }
+}
+
+/// What a connect that ended with `error` counts as.
+fn connect_error(error: &io::Error) -> StreamResult {
+    match error.raw_os_error() {
+        Some(libc::ECONNREFUSED) => StreamResult::Refused,
+        Some(libc::ETIMEDOUT) => StreamResult::Timeout,
+        _ => StreamResult::Error,
+    }
+}
+
+/// How a connect that `poll(2)` reported ended (writable, or in error): its pending error
+/// (SO_ERROR) if it has one, else Ok when it has a peer.
+fn connect_ended(socket: &Socket) -> StreamResult {
+    match socket.take_error() {
+        Ok(Some(e)) => connect_error(&e),
+        Ok(None) if socket.peer_addr().is_ok() => StreamResult::Ok,
+        Ok(None) | Err(_) => StreamResult::Error,
+    }
 }
 
 /// Why a request did not go out.
@@ -443,13 +585,24 @@ fn same_addr(backend: SocketAddr, from: SocketAddr) -> bool {
     backend.ip() == from.ip() && backend.port() == from.port()
 }
 
-/// The state probed and each entry's track.
+/// The state probed, each entry's track and each TCP or TLS address's track.
 struct Book {
     state: Arc<State>,
-    tracks: Vec<Track>,
+    tracks: Vec<UdpTrack>,
+    streams: Vec<StreamTrack>,
 }
 
 impl Book {
+    /// The tracks for `state`, carrying over those of `old` (a previous book's tracks and
+    /// stream tracks, see [`tracks`]).
+    fn new(state: Arc<State>, old: (Vec<UdpTrack>, Vec<StreamTrack>), now: Instant, rng: &mut Rng) -> Book {
+        let (old_tracks, old_streams) = old;
+        let interval = state.probe.interval;
+        let udp = tracks(state.entries.iter(), old_tracks, interval, now, rng);
+        let streams = tracks(state.streams.iter().flatten().flatten(), old_streams, interval, now, rng);
+        Book { state, tracks: udp, streams }
+    }
+
     fn settings(&self) -> &ProbeSettings {
         &self.state.probe
     }
@@ -463,7 +616,7 @@ impl Book {
         let rtt = if matches!(result, ProbeResult::Timeout | ProbeResult::SendError) { None } else { rtt };
         entry.count_probe(result, rtt);
         let old = entry.health();
-        let new = advance(old, &mut track.run, result, rise, fall);
+        let new = advance(old, &mut track.run, result.into(), rise, fall);
         if new == old {
             return;
         }
@@ -477,13 +630,84 @@ impl Book {
         }
     }
 
-    /// Ends every probe whose current request has gone unanswered for the timeout.
+    /// Ends TCP or TLS address track `i`'s connect with `result` (dropping its socket resets
+    /// the connection): counts it, moves the address's health, logs a change.
+    fn finish_stream(&mut self, i: usize, result: StreamResult) {
+        let (rise, fall) = (self.settings().rise, self.settings().fall);
+        let track = &mut self.streams[i];
+        track.probe = None;
+        let entry = &track.entry;
+        entry.count_probe(result);
+        let old = entry.health();
+        let new = advance(old, &mut track.run, result.into(), rise, fall);
+        if new == old {
+            return;
+        }
+        entry.set_health(new);
+        let (backend, addr, transport) = (&entry.name, entry.addr, entry.transport.label());
+        let (from, to, last) = (old.name(), new.name(), result.name());
+        match new {
+            Health::Down => tracing::warn!(
+                backend = %backend, %addr, transport, from, to, last,
+                "TURN backend stream address down: no new clients over this transport"
+            ),
+            _ => tracing::info!(backend = %backend, %addr, transport, from, to, last, "TURN backend stream address up"),
+        }
+    }
+
+    /// Ends every probe whose current request or connect has gone unanswered for the timeout.
     fn expire(&mut self, now: Instant) {
         let timeout = self.settings().timeout.min(LONGEST);
         for i in 0..self.tracks.len() {
-            if self.tracks[i].probe.as_ref().is_some_and(|p| now >= p.sent + timeout) {
+            if self.tracks[i].overdue(now, timeout) {
                 self.finish(i, ProbeResult::Timeout, None);
             }
+        }
+        for i in 0..self.streams.len() {
+            if self.streams[i].overdue(now, timeout) {
+                self.finish_stream(i, StreamResult::Timeout);
+            }
+        }
+    }
+
+    /// Starts every connect that is due; one that ends at once is finished at once.
+    fn start_connects(&mut self, now: Instant, rng: &mut Rng) {
+        let interval = self.settings().interval.min(LONGEST);
+        for i in 0..self.streams.len() {
+            let track = &mut self.streams[i];
+            if !track.start(now, interval, rng) {
+                continue;
+            }
+            match start_connect(track.entry.addr) {
+                Connect::Pending(socket) => track.probe = Some(Connecting { socket, sent: now }),
+                Connect::Done(result) => self.finish_stream(i, result),
+            }
+        }
+    }
+
+    /// Appends a `POLLOUT` wait for every connect in flight to `fds`, and its track's index to
+    /// `polled`, in the same order.
+    fn connect_fds(&self, fds: &mut Vec<libc::pollfd>, polled: &mut Vec<usize>) {
+        for (i, track) in self.streams.iter().enumerate() {
+            if let Some(c) = &track.probe {
+                fds.push(libc::pollfd { fd: c.socket.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+                polled.push(i);
+            }
+        }
+    }
+
+    /// Finishes every connect `poll(2)` reported as ended: `ready` pairs a track index from
+    /// [`Book::connect_fds`] with its `revents`.
+    fn connects_ended(&mut self, ready: impl Iterator<Item = (usize, libc::c_short)>) {
+        for (i, revents) in ready {
+            if revents == 0 {
+                continue;
+            }
+            let Some(result) = self.streams.get(i).and_then(|t| t.probe.as_ref()).map(|c| connect_ended(&c.socket))
+            else {
+                continue;
+            };
+            self.finish_stream(i, result);
         }
     }
 
@@ -492,10 +716,9 @@ impl Book {
         let interval = self.settings().interval.min(LONGEST);
         for i in 0..self.tracks.len() {
             let track = &mut self.tracks[i];
-            if track.probe.is_some() || now < track.due {
+            if !track.start(now, interval, &mut net.rng) {
                 continue;
             }
-            track.due = now + net.rng.jitter(interval);
             let (step, request) = match self.state.probe.kind {
                 ProbeKind::Allocate => (Step::Single, Request::Allocate(None)),
                 ProbeKind::AllocateAuth { .. } => (Step::Challenge, Request::Allocate(None)),
@@ -558,15 +781,13 @@ impl Book {
         }
     }
 
-    /// How long the thread may wait for answers: until the next deadline or due probe, at most
-    /// one `TICK`.
+    /// How long the thread may wait for answers and connects: until the next deadline or due
+    /// probe, at most one `TICK`.
     fn wait(&self, now: Instant) -> Duration {
         let timeout = self.settings().timeout.min(LONGEST);
-        self.tracks
-            .iter()
-            .map(|t| t.probe.as_ref().map_or(t.due, |p| p.sent + timeout))
-            .min()
-            .map_or(TICK, |at| at.saturating_duration_since(now).min(TICK))
+        let udp = self.tracks.iter().map(|t| t.next(timeout));
+        let streams = self.streams.iter().map(|t| t.next(timeout));
+        udp.chain(streams).min().map_or(TICK, |at| at.saturating_duration_since(now).min(TICK))
     }
 }
 
@@ -576,17 +797,28 @@ struct Prober {
     net: Net,
     book: Book,
     recv: [u8; BUF_LEN],
+    /// What one `poll(2)` waits on: the UDP sockets (readable), then each connect in flight
+    /// (writable); kept to reuse its memory.
+    fds: Vec<libc::pollfd>,
+    /// The stream track of each connect in `fds`, in order.
+    polled: Vec<usize>,
 }
 
 impl Prober {
+    /// The prober of `state` over `net`, taking its commands from `commands`; every address
+    /// is due at once.
+    fn new(commands: Receiver<Command>, mut net: Net, state: Arc<State>) -> Prober {
+        let book = Book::new(state, Default::default(), Instant::now(), &mut net.rng);
+        Prober { commands, net, book, recv: [0; BUF_LEN], fds: Vec::new(), polled: Vec::new() }
+    }
+
     fn run(mut self) {
         loop {
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Replace(state)) => {
-                        let old = std::mem::take(&mut self.book.tracks);
-                        self.book.tracks = tracks(&state, old, Instant::now(), &mut self.net.rng);
-                        self.book.state = state;
+                        let old = (std::mem::take(&mut self.book.tracks), std::mem::take(&mut self.book.streams));
+                        self.book = Book::new(state, old, Instant::now(), &mut self.net.rng);
                     }
                     // Stop, or the handle is gone.
                     Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
@@ -596,24 +828,34 @@ impl Prober {
             let now = Instant::now();
             self.book.expire(now);
             self.book.start_due(now, &mut self.net);
+            self.book.start_connects(now, &mut self.net.rng);
             self.wait(self.book.wait(Instant::now()));
+            self.connects_ended();
             self.receive();
         }
     }
 
-    /// Waits in poll(2) until a socket is readable or `wait` passes.
-    fn wait(&self, wait: Duration) {
-        let mut fds = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 2];
-        let mut n = 0;
+    /// Waits in poll(2) until a UDP socket is readable, a connect in flight has ended, or
+    /// `wait` passes; `fds` and `polled` then hold what was waited on and what happened.
+    fn wait(&mut self, wait: Duration) {
+        self.fds.clear();
+        self.polled.clear();
         for socket in [&self.net.v4, &self.net.v6].into_iter().flatten() {
-            fds[n].fd = socket.as_raw_fd();
-            n += 1;
+            self.fds.push(libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
+        self.book.connect_fds(&mut self.fds, &mut self.polled);
         // Rounded up, so that a deadline 0.4 ms away is not polled for in a busy loop.
         let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        if wait_readable(&mut fds[..n], ms).is_err() {
+        if wait_readable(&mut self.fds, ms).is_err() {
             std::thread::sleep(wait);
         }
+    }
+
+    /// Finishes the connects the last wait saw end.
+    fn connects_ended(&mut self) {
+        let first = self.fds.len() - self.polled.len();
+        let ready = self.polled.iter().copied().zip(self.fds[first..].iter().map(|p| p.revents));
+        self.book.connects_ended(ready);
     }
 
     /// Reads what both sockets hold (a bounded burst each) and takes each datagram.
@@ -643,6 +885,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
+    use crate::lb::Transport;
     use crate::stun::attr::XorMappedAddress;
     use crate::stun::registry::{ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME};
 
@@ -784,15 +1027,15 @@ mod tests {
             let seen: Vec<Health> = results
                 .iter()
                 .map(|&r| {
-                    health = advance(health, &mut run, r, 2, 2);
+                    health = advance(health, &mut run, r.into(), 2, 2);
                     health
                 })
                 .collect();
             assert_eq!(&seen, expected, "from {start:?} through {results:?}");
         }
         // rise = fall = 0 behaves as 1.
-        assert_eq!(advance(Up, &mut Run::default(), Timeout, 0, 0), Down);
-        assert_eq!(advance(Down, &mut Run::default(), Pass, 0, 0), Up);
+        assert_eq!(advance(Up, &mut Run::default(), Timeout.into(), 0, 0), Down);
+        assert_eq!(advance(Down, &mut Run::default(), Pass.into(), 0, 0), Up);
     }
 
     #[test]
@@ -920,24 +1163,46 @@ mod tests {
         let e = Arc::clone(&st.entries[0]);
         let checker = HealthChecker::spawn(st).unwrap();
         wait_for("up", || e.health() == Health::Up);
-
-        silent.store(true, Ordering::Relaxed);
-        wait_for("one timeout", || e.probes(ProbeResult::Timeout) >= 1);
-        if e.probes(ProbeResult::Timeout) == 1 {
-            assert_eq!(e.health(), Health::Up, "one failure is not `fall`");
-        }
-        wait_for("down", || e.health() == Health::Down);
-        assert_eq!(e.probes(ProbeResult::Timeout), 2, "down after exactly `fall` timeouts");
-        let oks_when_down = e.probes(ProbeResult::Ok);
-
-        silent.store(false, Ordering::Relaxed);
-        wait_for("one Ok", || e.probes(ProbeResult::Ok) > oks_when_down);
-        if e.probes(ProbeResult::Ok) == oks_when_down + 1 {
-            assert_eq!(e.health(), Health::Down, "one Ok is not `rise`");
-        }
-        wait_for("up again", || e.health() == Health::Up);
-        assert_eq!(e.probes(ProbeResult::Ok), oks_when_down + 2, "up after exactly `rise` Oks");
+        let probes = |r| e.probes(r);
+        let count = |ok| if ok { probes(ProbeResult::Ok) } else { probes(ProbeResult::Timeout) };
+        falls_then_rises(
+            || e.health(),
+            count,
+            || silent.store(true, Ordering::Relaxed),
+            || silent.store(false, Ordering::Relaxed),
+        );
         checker.stop();
+    }
+
+    /// With an address up (rise and fall 2), breaks it with `fail` and checks that it goes
+    /// down after exactly `fall` failures, then mends it with `mend` and checks that it comes
+    /// back after exactly `rise` passes; returns what `mend` returned. `health` reads its
+    /// state, `count(true)` its passes and `count(false)` the failures `fail` causes. Exact
+    /// counts need an interval of about 100 ms (they stay put that long).
+    fn falls_then_rises<T>(
+        health: impl Fn() -> Health,
+        count: impl Fn(bool) -> u64,
+        fail: impl FnOnce(),
+        mend: impl FnOnce() -> T,
+    ) -> T {
+        assert_eq!(health(), Health::Up);
+        let failed = count(false);
+        fail();
+        wait_for("one failure", || count(false) > failed);
+        if count(false) == failed + 1 {
+            assert_eq!(health(), Health::Up, "one failure is not `fall`");
+        }
+        wait_for("down", || health() == Health::Down);
+        assert_eq!(count(false), failed + 2, "down after exactly `fall` failures");
+        let passed = count(true);
+        let mended = mend();
+        wait_for("one pass", || count(true) > passed);
+        if count(true) == passed + 1 {
+            assert_eq!(health(), Health::Down, "one pass is not `rise`");
+        }
+        wait_for("up again", || health() == Health::Up);
+        assert_eq!(count(true), passed + 2, "up after exactly `rise` passes");
+        mended
     }
 
     #[test]
@@ -1117,6 +1382,99 @@ mod tests {
         checker.stop();
     }
 
+    /// A TCP listener on `addr` (port 0: any free one) with SO_REUSEADDR, so that a test can
+    /// listen on a port again at once after dropping the listener, and a `backlog` (its probes
+    /// are reset, never accepted, and stay queued).
+    fn listener(addr: SocketAddr, backlog: i32) -> (Socket, SocketAddr) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        socket.listen(backlog).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        (socket, addr)
+    }
+
+    /// A loopback TCP port nothing listens on (for now).
+    fn closed_port() -> SocketAddr {
+        listener("127.0.0.1:0".parse().unwrap(), 1).1
+    }
+
+    #[test]
+    fn a_tcp_address_goes_down_after_fall_refusals_and_up_after_rise_connects() {
+        let fake = Fake::new(answer_401);
+        let (tcp, addr) = listener("127.0.0.1:0".parse().unwrap(), 1024);
+        // A 100 ms interval: the exact counts read below stay put for ~90 ms.
+        let settings = ProbeSettings { interval: 100 * MS, ..settings(ProbeKind::Allocate) };
+        let st = Arc::new(State::with_streams(&[("a", fake.addr, [Some(addr), None])], settings, None));
+        let (udp, e) = (Arc::clone(&st.entries[0]), st.streams[0][0].clone().unwrap());
+        let checker = HealthChecker::spawn(st).unwrap();
+        wait_for("up", || e.health() == Health::Up);
+        assert_eq!(e.probes(StreamResult::Ok), 1, "the first connect decides");
+        // Refused once nothing listens; connects again on a new listener on the same port.
+        let count = |ok| e.probes(if ok { StreamResult::Ok } else { StreamResult::Refused });
+        let _again = falls_then_rises(|| e.health(), count, || drop(tcp), || listener(addr, 1024));
+        checker.stop();
+        assert_eq!((e.probes(StreamResult::Timeout), e.probes(StreamResult::Error)), (0, 0));
+        assert_eq!(udp.health(), Health::Up, "the UDP address's health is its own");
+        assert_eq!(udp.probes(ProbeResult::Timeout), 0);
+    }
+
+    #[test]
+    fn a_connect_that_never_completes_times_out_and_a_tls_address_is_probed_alike() {
+        let fake = Fake::new(answer_401);
+        // A backlog of 0 never accepted: once one connection is queued, Linux drops the SYNs.
+        let (_full, stuck) = listener("127.0.0.1:0".parse().unwrap(), 0);
+        let refused = closed_port();
+        let st = Arc::new(State::with_streams(
+            &[("a", fake.addr, [Some(stuck), Some(refused)])],
+            settings(ProbeKind::Allocate),
+            None,
+        ));
+        let (tcp, tls) = (st.streams[0][0].clone().unwrap(), st.streams[0][1].clone().unwrap());
+        let checker = HealthChecker::spawn(st).unwrap();
+        wait_for("the stuck address down", || tcp.health() == Health::Down);
+        wait_for("the TLS address down", || tls.health() == Health::Down);
+        checker.stop();
+        assert!(tcp.probes(StreamResult::Timeout) >= 2, "timeouts: {}", tcp.probes(StreamResult::Timeout));
+        assert_eq!(tcp.probes(StreamResult::Refused), 0);
+        assert!(tls.probes(StreamResult::Refused) >= 1);
+        assert_eq!(tls.transport, Transport::Tls);
+    }
+
+    #[test]
+    fn replace_keeps_a_stream_addresss_health_and_run() {
+        let fake = Fake::new(answer_401);
+        let tcp = closed_port();
+        let mut slow = settings(ProbeKind::Allocate);
+        (slow.rise, slow.fall, slow.interval) = (1, 3, 100 * MS);
+        let first = Arc::new(State::with_streams(&[("a", fake.addr, [Some(tcp), None])], slow.clone(), None));
+        let e = first.streams[0][0].clone().unwrap();
+        let checker = HealthChecker::spawn(Arc::clone(&first)).unwrap();
+        wait_for("down at the first refusal", || e.health() == Health::Down);
+        // Up (rise 1) on a listener, then one refusal before the reload and two after: the run
+        // of failures carries over.
+        let (listening, _) = listener(tcp, 1024);
+        wait_for("up", || e.health() == Health::Up);
+        let refused = e.probes(StreamResult::Refused);
+        drop(listening);
+        wait_for("one more refusal", || e.probes(StreamResult::Refused) > refused);
+        let second = Arc::new(State::with_streams(&[("a", fake.addr, [Some(tcp), None])], slow, Some(&first)));
+        assert!(Arc::ptr_eq(second.streams[0][0].as_ref().unwrap(), &e));
+        checker.replace(second);
+        wait_for("down again", || e.health() == Health::Down);
+        assert_eq!(e.probes(StreamResult::Refused), refused + 3, "down after `fall`, counted across the reload");
+        checker.stop();
+    }
+
+    #[test]
+    fn connect_errors_are_classified() {
+        let err = |code| connect_error(&io::Error::from_raw_os_error(code));
+        assert_eq!(err(libc::ECONNREFUSED), StreamResult::Refused);
+        assert_eq!(err(libc::ETIMEDOUT), StreamResult::Timeout);
+        assert_eq!(err(libc::ENETUNREACH), StreamResult::Error);
+        assert_eq!(err(libc::EHOSTUNREACH), StreamResult::Error);
+    }
+
     #[test]
     fn stop_returns_promptly_and_the_thread_is_gone() {
         let fake = Fake::new(|_| None);
@@ -1141,13 +1499,7 @@ mod tests {
         let (e4, e6) = (Arc::clone(&st.entries[0]), Arc::clone(&st.entries[1]));
         let (commands, inbox) = mpsc::channel();
         let v4 = probe_socket("0.0.0.0:0".parse().unwrap()).unwrap();
-        let now = Instant::now();
-        let prober = Prober {
-            commands: inbox,
-            net: Net { v4: Some(v4), v6: None, out: [0; BUF_LEN], rng: Rng::new() },
-            book: Book { tracks: tracks(&st, Vec::new(), now, &mut Rng::new()), state: st },
-            recv: [0; BUF_LEN],
-        };
+        let prober = Prober::new(inbox, Net { v4: Some(v4), v6: None, out: [0; BUF_LEN], rng: Rng::new() }, st);
         let thread = std::thread::spawn(move || prober.run());
         wait_for("both probed", || e4.health() == Health::Up && e6.probes(ProbeResult::SendError) >= 2);
         commands.send(Command::Stop).unwrap();

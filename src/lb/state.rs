@@ -3,7 +3,9 @@
 //! probes) and the exporter (who reads everything at scrape time). One [`Entry`] per backend
 //! address, in the [`Pool`](super::Pool)'s index order; plain atomics, no lock. An entry
 //! survives a reload that keeps its backend's name and address, so a reload neither forgets a
-//! dead backend nor resets its counters.
+//! dead backend nor resets its counters. A backend address's TCP and TLS addresses (where it
+//! has them) have a [`StreamEntry`] each, the health of their own connect probes, carried over
+//! a reload that keeps the backend's name, the transport and the address.
 //!
 //! The redirect counters are shared atomics, not per-worker counters (DESIGN invariant 8 keeps
 //! per-worker counters for the packet path): a client sends its first Allocate to the balancer
@@ -12,10 +14,13 @@
 //! path never touches them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
+
+use super::Transport;
 
 /// What the health checks last concluded about a backend address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +68,25 @@ impl Health {
     }
 }
 
+/// A [`Health`] that one thread writes and others read, one relaxed atomic.
+#[derive(Debug)]
+struct HealthCell(AtomicU8);
+
+impl HealthCell {
+    fn new() -> HealthCell {
+        HealthCell(AtomicU8::new(Health::Unknown as u8))
+    }
+
+    #[inline]
+    fn get(&self) -> Health {
+        Health::from_u8(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, health: Health) -> Health {
+        Health::from_u8(self.0.swap(health as u8, Ordering::Relaxed))
+    }
+}
+
 /// How a probe ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -106,7 +130,7 @@ pub struct Entry {
     pub name: String,
     /// The address its clients are sent to and its probes go to.
     pub addr: SocketAddr,
-    health: AtomicU8,
+    health: HealthCell,
     redirects: CachePadded<AtomicU64>,
     probes: [AtomicU64; ProbeResult::ALL.len()],
     /// Round-trip times of answered probes: bucket counts (cumulative at export), then the sum
@@ -121,7 +145,7 @@ impl Entry {
         Entry {
             name: name.to_owned(),
             addr,
-            health: AtomicU8::new(Health::Unknown as u8),
+            health: HealthCell::new(),
             redirects: CachePadded::new(AtomicU64::new(0)),
             probes: Default::default(),
             probe_micros: Default::default(),
@@ -132,12 +156,12 @@ impl Entry {
     /// The current health.
     #[inline]
     pub fn health(&self) -> Health {
-        Health::from_u8(self.health.load(Ordering::Relaxed))
+        self.health.get()
     }
 
     /// Sets the health (the health thread); returns the previous one.
     pub fn set_health(&self, health: Health) -> Health {
-        Health::from_u8(self.health.swap(health as u8, Ordering::Relaxed))
+        self.health.set(health)
     }
 
     /// Counts one redirect to this backend (a worker, once per 300 sent).
@@ -174,6 +198,80 @@ impl Entry {
             std::array::from_fn(|i| self.probe_micros[i].load(Ordering::Relaxed)),
             self.probe_micros_sum.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// How a TCP connect probe of a backend's TCP or TLS address ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum StreamResult {
+    /// The connection was established (and reset at once).
+    Ok,
+    /// The backend's host refused it (a TCP RST to the SYN: nothing listens on the port).
+    Refused,
+    /// Not established within the timeout (a firewall dropping the SYN, a dead host).
+    Timeout,
+    /// Another failure: no route, no socket, an ICMP error.
+    Error,
+}
+
+impl StreamResult {
+    /// Every result, in index order.
+    pub const ALL: [StreamResult; 4] =
+        [StreamResult::Ok, StreamResult::Refused, StreamResult::Timeout, StreamResult::Error];
+
+    /// Its label value in metrics and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StreamResult::Ok => "ok",
+            StreamResult::Refused => "refused",
+            StreamResult::Timeout => "timeout",
+            StreamResult::Error => "error",
+        }
+    }
+}
+
+/// One backend address's TCP or TLS address: its identity, the health of its connect probes
+/// and their counters. Its health is [`Health::Unknown`], [`Health::Up`] or [`Health::Down`]
+/// (a connect cannot say "draining"); the workers give a client over its transport only a
+/// backend whose UDP [`Entry`] *and* this accept.
+#[derive(Debug)]
+pub struct StreamEntry {
+    /// The backend's name in the configuration (the `backend` label).
+    pub name: String,
+    /// [`Transport::Tcp`] or [`Transport::Tls`].
+    pub transport: Transport,
+    /// The address its clients over `transport` are sent to and its connect probes go to.
+    pub addr: SocketAddr,
+    health: HealthCell,
+    probes: [AtomicU64; StreamResult::ALL.len()],
+}
+
+impl StreamEntry {
+    /// A fresh entry, health [`Health::Unknown`], every counter 0.
+    pub fn new(name: &str, transport: Transport, addr: SocketAddr) -> StreamEntry {
+        StreamEntry { name: name.to_owned(), transport, addr, health: HealthCell::new(), probes: Default::default() }
+    }
+
+    /// The current health.
+    #[inline]
+    pub fn health(&self) -> Health {
+        self.health.get()
+    }
+
+    /// Sets the health (the health thread); returns the previous one.
+    pub fn set_health(&self, health: Health) -> Health {
+        self.health.set(health)
+    }
+
+    /// Counts one probe's result.
+    pub fn count_probe(&self, result: StreamResult) {
+        self.probes[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Probes that ended with `result`.
+    pub fn probes(&self, result: StreamResult) -> u64 {
+        self.probes[result as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -245,36 +343,90 @@ impl Default for ProbeSettings {
     }
 }
 
-/// The pool's live state: one entry per backend address (the pool's index order) and the probe
-/// settings. Replaced whole on a reload, keeping the entries whose name and address stayed.
+/// One backend address as [`State::with_streams`] takes it: the backend's name, the address,
+/// and its TCP and TLS addresses (indexed by [`Transport::stream_index`]).
+pub type Named<'a> = (&'a str, SocketAddr, [Option<SocketAddr>; 2]);
+
+/// The pool's live state: one entry per backend address (the pool's index order), the health
+/// of each one's TCP and TLS addresses, and the probe settings. Replaced whole on a reload,
+/// keeping the entries whose name and address stayed.
 #[derive(Debug)]
 pub struct State {
     /// The entries, indexed like the pool's backends.
-    pub entries: Box<[std::sync::Arc<Entry>]>,
+    pub entries: Box<[Arc<Entry>]>,
+    /// Per entry (same index): its TCP and TLS addresses' entries, indexed by
+    /// [`Transport::stream_index`]; `None` where it has no address for that transport.
+    pub streams: Box<[[Option<Arc<StreamEntry>>; 2]]>,
     /// How they are probed.
     pub probe: ProbeSettings,
 }
 
 impl State {
-    /// The state for `backends` (name, address), taking each entry that `previous` has for the
-    /// same name and address (health and counters carried over), a fresh one otherwise.
+    /// The state for `backends` (name, address) without TCP or TLS addresses: see
+    /// [`State::with_streams`].
     pub fn new(backends: &[(&str, SocketAddr)], probe: ProbeSettings, previous: Option<&State>) -> State {
+        let named: Vec<Named<'_>> = backends.iter().map(|&(name, addr)| (name, addr, [None; 2])).collect();
+        State::with_streams(&named, probe, previous)
+    }
+
+    /// The state for `backends` (name, address, TCP and TLS addresses), taking each entry that
+    /// `previous` has for the same name and address (health and counters carried over), a
+    /// fresh one otherwise; likewise each TCP or TLS entry that `previous` has for the same
+    /// name, transport and address (whatever the UDP address it came with).
+    pub fn with_streams(backends: &[Named<'_>], probe: ProbeSettings, previous: Option<&State>) -> State {
         let entries = backends
             .iter()
-            .map(|&(name, addr)| {
+            .map(|&(name, addr, _)| {
                 previous
                     .and_then(|p| p.entries.iter().find(|e| e.name == name && e.addr == addr))
                     .cloned()
-                    .unwrap_or_else(|| std::sync::Arc::new(Entry::new(name, addr)))
+                    .unwrap_or_else(|| Arc::new(Entry::new(name, addr)))
             })
             .collect();
-        State { entries, probe }
+        let streams = backends
+            .iter()
+            .map(|&(name, _, stream)| {
+                let carried = |transport: Transport, addr: SocketAddr| {
+                    previous?
+                        .streams
+                        .iter()
+                        .flatten()
+                        .flatten()
+                        .find(|s| s.name == name && s.transport == transport && s.addr == addr)
+                        .cloned()
+                };
+                [Transport::Tcp, Transport::Tls].map(|transport| {
+                    let addr = transport.stream_index().and_then(|t| stream[t])?;
+                    Some(carried(transport, addr).unwrap_or_else(|| Arc::new(StreamEntry::new(name, transport, addr))))
+                })
+            })
+            .collect();
+        State { entries, streams, probe }
     }
 
     /// Whether backend `index` gets new clients (false past the end).
     #[inline]
     pub fn accepts(&self, index: usize) -> bool {
         self.entries.get(index).is_some_and(|e| e.health().accepts())
+    }
+
+    /// Backend `index`'s address for stream transport `t` ([`Transport::stream_index`]), up or
+    /// not; `None` when it has none (or past the end).
+    #[inline]
+    pub fn stream_addr(&self, index: usize, t: usize) -> Option<SocketAddr> {
+        Some(self.stream(index, t)?.addr)
+    }
+
+    /// Whether backend `index` has an address for stream transport `t` whose connect probes
+    /// accept it (up, or not probed yet). Says nothing of its UDP health ([`State::accepts`]).
+    #[inline]
+    pub fn stream_accepts(&self, index: usize, t: usize) -> bool {
+        self.stream(index, t).is_some_and(|s| s.health().accepts())
+    }
+
+    #[inline]
+    fn stream(&self, index: usize, t: usize) -> Option<&StreamEntry> {
+        self.streams.get(index)?.get(t)?.as_deref()
     }
 }
 
@@ -317,11 +469,46 @@ mod tests {
         old.entries[0].set_health(Health::Down);
         old.entries[0].count_redirect();
         let new = State::new(&[("b", b), ("a", a), ("c", a)], ProbeSettings::default(), Some(&old));
-        assert!(std::sync::Arc::ptr_eq(&new.entries[1], &old.entries[0]), "a kept");
-        assert!(std::sync::Arc::ptr_eq(&new.entries[0], &old.entries[1]), "b kept");
+        assert!(Arc::ptr_eq(&new.entries[1], &old.entries[0]), "a kept");
+        assert!(Arc::ptr_eq(&new.entries[0], &old.entries[1]), "b kept");
         assert_eq!(new.entries[1].health(), Health::Down);
         assert_eq!(new.entries[1].redirects(), 1);
         assert_eq!(new.entries[2].health(), Health::Unknown, "a new name is a new entry");
         assert!(!new.accepts(1) && new.accepts(0) && new.accepts(2) && !new.accepts(3));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_stream_entries_of_the_same_name_transport_and_address() {
+        let (a, b): (SocketAddr, SocketAddr) = ("192.0.2.1:3478".parse().unwrap(), "192.0.2.2:3478".parse().unwrap());
+        let (tcp, tls): (SocketAddr, SocketAddr) =
+            ("192.0.2.1:3478".parse().unwrap(), "192.0.2.1:5349".parse().unwrap());
+        let old = State::with_streams(
+            &[("a", a, [Some(tcp), Some(tls)]), ("b", b, [None; 2])],
+            ProbeSettings::default(),
+            None,
+        );
+        let old_tcp = old.streams[0][0].clone().unwrap();
+        old_tcp.set_health(Health::Down);
+        old_tcp.count_probe(StreamResult::Refused);
+        assert_eq!((old_tcp.transport, old_tcp.addr, old_tcp.name.as_str()), (Transport::Tcp, tcp, "a"));
+        assert_eq!(old.streams[0][1].as_ref().unwrap().transport, Transport::Tls);
+        assert!(!old.stream_accepts(0, 0) && old.stream_accepts(0, 1) && !old.stream_accepts(1, 0));
+        assert_eq!((old.stream_addr(0, 1), old.stream_addr(1, 0), old.stream_addr(9, 0)), (Some(tls), None, None));
+        // `a` moved its UDP port (a new UDP entry) and its TLS port; its TCP address stayed.
+        let a2: SocketAddr = "192.0.2.1:3479".parse().unwrap();
+        let tls2: SocketAddr = "192.0.2.1:5350".parse().unwrap();
+        let new = State::with_streams(
+            &[("b", b, [Some(tcp), None]), ("a", a2, [Some(tcp), Some(tls2)])],
+            ProbeSettings::default(),
+            Some(&old),
+        );
+        assert!(Arc::ptr_eq(new.streams[1][0].as_ref().unwrap(), &old_tcp), "a's TCP address kept");
+        assert_eq!(new.streams[1][0].as_ref().unwrap().probes(StreamResult::Refused), 1);
+        assert!(!new.stream_accepts(1, 0));
+        assert_eq!(new.streams[1][1].as_ref().unwrap().health(), Health::Unknown, "a new TLS address");
+        assert_eq!(new.entries[1].health(), Health::Unknown, "a new UDP address");
+        assert!(!Arc::ptr_eq(new.streams[0][0].as_ref().unwrap(), &old_tcp), "another backend's is its own");
+        assert!(new.stream_accepts(0, 0));
+        assert!(State::new(&[("a", a)], ProbeSettings::default(), Some(&old)).streams[0].iter().all(Option::is_none));
     }
 }

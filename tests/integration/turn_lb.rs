@@ -15,9 +15,13 @@
 //! - the authenticated health probe against coturn: up with the right password, down with a
 //!   wrong one;
 //! - over TCP and TLS (stunedge's stream listeners): uclient `-t` and `-t -S` redirected to the
-//!   backend's TCP and TLS ports, relaying every packet.
+//!   backend's TCP and TLS ports, relaying every packet;
+//! - TCP health: a backend whose UDP address answers but whose TCP port is closed gets no
+//!   Allocate over TCP (every one goes to the backend whose TCP port is up) and keeps its UDP
+//!   clients; `stunedge_turn_backend_stream_up` shows which port is down.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -238,9 +242,8 @@ struct Answer {
     signed: bool,
 }
 
-/// An unauthenticated Allocate (REQUESTED-TRANSPORT UDP) of `method` sent from `from` to
-/// `server`; its answer (retransmitted until one comes, within 2 s).
-fn ask(from: &UdpSocket, server: SocketAddr, method: u16) -> Answer {
+/// An unauthenticated request of `method` with REQUESTED-TRANSPORT UDP and FINGERPRINT.
+fn request(method: u16) -> Vec<u8> {
     let mut buf = [0u8; 1500];
     let mut id = [0u8; 16];
     id[..4].copy_from_slice(&0x2112_A442u32.to_be_bytes());
@@ -249,25 +252,55 @@ fn ask(from: &UdpSocket, server: SocketAddr, method: u16) -> Answer {
     w.add_raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]).unwrap();
     w.add_fingerprint().unwrap();
     let n = w.finish();
-    let request = buf[..n].to_vec();
+    buf[..n].to_vec()
+}
+
+/// What the answer `bytes` says.
+fn answer(bytes: &[u8]) -> Answer {
+    let m = Message::parse(bytes).unwrap();
+    let key = m.cookie_and_id();
+    Answer {
+        code: m.get::<ErrorCode>().map_or(0, |e| e.unwrap().code),
+        alternates: m
+            .attributes()
+            .filter(|a| a.attr_type == ATTR_ALTERNATE_SERVER)
+            .map(|a| AlternateServer::decode(a.value, &key).unwrap().0)
+            .collect(),
+        signed: m.attribute(ATTR_MESSAGE_INTEGRITY).is_some(),
+    }
+}
+
+/// An unauthenticated Allocate (REQUESTED-TRANSPORT UDP) of `method` sent from `from` to
+/// `server`; its answer (retransmitted until one comes, within 2 s).
+fn ask(from: &UdpSocket, server: SocketAddr, method: u16) -> Answer {
+    let request = request(method);
+    let mut buf = [0u8; 1500];
     from.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     for _ in 0..10 {
         from.send_to(&request, server).unwrap();
         if let Ok((n, _)) = from.recv_from(&mut buf) {
-            let m = Message::parse(&buf[..n]).unwrap();
-            let key = m.cookie_and_id();
-            return Answer {
-                code: m.get::<ErrorCode>().map_or(0, |e| e.unwrap().code),
-                alternates: m
-                    .attributes()
-                    .filter(|a| a.attr_type == ATTR_ALTERNATE_SERVER)
-                    .map(|a| AlternateServer::decode(a.value, &key).unwrap().0)
-                    .collect(),
-                signed: m.attribute(ATTR_MESSAGE_INTEGRITY).is_some(),
-            };
+            return answer(&buf[..n]);
         }
     }
     panic!("{server} never answered {method:#x} from {}", from.local_addr().unwrap());
+}
+
+/// An Allocate over a new TCP connection from `ip` (any port) to `server` (RFC 8489 §6.2.2:
+/// the message as is, the answer read by its header's length); its answer and the
+/// connection's source address.
+fn ask_tcp(ip: IpAddr, server: SocketAddr) -> (Answer, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+    socket.connect_timeout(&server.into(), Duration::from_secs(2)).unwrap();
+    let mut stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let from = stream.local_addr().unwrap();
+    stream.write_all(&request(0x0003)).unwrap();
+    let mut buf = vec![0u8; 20];
+    stream.read_exact(&mut buf).unwrap_or_else(|e| panic!("no answer over TCP from {from}: {e}"));
+    buf.resize(20 + usize::from(u16::from_be_bytes([buf[2], buf[3]])), 0);
+    stream.read_exact(&mut buf[20..]).unwrap();
+    (answer(&buf), from)
 }
 
 /// A transaction ID from std's per-process random hash keys (each RandomState is new keys).
@@ -636,4 +669,86 @@ fn uclient_over_tcp_and_tls_follows_the_redirect_to_the_backends_port_for_that_t
     }
     let series = format!("stunedge_turn_redirects_total{{backend=\"b1\",address=\"{}\"}}", b1.addr);
     assert!(metric(admin, &series) >= 2.0, "both redirects counted for the backend: {m}");
+}
+
+/// A TCP listener on `addr` that accepts and closes every connection (the health probe's
+/// connects), for up to 120 s.
+fn tcp_listening(addr: SocketAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            while listener.accept().is_ok() {}
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    addr
+}
+
+/// TCP health: backend `a` answers its UDP probes but nothing listens on its TCP port; `b`
+/// has both. Every Allocate over TCP, from 64 client addresses and two source ports each, is
+/// redirected to `b`'s TCP address, while Allocates over UDP from the same addresses still
+/// go to both; the TCP port's state is exported and its change logged.
+#[test]
+fn allocates_over_tcp_go_only_to_backends_whose_tcp_port_is_up_and_udp_ones_still_to_both() {
+    let (a, b): (SocketAddr, SocketAddr) = (
+        format!("127.0.27.2:{}", free_port()).parse().unwrap(),
+        format!("127.0.27.3:{}", free_port()).parse().unwrap(),
+    );
+    let (_a, _b) = (fake_backend(a), fake_backend(b));
+    // A port nothing listens on: bound, then closed.
+    let a_tcp = std::net::TcpListener::bind("127.0.27.2:0").unwrap().local_addr().unwrap();
+    let b_tcp = tcp_listening("127.0.27.3:0".parse().unwrap());
+    let lb: SocketAddr = format!("127.0.27.1:{}", free_port()).parse().unwrap();
+    let fields = format!(
+        "probe_interval = 0.2\nprobe_timeout = 0.1\nfall = 2\nrise = 2\n\
+         backends = [{{ name = \"a\", udp = [\"{a}\"], tcp = [\"{a_tcp}\"] }}, \
+         {{ name = \"b\", udp = [\"{b}\"], tcp = [\"{b_tcp}\"] }}]\n"
+    );
+    let (mut server, admin) = balancer("lb-tcp-health.toml", lb, &fields, &format!("[stream]\ntcp = [\"{lb}\"]\n"));
+    let stream_up = |name: &str, addr: SocketAddr| {
+        metric(
+            admin,
+            &format!("stunedge_turn_backend_stream_up{{backend=\"{name}\",address=\"{addr}\",transport=\"tcp\"}}"),
+        )
+    };
+    let up = |name: &str, addr: SocketAddr| {
+        metric(admin, &format!("stunedge_turn_backend_up{{backend=\"{name}\",address=\"{addr}\"}}"))
+    };
+    wait_for("a's TCP port down, b's up", Duration::from_secs(5), || {
+        stream_up("a", a_tcp) == 0.0 && stream_up("b", b_tcp) == 1.0
+    });
+    assert_eq!((up("a", a), up("b", b)), (1.0, 1.0), "both UDP addresses answer their probes");
+    let refused = format!(
+        "stunedge_turn_backend_stream_probes_total{{backend=\"a\",address=\"{a_tcp}\",transport=\"tcp\",result=\"refused\"}}"
+    );
+    assert!(metric(admin, &refused) >= 2.0, "{refused}");
+
+    let mut udp_to_a = 0;
+    for i in 1..=64u8 {
+        let ip = IpAddr::from([127, 0, 28, i]);
+        let mut ports = Vec::new();
+        for _ in 0..2 {
+            let (answer, from) = ask_tcp(ip, lb);
+            assert_eq!(answer.code, 300, "{from}: {answer:?}");
+            assert_eq!(answer.alternates, [b_tcp], "{from} is sent to b's TCP address");
+            ports.push(from.port());
+        }
+        assert_ne!(ports[0], ports[1]);
+        let to = chosen(lb, &ip.to_string());
+        assert!(to == a || to == b, "{ip} over UDP: {to}");
+        udp_to_a += usize::from(to == a);
+    }
+    // 64 addresses over two equal backends: none on a has probability 2^-64.
+    assert!(udp_to_a > 0, "a still gets UDP clients");
+    assert_eq!(stream_up("a", a_tcp), 0.0);
+    let log = server.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("TURN backend stream address down")
+            && l.contains("backend=a ")
+            && l.contains(&a_tcp.to_string())),
+        "the TCP port's change is logged: {log}"
+    );
 }
