@@ -523,8 +523,8 @@ const METRICS: &[Row] = &[
     ),
     row(
         "stunedge_turn_backend_stream_probes_total",
-        "TCP connect probes of the TURN backend's TCP or TLS address by result: ok, refused, timeout, error \
-         (no TLS handshake is made).",
+        "TCP connect probes of the TURN backend's TCP or TLS address by result: ok, refused, timeout, error, \
+         local_error (no probe could be made here; the state is left as it was). No TLS handshake is made.",
         &["backend", "address", "transport", "result"],
         Source::Turn(TurnSeries::StreamProbes),
     ),

@@ -211,14 +211,18 @@ pub enum StreamResult {
     Refused,
     /// Not established within the timeout (a firewall dropping the SYN, a dead host).
     Timeout,
-    /// Another failure: no route, no socket, an ICMP error.
+    /// Another failure: no route, an ICMP error.
     Error,
+    /// No probe could be made from here (out of file descriptors or buffers, no local
+    /// address): counted, but it says nothing about the backend, whose health is left as it
+    /// was.
+    LocalError,
 }
 
 impl StreamResult {
     /// Every result, in index order.
-    pub const ALL: [StreamResult; 4] =
-        [StreamResult::Ok, StreamResult::Refused, StreamResult::Timeout, StreamResult::Error];
+    pub const ALL: [StreamResult; 5] =
+        [StreamResult::Ok, StreamResult::Refused, StreamResult::Timeout, StreamResult::Error, StreamResult::LocalError];
 
     /// Its label value in metrics and logs.
     pub const fn name(self) -> &'static str {
@@ -227,6 +231,7 @@ impl StreamResult {
             StreamResult::Refused => "refused",
             StreamResult::Timeout => "timeout",
             StreamResult::Error => "error",
+            StreamResult::LocalError => "local_error",
         }
     }
 }

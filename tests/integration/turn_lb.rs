@@ -672,19 +672,21 @@ fn uclient_over_tcp_and_tls_follows_the_redirect_to_the_backends_port_for_that_t
 }
 
 /// A TCP listener on `addr` that accepts and closes every connection (the health probe's
-/// connects), for up to 120 s.
-fn tcp_listening(addr: SocketAddr) -> SocketAddr {
+/// connects) until the returned guard is dropped (120 s at most).
+fn tcp_listening(addr: SocketAddr) -> (SocketAddr, Fake) {
     let listener = std::net::TcpListener::bind(addr).unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
     std::thread::spawn(move || {
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(120) {
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
             while listener.accept().is_ok() {}
             std::thread::sleep(Duration::from_millis(20));
         }
     });
-    addr
+    (addr, Fake(stop))
 }
 
 /// TCP health: backend `a` answers its UDP probes but nothing listens on its TCP port; `b`
@@ -700,7 +702,7 @@ fn allocates_over_tcp_go_only_to_backends_whose_tcp_port_is_up_and_udp_ones_stil
     let (_a, _b) = (fake_backend(a), fake_backend(b));
     // A port nothing listens on: bound, then closed.
     let a_tcp = std::net::TcpListener::bind("127.0.27.2:0").unwrap().local_addr().unwrap();
-    let b_tcp = tcp_listening("127.0.27.3:0".parse().unwrap());
+    let (b_tcp, _b_listening) = tcp_listening("127.0.27.3:0".parse().unwrap());
     let lb: SocketAddr = format!("127.0.27.1:{}", free_port()).parse().unwrap();
     let fields = format!(
         "probe_interval = 0.2\nprobe_timeout = 0.1\nfall = 2\nrise = 2\n\
@@ -717,14 +719,25 @@ fn allocates_over_tcp_go_only_to_backends_whose_tcp_port_is_up_and_udp_ones_stil
     let up = |name: &str, addr: SocketAddr| {
         metric(admin, &format!("stunedge_turn_backend_up{{backend=\"{name}\",address=\"{addr}\"}}"))
     };
-    wait_for("a's TCP port down, b's up", Duration::from_secs(5), || {
-        stream_up("a", a_tcp) == 0.0 && stream_up("b", b_tcp) == 1.0
-    });
-    assert_eq!((up("a", a), up("b", b)), (1.0, 1.0), "both UDP addresses answer their probes");
     let refused = format!(
         "stunedge_turn_backend_stream_probes_total{{backend=\"a\",address=\"{a_tcp}\",transport=\"tcp\",result=\"refused\"}}"
     );
-    assert!(metric(admin, &refused) >= 2.0, "{refused}");
+    let answered = |name: &str, addr: SocketAddr| {
+        metric(
+            admin,
+            &format!("stunedge_turn_backend_probes_total{{backend=\"{name}\",address=\"{addr}\",result=\"ok\"}}"),
+        )
+    };
+    // Both UDP addresses answered their probes (not merely unprobed); a's TCP port was refused
+    // more than once.
+    wait_for("a's TCP port down, b's up, both UDP addresses probed", Duration::from_secs(5), || {
+        stream_up("a", a_tcp) == 0.0
+            && stream_up("b", b_tcp) == 1.0
+            && metric(admin, &refused) >= 2.0
+            && answered("a", a) >= 1.0
+            && answered("b", b) >= 1.0
+    });
+    assert_eq!((up("a", a), up("b", b)), (1.0, 1.0), "both UDP addresses answer their probes");
 
     let mut udp_to_a = 0;
     for i in 1..=64u8 {
