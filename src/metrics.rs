@@ -1411,16 +1411,16 @@ mod tests {
         for (state, n) in [("unknown", 1), ("up", 1), ("down", 1), ("draining", 2)] {
             expected.push(format!(r#"stunedge_turn_backends{{state="{state}"}} {n}"#));
         }
-        // (backend, stream address, transport, up, probes ok/refused/timeout/error)
+        // (backend, stream address, transport, up, probes ok/refused/timeout/error/local_error)
         let streams = [
-            ("a", "192.0.2.1:3478", "tcp", 0, [1, 3, 0, 0]),
-            ("a", "192.0.2.1:5349", "tls", 1, [0; 4]),
-            ("b", "[2001:db8::2]:443", "tcp", 1, [2, 0, 1, 1]),
+            ("a", "192.0.2.1:3478", "tcp", 0, [1, 3, 0, 0, 0]),
+            ("a", "192.0.2.1:5349", "tls", 1, [0; 5]),
+            ("b", "[2001:db8::2]:443", "tcp", 1, [2, 0, 1, 1, 0]),
         ];
         for (name, address, transport, up, probes) in streams {
             let id = format!(r#"backend="{name}",address="{address}",transport="{transport}""#);
             expected.push(format!("stunedge_turn_backend_stream_up{{{id}}} {up}"));
-            for (result, n) in ["ok", "refused", "timeout", "error"].iter().zip(probes) {
+            for (result, n) in ["ok", "refused", "timeout", "error", "local_error"].iter().zip(probes) {
                 expected.push(format!(r#"stunedge_turn_backend_stream_probes_total{{{id},result="{result}"}} {n}"#));
             }
         }
