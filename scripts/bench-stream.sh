@@ -35,6 +35,11 @@
 #      nothing more and waits), and its refused/closed counters by reason. The cgroup is removed
 #      on exit (its tasks moved back first), also on failure or Ctrl-C; without a usable cpu
 #      cgroup (needs root) part b exits 2 before anything runs.
+#   c. TLS handshakes: server CPU per full handshake (TLS 1.3, then TLS 1.2), stunedge's [stream]
+#      tls listener (threads = 1, pinned to SERVER_CPU) against `openssl s_server` with the same
+#      P-256 certificate, alternating REPS times; the client is `openssl s_time -new` (a new
+#      session per connection, nothing sent after the handshake) on GEN_CPU for DURATION seconds.
+#      Server CPU from /proc/PID/stat around the run ÷ the handshakes s_time completed.
 #
 # Writes RESULTS (default bench/results/<date>-vm-stream.md). Stops only what it started (by PID).
 # Raises `ulimit -n` (the flood needs a descriptor per connection, on both sides).
@@ -44,7 +49,7 @@
 #   FLOOD_IDLE (10000), FLOOD_SLOWLORIS (500), FLOOD_HANDSHAKE (500), TCP_CLIENTS (20),
 #   TCP_RATE (200: 10 requests/s per connection), SERVER_CPU (0), GEN_CPU (1: the generator and
 #   the flood client), UDP_QUOTA (0.4: part b's cap on the UDP worker thread(s), a fraction of one
-#   CPU, 0.05 to 1.0), PARTS ("a b"), BIN_DIR (prebuilt stunedge, stunedge-bench, stunedge-flood;
+#   CPU, 0.05 to 1.0), PARTS ("a b c"), BIN_DIR (prebuilt stunedge, stunedge-bench, stunedge-flood;
 #   default: cargo build --release), RESULTS, COMMIT, KEEP_WORK (a directory to copy the raw files to).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +66,7 @@ TCP_RATE=${TCP_RATE:-200}
 SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 UDP_QUOTA=${UDP_QUOTA:-0.4}
-PARTS=${PARTS:-"a b"}
+PARTS=${PARTS:-"a b c"}
 RESULTS=${RESULTS:-bench/results/$(date +%F)-vm-stream.md}
 (( REPS >= 1 )) || { echo "bench-stream.sh: REPS must be at least 1" >&2; exit 2; }
 awk -v q="$UDP_QUOTA" 'BEGIN { exit !(q ~ /^([0-9]+(\.[0-9]*)?|\.[0-9]+)$/ && q + 0 >= 0.05 && q + 0 <= 1.0) }' ||
@@ -228,7 +233,12 @@ jget() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))
 for k in sys.argv[2:]: v=v[k]
 print(v)' "$@"; }
 
-A_EDGE=34782; A_COTURN=34781; B_PORT=34780; B_TLS=53490; B_ADMIN=19490
+A_EDGE=34782; A_COTURN=34781; B_PORT=34780; B_TLS=53490; B_ADMIN=19490; C_EDGE=53491; C_OPENSSL=53492
+# The P-256 test certificate of parts b and c.
+if [[ " $PARTS " == *" b "* || " $PARTS " == *" c "* ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=stun.test \
+    -addext subjectAltName=DNS:stun.test,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+fi
 
 # --- part a ---------------------------------------------------------------------------------
 a_cmd() {
@@ -376,8 +386,6 @@ b_measure() {
 }
 
 if [[ " $PARTS " == *" b "* ]]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=stun.test \
-    -addext subjectAltName=DNS:stun.test,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
   printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\ncpus = [%s]\n[admin]\nlisten = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n[stream]\ntcp = ["127.0.0.1:%s"]\ntls = ["127.0.0.1:%s"]\ncertificate = "%s"\nprivate_key = "%s"\nthreads = 1\n' \
     "$B_PORT" "$SERVER_CPU" "$B_ADMIN" "$B_PORT" "$B_TLS" "$work/cert.pem" "$work/key.pem" > "$work/b-stunedge.toml"
   b_server="$BIN/stunedge serve -c $work/b-stunedge.toml"
@@ -443,16 +451,63 @@ if [[ " $PARTS " == *" b "* ]]; then
   stop "$edge"
 fi
 
+# --- part c ---------------------------------------------------------------------------------
+c_cmd() {
+  case $1 in
+    stunedge)
+      printf '[server]\nlisten = ["127.0.0.1:%s"]\n[io]\ncpus = [%s]\n[admin]\nlisten = ""\n[log]\nlevel = "warn"\n[stream]\ntls = ["127.0.0.1:%s"]\ncertificate = "%s"\nprivate_key = "%s"\nthreads = 1\ncpus = [%s]\n' \
+        "$C_EDGE" "$SERVER_CPU" "$C_EDGE" "$work/cert.pem" "$work/key.pem" "$SERVER_CPU" > "$work/c-stunedge.toml"
+      echo "$BIN/stunedge serve -c $work/c-stunedge.toml";;
+    openssl)
+      echo "openssl s_server -accept 127.0.0.1:$C_OPENSSL -cert $work/cert.pem -key $work/key.pem -quiet -naccept 1000000";;
+  esac
+}
+c_port() { case $1 in stunedge) echo "$C_EDGE";; openssl) echo "$C_OPENSSL";; esac; }
+
+# c_run SERVER VERSION OUT: start, handshake for DURATION s, stop; OUT holds "handshakes ticks".
+c_run() {
+  local name=$1 version=$2 out=$3 pid t0 t1 port n
+  port=$(c_port "$name")
+  # shellcheck disable=SC2046
+  taskset -c "$SERVER_CPU" $(c_cmd "$name") > "$work/c-$name.log" 2>&1 < /dev/null &
+  pid=$!; started+=("$pid")
+  wait_tcp 127.0.0.1 "$port"
+  sleep 0.3
+  t0=$(cpu_ticks "$pid")
+  n=$(taskset -c "$GEN_CPU" openssl s_time -connect "127.0.0.1:$port" -new -time "$DURATION" "-$version" 2>&1 |
+    awk '/connections in .* real seconds/ { print $1; exit }')
+  t1=$(cpu_ticks "$pid")
+  stop "$pid"
+  echo "${n:-0} $(( t1 - t0 ))" > "$out"
+}
+
+if [[ " $PARTS " == *" c "* ]]; then
+  echo "== part c: TLS handshakes, openssl s_time -new for ${DURATION}s, $REPS × {stunedge openssl} × {TLS 1.3, 1.2}"
+  for rep in $(seq "$REPS"); do
+    for version in tls1_3 tls1_2; do
+      for s in stunedge openssl; do
+        c_run "$s" "$version" "$work/c-$s.$version.$rep"
+        read -r n ticks < "$work/c-$s.$version.$rep"
+        (( n > 0 )) || { echo "bench-stream.sh: no handshake with $s ($version)"; cat "$work/c-$s.log"; exit 1; }
+        printf '   rep %d %-8s %s: %6d handshakes, server CPU %4d ticks, %5.0f µs each\n' "$rep" "$s" "$version" "$n" "$ticks" \
+          "$(awk -v t="$ticks" -v n="$n" -v hz="$hz" 'BEGIN { print t * 1e6 / hz / n }')"
+      done
+    done
+  done
+fi
+
 # --- results --------------------------------------------------------------------------------
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 a_cmd_edge=$(a_cmd stunedge | sed "s#$work#TMP#g")
 a_cmd_coturn=$(a_cmd coturn | sed "s#$work#TMP#g")
+c_cmd_edge=$(c_cmd stunedge | sed "s#$work#TMP#g")
+c_cmd_openssl=$(c_cmd openssl | sed "s#$work#TMP#g")
 dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with uncommitted changes)" || true)
 # shellcheck disable=SC2090
 export work REPS DURATION CONNS WINDOW PARTS hz commit dirty command_line SERVER_CPU GEN_CPU \
   FLOOD_IDLE FLOOD_SLOWLORIS FLOOD_HANDSHAKE TCP_CLIENTS TCP_RATE nofile \
   rss_before="${rss_before:-}" rss_after="${rss_after:-}" hwm="${hwm:-}" open_end="${open_end:-}" hold_s="${hold_s:-}" \
-  a_cmd_edge a_cmd_coturn \
+  a_cmd_edge a_cmd_coturn c_cmd_edge c_cmd_openssl \
   b_server="${b_server:-}" a_gen b_udp b_tcp BIN \
   UDP_QUOTA cg_kind cg_quota cg_period n_udp="${n_udp:-}" n_stream="${n_stream:-}"
 python3 - "$RESULTS" <<'PY'
@@ -640,6 +695,26 @@ if "b" in parts:
               f"| {ua['lost']} / {ut['lost']} | {per_answer(ua, ca, 'worker'):.2f} / {per_answer(ut, ct, 'worker'):.2f} | {share(ca, 'worker'):.1f} % / {share(ct, 'worker'):.1f} % | {share(ca, 'stream'):.2f} % / {share(ct, 'stream'):.2f} % "
               f"| {throttled(ca):.0f} % / {throttled(ct):.0f} % | {gen_idle(ua):.0f} % / {gen_idle(ut):.0f} % | {t['latency']['p99_us']:.0f} | {t['latency']['max_us']:.0f} |")
     w("")
+if "c" in parts:
+    openssl_version = sh("openssl version") or "openssl"
+    w("## c. TLS handshakes: server CPU per full handshake\n")
+    w(f"Client: `taskset -c {E['GEN_CPU']} openssl s_time -connect 127.0.0.1:PORT -new -time {E['DURATION']} -tls1_3` (then `-tls1_2`): a full handshake per connection, nothing sent after it; the client is the bottleneck, so what is compared is each server's CPU per handshake (/proc/PID/stat ÷ handshakes). Servers under `taskset -c {E['SERVER_CPU']}`, restarted for every run, alternating ({reps} reps), the same P-256 certificate:\n")
+    w(f"- stunedge: `{E['c_cmd_edge']}` (rustls 0.23 with ring)")
+    w(f"- {openssl_version}: `{E['c_cmd_openssl']}`\n")
+    w("| version | server | median handshakes in the run | median server CPU µs / handshake | min–max | handshakes/s per core (1 ÷ CPU) |")
+    w("| --- | --- | ---: | ---: | --- | ---: |")
+    per = {}
+    for version in ("tls1_3", "tls1_2"):
+        for s in ("stunedge", "openssl"):
+            runs = [tuple(map(int, open(f"{work}/c-{s}.{version}.{r}").read().split())) for r in range(1, reps + 1)]
+            us = [t * 1e6 / hz / n for n, t in runs if n]
+            per[version, s] = med(us)
+            w(f"| {version.replace('tls', 'TLS ').replace('_', '.')} | {s} | {med([n for n, _ in runs]):.0f} | {med(us):.0f} | {min(us):.0f}–{max(us):.0f} | {1e6 / med(us):.0f} |")
+    w("")
+    for version in ("tls1_3", "tls1_2"):
+        w(f"{version.replace('tls', 'TLS ').replace('_', '.')}: openssl s_server ÷ stunedge in CPU per handshake: **{per[version, 'openssl'] / per[version, 'stunedge']:.2f}×**.")
+    w("")
+    w("CPU ticks are 10 ms steps; each run's server used at least tens of them. The server CPU includes the kernel's TCP accept and close of each connection.\n")
 open(sys.argv[1], "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
