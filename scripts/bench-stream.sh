@@ -23,7 +23,8 @@
 #      UDP worker, not the generator (which shares GEN_CPU with the flood client), is the
 #      bottleneck and the ratio with/without flood measures stunedge. The stream thread(s) (comm
 #      stunedge-stream*) are placed two ways, alternately within the run: "apart" (outside the
-#      capped cgroup: the deployment with [stream] cpus on their own cores) and "together" (inside
+#      capped cgroup and moved to GEN_CPU, whose generator has headroom: the deployment with
+#      [stream] cpus on cores other than the UDP workers') and "together" (inside
 #      it: the worst case, every cycle the flood costs the stream thread is taken from UDP). Per rep:
 #      no flood: UDP apart, UDP together (the other order on even reps), TCP latency (apart); the
 #      flood up; the same three under the flood; the flood stopped. Per UDP run: the generator's
@@ -323,12 +324,17 @@ tns() {
   done
   echo "$s"
 }
-# place apart|together: the stream thread(s) out of the UDP worker's capped cgroup, or into it.
+# place apart|together: the stream thread(s) out of the UDP worker's capped cgroup and onto
+# GEN_CPU (a core of their own, as [stream] cpus gives them), or into the cgroup, on SERVER_CPU.
 place() {
+  local t cpu=$SERVER_CPU
   case $1 in
-    apart) cg_out "${stream_tids[@]}";;
+    apart) cg_out "${stream_tids[@]}"; cpu=$GEN_CPU;;
     together) cg_in "${stream_tids[@]}";;
   esac
+  for t in "${stream_tids[@]}"; do
+    taskset -pc "$cpu" "$t" > /dev/null || { echo "bench-stream.sh: could not move thread $t to CPU $cpu" >&2; return 1; }
+  done
 }
 
 b_udp="--cpus $GEN_CPU -d $DURATION --json -q --threads 1 --sockets 8 --window 128 --batch 64 --sources 16"
@@ -619,7 +625,7 @@ if "b" in parts:
     w(f"{thr['calm']:.0f} % / {thr['flood']:.0f} % of the 10 ms periods, no flood / flood, while the generator found nothing to do in {idle['calm']:.0f} % / {idle['flood']:.0f} % of")
     w(f"its polling turns: medians of the apart runs), so the ratio measures stunedge and not the generator. The stream thread(s) ({E['n_stream']}, `stunedge-stream*`) are placed two")
     w("ways, alternately in the same run:\n")
-    w(f"- **apart**: outside the capped cgroup, on what is left of CPU {E['SERVER_CPU']}. This emulates the recommended deployment, `[stream] cpus`")
+    w(f"- **apart**: outside the capped cgroup and moved to CPU {E['GEN_CPU']} (`taskset -p`), beside the generator, which has headroom (the generator-idle row). This emulates the recommended deployment, `[stream] cpus`")
     w("  on cores of their own: whatever the flood costs the stream thread is not taken from the UDP workers. What remains of the")
     w("  flood's effect on UDP here is through what they still share (the kernel, the loopback, memory).")
     w("- **together**: inside the UDP worker's capped cgroup. The worst case: stream threads sharing a saturated UDP worker's CPU")
