@@ -434,6 +434,42 @@ struct Conn {
 }
 
 impl Conn {
+    /// A connection just accepted at `now` from `peer` on `local` (both canonical), with
+    /// `tokens` messages it may send at once; listener 0, no prefix, generation 0 until set.
+    fn new(
+        sock: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+        now: Instant,
+        tokens: f64,
+    ) -> Conn {
+        let tls = transport == Transport::Tls;
+        Conn {
+            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            local: SocketAddr::new(local.ip().to_canonical(), local.port()),
+            sock,
+            listener: 0,
+            transport,
+            tls: if tls { Tls::Accepting(Box::default()) } else { Tls::None },
+            input: Vec::new(),
+            output: Vec::new(),
+            accepted: now,
+            ready: (!tls).then_some(now),
+            last_message: None,
+            stalled: None,
+            tokens,
+            refilled: now,
+            paused: false,
+            listed: false,
+            eof: false,
+            interest: READ,
+            prefix: None,
+            counted: tls,
+            generation: 0,
+        }
+    }
+
     fn handshaking(&self) -> bool {
         match &self.tls {
             Tls::None => false,
@@ -723,29 +759,9 @@ impl Thread {
         }
         self.remember_silent(slot, generation);
         bump(&self.counters().transport[t].accepted);
-        self.conns[slot] = Some(Box::new(Conn {
-            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-            local: SocketAddr::new(local.ip().to_canonical(), local.port()),
-            sock,
-            listener,
-            transport,
-            tls: if tls { Tls::Accepting(Box::default()) } else { Tls::None },
-            input: Vec::new(),
-            output: Vec::new(),
-            accepted: now,
-            ready: (!tls).then_some(now),
-            last_message: None,
-            stalled: None,
-            tokens: f64::from(limits.message_burst),
-            refilled: now,
-            paused: false,
-            listed: false,
-            eof: false,
-            interest: READ,
-            prefix,
-            counted: tls,
-            generation,
-        }));
+        let mut c = Conn::new(sock, peer, local, transport, now, f64::from(limits.message_burst));
+        (c.listener, c.prefix, c.generation) = (listener, prefix, generation);
+        self.conns[slot] = Some(Box::new(c));
         self.rearm(slot);
     }
 
@@ -1176,29 +1192,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (sock, peer) = listener.accept().unwrap();
-        Conn {
-            local: sock.local_addr().unwrap(),
-            sock,
-            peer,
-            listener: 0,
-            transport: if tls { Transport::Tls } else { Transport::Tcp },
-            tls: if tls { Tls::Accepting(Box::default()) } else { Tls::None },
-            input: Vec::new(),
-            output: Vec::new(),
-            accepted: t0,
-            ready: (!tls).then_some(t0),
-            last_message: None,
-            stalled: None,
-            tokens: 1.0,
-            refilled: t0,
-            paused: false,
-            listed: false,
-            eof: false,
-            interest: READ,
-            prefix: None,
-            counted: tls,
-            generation: 1,
-        }
+        let local = sock.local_addr().unwrap();
+        Conn::new(sock, peer, local, if tls { Transport::Tls } else { Transport::Tcp }, t0, 1.0)
     }
 
     #[test]
