@@ -34,15 +34,17 @@ impl Config {
 
     /// The stream plane from `[stream]`; `handlers` are the answer settings of `all`
     /// (`server.listen` then [`Config::stream_only_addrs`]); `limit` the reflection defence,
-    /// whose deny lists the stream listeners apply to connections (`stream.cpus` is checked by
-    /// the caller).
+    /// whose deny lists the stream listeners apply to connections; `allowed_cpus` the CPUs
+    /// `stream.cpus` may name.
     pub(super) fn validate_stream(
         &self,
         all: &[SocketAddr],
         handlers: &[HandlerConfig],
         limit: &crate::limit::Limit,
+        allowed_cpus: &[usize],
     ) -> Result<StreamPlan, ConfigError> {
         let s = &self.stream;
+        super::validate::check_cpus("stream.cpus", &s.cpus, allowed_cpus)?;
         let mut listeners = Vec::new();
         for (kind, list, transport) in [("tcp", &s.tcp, Transport::Tcp), ("tls", &s.tls, Transport::Tls)] {
             for (i, addr) in list.iter().enumerate() {

@@ -101,8 +101,7 @@ impl Config {
                 transport: crate::lb::Transport::Udp,
             })
             .collect();
-        check_cpus("stream.cpus", &self.stream.cpus, allowed_cpus)?;
-        let stream = self.validate_stream(&all, &handlers, &limit)?;
+        let stream = self.validate_stream(&all, &handlers, &limit, allowed_cpus)?;
         handlers.truncate(listen.len());
         let xdp = self.validate_xdp(listen, &handlers, &rfc5780, &mut warnings)?;
         Ok(Settings {
@@ -203,9 +202,8 @@ impl Config {
     }
 }
 
-/// "0-3,6" style rendering of a CPU list.
 /// Checks a list of CPUs (`field`): each one this process may run on, none twice.
-fn check_cpus(field: &str, list: &[usize], allowed_cpus: &[usize]) -> Result<(), ConfigError> {
+pub(super) fn check_cpus(field: &str, list: &[usize], allowed_cpus: &[usize]) -> Result<(), ConfigError> {
     for (i, cpu) in list.iter().enumerate() {
         if !allowed_cpus.contains(cpu) {
             return Err(invalid(
@@ -221,6 +219,7 @@ fn check_cpus(field: &str, list: &[usize], allowed_cpus: &[usize]) -> Result<(),
     Ok(())
 }
 
+/// "0-3,6" style rendering of a CPU list.
 fn cpu_list(cpus: &[usize]) -> String {
     let mut out = String::new();
     let mut i = 0;

@@ -49,8 +49,8 @@ pub const MAX_PENDING: usize = 16 * 1024;
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
 /// How often a thread resumes its paused connections (those over their message rate).
 const SWEEP: Duration = Duration::from_millis(50);
-/// How often it looks at every connection's timers (their granularity): a scan of every
-/// connection, so not at the paused ones' pace.
+/// How often it looks at the connections' timers (their granularity): a scan of every slot's
+/// deadline, so not at the paused ones' pace.
 const TIMERS: Duration = Duration::from_millis(250);
 /// Connections open on a thread at its busiest past which, once half have gone, the memory
 /// they left is returned to the system.
@@ -434,7 +434,7 @@ struct Conn {
 }
 
 impl Conn {
-    /// A connection just accepted at `now` from `peer` on `local` (both canonical), with
+    /// A connection just accepted at `now` from `peer` on `local` (both made canonical), with
     /// `tokens` messages it may send at once; listener 0, no prefix, generation 0 until set.
     fn new(
         sock: TcpStream,
@@ -670,10 +670,10 @@ impl Thread {
 
     fn accept(&mut self, l: usize) {
         for _ in 0..ACCEPT_BATCH {
-            let Some((listener, _, index, transport)) = self.listeners.get(l) else { return };
-            let (index, transport) = (*index, *transport);
+            let Some((listener, bound, index, transport)) = self.listeners.get(l) else { return };
+            let (bound, index, transport) = (*bound, *index, *transport);
             match listener.accept() {
-                Ok((sock, peer)) => self.admit(sock, peer, index, transport),
+                Ok((sock, peer)) => self.admit(sock, peer, bound, index, transport),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     // Out of descriptors: stop polling the listeners for a moment (the kernel's
@@ -691,7 +691,9 @@ impl Thread {
         }
     }
 
-    fn admit(&mut self, sock: TcpStream, peer: SocketAddr, listener: usize, transport: Transport) {
+    /// Takes or refuses a connection from `peer` accepted on the listener bound to `bound`
+    /// (index `listener` in the plan).
+    fn admit(&mut self, sock: TcpStream, peer: SocketAddr, bound: SocketAddr, listener: usize, transport: Transport) {
         let t = transport.stream_index().unwrap_or(0);
         let limits = self.shared.limits;
         let tls = transport == Transport::Tls;
@@ -701,7 +703,6 @@ impl Thread {
             bump(&me.counters().transport[t].refused[why as usize]);
         };
         // The listener's own address, unless it is a wildcard (then one more system call).
-        let bound = self.listeners.iter().find(|l| l.2 == listener).map_or(self.listeners[0].1, |l| l.1);
         let local = if bound.ip().is_unspecified() { sock.local_addr().unwrap_or(bound) } else { bound };
         // The refusals that cost nothing first: a connection refused anyway must not evict
         // anyone at the global cap.
