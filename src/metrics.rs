@@ -1123,15 +1123,13 @@ mod tests {
             ("e", "192.0.2.5:3478", false),
         ]
         .map(|(name, addr, drain)| lb::BackendAddr {
-            name: name.into(),
-            addr: addr.parse().unwrap(),
-            weight: 1,
             drain,
             stream: match name {
                 "a" => [Some("192.0.2.1:3478".parse().unwrap()), Some("192.0.2.1:5349".parse().unwrap())],
                 "b" => [Some("[2001:db8::2]:443".parse().unwrap()), None],
                 _ => [None; 2],
             },
+            ..lb::BackendAddr::new(name, addr.parse().unwrap())
         });
         let b = lb::Balancer::new(
             &backends,

@@ -68,13 +68,7 @@ fn main() {
             let backends: Vec<BackendAddr> = ["192.0.2.50:3478", "192.0.2.51:3478", "[2001:db8::50]:3478"]
                 .iter()
                 .enumerate()
-                .map(|(i, a)| BackendAddr {
-                    name: format!("b{i}"),
-                    addr: a.parse().unwrap(),
-                    weight: 1,
-                    drain: false,
-                    stream: [None; 2],
-                })
+                .map(|(i, a)| BackendAddr::new(&format!("b{i}"), a.parse().unwrap()))
                 .collect();
             let balancer = Balancer::new(&backends, [3; 16], KeyRule::default(), ProbeSettings::default(), None);
             let turn = Some(std::sync::Arc::new(balancer.expect("a valid pool")));

@@ -167,16 +167,7 @@ mod tests {
 
     fn balancer() -> Balancer {
         let addrs = [("a", "192.0.2.50:3478"), ("a", "[2001:db8::50]:3478"), ("b", "192.0.2.51:3478")];
-        let backends: Vec<BackendAddr> = addrs
-            .iter()
-            .map(|(n, a)| BackendAddr {
-                name: (*n).into(),
-                addr: a.parse().unwrap(),
-                weight: 1,
-                drain: false,
-                stream: [None; 2],
-            })
-            .collect();
+        let backends: Vec<BackendAddr> = addrs.iter().map(|(n, a)| BackendAddr::new(n, a.parse().unwrap())).collect();
         Balancer::new(&backends, [7; 16], KeyRule::default(), ProbeSettings::default(), None).unwrap()
     }
 

@@ -52,6 +52,13 @@ pub struct BackendAddr {
     pub stream: [Option<SocketAddr>; 2],
 }
 
+impl BackendAddr {
+    /// `name`'s address `addr` with weight 1, not draining, and no TCP or TLS address.
+    pub fn new(name: &str, addr: SocketAddr) -> BackendAddr {
+        BackendAddr { name: name.to_owned(), addr, weight: 1, drain: false, stream: [None; 2] }
+    }
+}
+
 /// The transport an Allocate came over: a redirect names the backend's address for the same
 /// one (RFC 8489 §10: the client retries "using the same transport protocol").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -204,7 +211,7 @@ mod tests {
     use super::*;
 
     fn addr(name: &str, a: &str) -> BackendAddr {
-        BackendAddr { name: name.into(), addr: a.parse().unwrap(), weight: 1, drain: false, stream: [None; 2] }
+        BackendAddr::new(name, a.parse().unwrap())
     }
 
     fn balancer() -> Balancer {

@@ -137,13 +137,7 @@ fn turn_balancer_answers_never_allocate() {
     use stunedge::lb::{BackendAddr, Balancer, Health, KeyRule, ProbeSettings};
     let backends: Vec<BackendAddr> = [("a", "192.0.2.50:3478"), ("a", "[2001:db8::50]:3478"), ("b", "192.0.2.51:3478")]
         .iter()
-        .map(|(name, a)| BackendAddr {
-            name: (*name).into(),
-            addr: a.parse().unwrap(),
-            weight: 1,
-            drain: false,
-            stream: [None; 2],
-        })
+        .map(|(name, a)| BackendAddr::new(name, a.parse().unwrap()))
         .collect();
     let balancer = Balancer::new(&backends, [1; 16], KeyRule::default(), ProbeSettings::default(), None).unwrap();
     let config = HandlerConfig { turn: Some(std::sync::Arc::new(balancer)), ..HandlerConfig::default() };

@@ -108,9 +108,7 @@ fn peer(ip: &str, port: u16) -> Spawned {
     Spawned(process)
 }
 
-/// A stand-in TURN backend on `addr` for tests that need it alive but never relay through it:
-/// answers every request with a 401 (what coturn answers an unauthenticated Allocate with), so
-/// the health probe marks it up. Stops when the returned guard drops (at most 120 s).
+/// Stops a stand-in backend's thread ([`fake_backend`], [`tcp_listening`]) when dropped.
 struct Fake(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
 impl Drop for Fake {
@@ -119,6 +117,9 @@ impl Drop for Fake {
     }
 }
 
+/// A stand-in TURN backend on `addr` for tests that need it alive but never relay through it:
+/// answers every request with a 401 (what coturn answers an unauthenticated Allocate with), so
+/// the health probe marks it up. Stops when the returned guard drops (at most 120 s).
 fn fake_backend(addr: SocketAddr) -> Fake {
     let socket = UdpSocket::bind(addr).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
